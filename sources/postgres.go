@@ -1,0 +1,370 @@
+package sources
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Defaults for Config.
+const (
+	DefaultSchema          = "public"
+	DefaultRunsTable       = "collection_runs"
+	DefaultSellersTable    = "sellers"
+	DefaultCompletedStatus = "completed"
+)
+
+// Config says where the collector's tables are. Zero fields take the
+// defaults above.
+type Config struct {
+	// DSN is a libpq connection string or URL. It is never logged.
+	DSN             string
+	Schema          string
+	RunsTable       string
+	SellersTable    string
+	CompletedStatus string
+	// StatementTimeout bounds every statement of an export (SET LOCAL
+	// statement_timeout). Zero means no limit.
+	StatementTimeout time.Duration
+	// MaxConns bounds the connection pool. Default 4.
+	MaxConns int32
+}
+
+func (c Config) withDefaults() Config {
+	if c.Schema == "" {
+		c.Schema = DefaultSchema
+	}
+	if c.RunsTable == "" {
+		c.RunsTable = DefaultRunsTable
+	}
+	if c.SellersTable == "" {
+		c.SellersTable = DefaultSellersTable
+	}
+	if c.CompletedStatus == "" {
+		c.CompletedStatus = DefaultCompletedStatus
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = 4
+	}
+	return c
+}
+
+// ErrRunNotFound is returned for a run id that is not in the runs table.
+var ErrRunNotFound = errors.New("collection run not found")
+
+// RunNotCompletedError is returned when asked to export a run that is not
+// completed.
+type RunNotCompletedError struct {
+	ID     string
+	Status string
+}
+
+func (e *RunNotCompletedError) Error() string {
+	return fmt.Sprintf("collection run %s is not completed (status %q)", e.ID, e.Status)
+}
+
+// Run is one collection run.
+type Run struct {
+	ID          string
+	OrgID       string // "" when the run has no org
+	Status      string
+	StartedAt   time.Time // zero when NULL
+	CompletedAt time.Time
+}
+
+// Postgres is a pool of read-only connections to the collector's database.
+type Postgres struct {
+	pool *pgxpool.Pool
+	cfg  Config
+}
+
+// Open connects to PostgreSQL. Every session it opens is read-only.
+func Open(ctx context.Context, cfg Config) (*Postgres, error) {
+	cfg = cfg.withDefaults()
+	pc, err := pgxpool.ParseConfig(cfg.DSN)
+	if err != nil {
+		// pgx redacts passwords only on a best-effort basis: never echo the DSN.
+		return nil, errors.New("parse database connection string: invalid DSN (check source.dsn / DATABASE_URL)")
+	}
+	pc.MaxConns = cfg.MaxConns
+	pc.ConnConfig.RuntimeParams["application_name"] = "sellersnap"
+	pc.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
+	pc.ConnConfig.RuntimeParams["client_encoding"] = "UTF8"
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	return &Postgres{pool: pool, cfg: cfg}, nil
+}
+
+// Close closes every connection.
+func (p *Postgres) Close() { p.pool.Close() }
+
+func (p *Postgres) table(name string) string {
+	return pgx.Identifier{p.cfg.Schema, name}.Sanitize()
+}
+
+const runColumns = `id::text, coalesce(org_id::text, ''), coalesce(status, ''), coalesce(started_at, '-infinity'), completed_at`
+
+func scanRun(row pgx.Row) (Run, error) {
+	var r Run
+	var started time.Time
+	var completed *time.Time
+	err := row.Scan(&r.ID, &r.OrgID, &r.Status, &started, &completed)
+	if err != nil {
+		return r, err
+	}
+	if started.Year() > 1 {
+		r.StartedAt = started
+	}
+	if completed != nil {
+		r.CompletedAt = *completed
+	}
+	return r, nil
+}
+
+// CompletedRuns lists runs whose status is the completed status and that
+// have a completed_at, oldest completed_at first.
+func (p *Postgres) CompletedRuns(ctx context.Context) ([]Run, error) {
+	q := fmt.Sprintf(`SELECT %s FROM %s WHERE status = $1 AND completed_at IS NOT NULL AND completed_at <> 'infinity' AND completed_at <> '-infinity' ORDER BY completed_at, id`,
+		runColumns, p.table(p.cfg.RunsTable))
+	rows, err := p.pool.Query(ctx, q, p.cfg.CompletedStatus)
+	if err != nil {
+		return nil, fmt.Errorf("list runs: %w", err)
+	}
+	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Run, error) { return scanRun(row) })
+	if err != nil {
+		return nil, fmt.Errorf("list runs: %w", err)
+	}
+	return runs, nil
+}
+
+// RunByID returns one run, which must be completed.
+func (p *Postgres) RunByID(ctx context.Context, id string) (Run, error) {
+	q := fmt.Sprintf(`SELECT %s FROM %s WHERE id = $1`, runColumns, p.table(p.cfg.RunsTable))
+	r, err := scanRun(p.pool.QueryRow(ctx, q, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("run %s: %w", id, ErrRunNotFound)
+	}
+	if err != nil {
+		return r, fmt.Errorf("get run %s: %w", id, err)
+	}
+	if r.Status != p.cfg.CompletedStatus || r.CompletedAt.IsZero() {
+		return r, &RunNotCompletedError{ID: r.ID, Status: r.Status}
+	}
+	return r, nil
+}
+
+// Column describes one column of a table, from information_schema.
+type Column struct {
+	Name     string
+	Type     string // udt_name: text, int4, numeric, timestamptz, …
+	Nullable bool
+}
+
+// Columns returns the columns of table (in the configured schema) that the
+// role can see, in table order. A missing table is an error naming it.
+func (p *Postgres) Columns(ctx context.Context, table string) ([]Column, error) {
+	rows, err := p.pool.Query(ctx, `SELECT column_name, udt_name, is_nullable = 'YES'
+		FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position`,
+		p.cfg.Schema, table)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s.%s: %w", p.cfg.Schema, table, err)
+	}
+	cols, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Column, error) {
+		var c Column
+		err := row.Scan(&c.Name, &c.Type, &c.Nullable)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s.%s: %w", p.cfg.Schema, table, err)
+	}
+	if len(cols) == 0 {
+		return nil, fmt.Errorf("table %s.%s does not exist or the role cannot read it", p.cfg.Schema, table)
+	}
+	return cols, nil
+}
+
+// RequiredRunColumns and RequiredSellerColumns are the columns the exporter
+// filters and orders on.
+var (
+	RequiredRunColumns    = []string{"id", "org_id", "status", "started_at", "completed_at"}
+	RequiredSellerColumns = []string{"id", "org_id", "first_seen_run_id", "deleted_at", "flagged", "created_at"}
+)
+
+// Check verifies that both tables exist with the columns the exporter needs
+// and that every column in export exists with a supported type. The error
+// names each offending column.
+func (p *Postgres) Check(ctx context.Context, export []string) error {
+	runCols, err := p.Columns(ctx, p.cfg.RunsTable)
+	if err != nil {
+		return err
+	}
+	sellerCols, err := p.Columns(ctx, p.cfg.SellersTable)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	missing := func(table string, have []Column, want []string, what string) {
+		for _, w := range want {
+			if !slices.ContainsFunc(have, func(c Column) bool { return c.Name == w }) {
+				errs = append(errs, fmt.Errorf("%s: column %q does not exist in %s.%s (columns: %s)", what, w, p.cfg.Schema, table, columnNames(have)))
+			}
+		}
+	}
+	missing(p.cfg.RunsTable, runCols, RequiredRunColumns, "runs table")
+	missing(p.cfg.SellersTable, sellerCols, RequiredSellerColumns, "sellers table")
+	missing(p.cfg.SellersTable, sellerCols, export, "columns")
+	for _, c := range sellerCols {
+		if slices.Contains(export, c.Name) && !SupportedType(c.Type) {
+			errs = append(errs, fmt.Errorf("columns: column %q has type %s, which sellersnap cannot export (supported: %s)", c.Name, c.Type, strings.Join(supportedTypes, ", ")))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func columnNames(cols []Column) string {
+	names := make([]string, len(cols))
+	for i, c := range cols {
+		names[i] = c.Name
+	}
+	return strings.Join(names, ", ")
+}
+
+// Filter narrows which sellers are exported.
+type Filter struct {
+	// Flagged, when set, keeps only sellers whose flagged column equals it.
+	Flagged *bool
+}
+
+// CountByRun returns the number of live sellers (matching f) first seen in
+// each of the given runs and scoped to the run's org.
+func (p *Postgres) CountByRun(ctx context.Context, runs []Run, f Filter) (map[string]int64, error) {
+	ids := make([]string, len(runs))
+	orgs := make([]string, len(runs))
+	for i, r := range runs {
+		ids[i], orgs[i] = r.ID, r.OrgID
+	}
+	args := []any{ids, orgs}
+	flagged := ""
+	if f.Flagged != nil {
+		args = append(args, *f.Flagged)
+		flagged = " AND s.flagged = $3"
+	}
+	q := fmt.Sprintf(`SELECT r.id, count(s.*) FROM unnest($1::uuid[], $2::text[]) AS r(id, org)
+		LEFT JOIN %s s ON s.first_seen_run_id = r.id AND s.deleted_at IS NULL
+		 AND s.org_id IS NOT DISTINCT FROM nullif(r.org, '')::uuid%s
+		GROUP BY r.id`, p.table(p.cfg.SellersTable), flagged)
+	rows, err := p.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("count sellers: %w", err)
+	}
+	out := make(map[string]int64, len(runs))
+	var id string
+	var n int64
+	_, err = pgx.ForEachRow(rows, []any{&id, &n}, func() error { out[id] = n; return nil })
+	if err != nil {
+		return nil, fmt.Errorf("count sellers: %w", err)
+	}
+	return out, nil
+}
+
+// Snapshot is one REPEATABLE READ READ ONLY transaction: every query made
+// through it sees the same database state.
+type Snapshot struct {
+	conn   *pgxpool.Conn
+	tx     pgx.Tx
+	cfg    Config
+	time   time.Time
+	nulls  map[string]bool // sellers column → nullable
+	closed bool
+}
+
+// Snapshot begins a read-only snapshot transaction on a dedicated
+// connection. The caller must Close it.
+func (p *Postgres) Snapshot(ctx context.Context) (*Snapshot, error) {
+	conn, err := p.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("acquire connection: %w", err)
+	}
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		conn.Release()
+		return nil, fmt.Errorf("begin snapshot: %w", err)
+	}
+	s := &Snapshot{conn: conn, tx: tx, cfg: p.cfg}
+	if err := s.init(ctx); err != nil {
+		s.Close(ctx)
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Snapshot) init(ctx context.Context) error {
+	if s.cfg.StatementTimeout > 0 {
+		ms := strconv.FormatInt(s.cfg.StatementTimeout.Milliseconds(), 10)
+		if _, err := s.tx.Exec(ctx, `SELECT set_config('statement_timeout', $1, true)`, ms); err != nil {
+			return fmt.Errorf("set statement_timeout: %w", err)
+		}
+	}
+	if err := s.tx.QueryRow(ctx, `SELECT now()`).Scan(&s.time); err != nil {
+		return fmt.Errorf("begin snapshot: %w", err)
+	}
+	rows, err := s.tx.Query(ctx, `SELECT column_name, is_nullable = 'YES' FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2`,
+		s.cfg.Schema, s.cfg.SellersTable)
+	if err != nil {
+		return fmt.Errorf("read sellers columns: %w", err)
+	}
+	s.nulls = map[string]bool{}
+	var name string
+	var nullable bool
+	if _, err := pgx.ForEachRow(rows, []any{&name, &nullable}, func() error { s.nulls[name] = nullable; return nil }); err != nil {
+		return fmt.Errorf("read sellers columns: %w", err)
+	}
+	return nil
+}
+
+// Time is the snapshot's transaction start time (the server's now()).
+func (s *Snapshot) Time() time.Time { return s.time }
+
+// Close ends the transaction and returns the connection to the pool.
+func (s *Snapshot) Close(ctx context.Context) {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	_ = s.tx.Rollback(ctx) // read-only: nothing to commit
+	s.conn.Release()
+}
+
+// Orgs lists the orgs that have live sellers matching f, "" standing for
+// sellers without an org, in a fixed order.
+func (s *Snapshot) Orgs(ctx context.Context, f Filter) ([]string, error) {
+	q := fmt.Sprintf(`SELECT DISTINCT coalesce(org_id::text, '') FROM %s WHERE deleted_at IS NULL`,
+		pgx.Identifier{s.cfg.Schema, s.cfg.SellersTable}.Sanitize())
+	var args []any
+	if f.Flagged != nil {
+		q += ` AND flagged = $1`
+		args = append(args, *f.Flagged)
+	}
+	rows, err := s.tx.Query(ctx, q+` ORDER BY 1`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list orgs: %w", err)
+	}
+	orgs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list orgs: %w", err)
+	}
+	return orgs, nil
+}
