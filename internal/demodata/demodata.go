@@ -200,7 +200,7 @@ func (g *sellerGen) Next() bool {
 }
 
 func (g *sellerGen) Values() ([]any, error) { return g.row, nil }
-func (g *sellerGen) Err() error              { return nil }
+func (g *sellerGen) Err() error             { return nil }
 
 func (g *sellerGen) make(i int) []any {
 	rng := g.rng

@@ -1,0 +1,220 @@
+package sinks
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"net/url"
+	"path/filepath"
+	"strings"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
+)
+
+// ErrExists is returned by Put with IfNotExist when the key already exists.
+var ErrExists = errors.New("object already exists")
+
+// Bucket is a destination for snapshot files: any gocloud.dev bucket URL.
+// The drivers are linked in by the main package.
+type Bucket struct {
+	b   *blob.Bucket
+	url string
+}
+
+// OpenBucket opens the bucket at rawURL. A file:// URL may be relative
+// (file://./snapshots resolves against the working directory); its
+// directory is created, temporary files are written next to their final
+// key (so the rename that publishes them never crosses file systems), and
+// no .attrs sidecar files are written, unless the URL says otherwise.
+func OpenBucket(ctx context.Context, rawURL string) (*Bucket, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme == "" {
+		return nil, fmt.Errorf("bucket URL %q: want scheme://…, e.g. s3://bucket or file:///path", Redact(rawURL))
+	}
+	if u.Scheme == "file" {
+		if u, err = fileURL(u); err != nil {
+			return nil, err
+		}
+	}
+	b, err := blob.OpenBucket(ctx, u.String())
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", Redact(rawURL), err)
+	}
+	return &Bucket{b: b, url: Redact(u.String())}, nil
+}
+
+func fileURL(u *url.URL) (*url.URL, error) {
+	p := u.Path
+	if u.Host == "." || u.Opaque != "" {
+		p = strings.TrimPrefix(u.Path, "/")
+		if u.Opaque != "" { // file:relative/path
+			p = u.Opaque
+		}
+	} else if u.Host != "" && u.Host != "localhost" {
+		return nil, fmt.Errorf("bucket URL %q: file URLs take no host (use file:///abs/path or file://./rel/path)", u.String())
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return nil, fmt.Errorf("bucket URL %q: %w", u.String(), err)
+	}
+	q := u.Query()
+	for k, v := range map[string]string{"create_dir": "true", "no_tmp_dir": "true", "metadata": "skip"} {
+		if !q.Has(k) {
+			q.Set(k, v)
+		}
+	}
+	return &url.URL{Scheme: "file", Path: filepath.ToSlash(abs), RawQuery: q.Encode()}, nil
+}
+
+// Redact drops the user info and query values of a URL, which may hold
+// credentials, for logs and errors.
+func Redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		q := u.Query()
+		for k := range q {
+			switch k {
+			case "region", "endpoint", "create_dir", "no_tmp_dir", "metadata", "protocol", "domain", "use_path_style", "prefix":
+			default:
+				q.Set(k, "REDACTED")
+			}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+// URL is the bucket's URL with credentials redacted.
+func (b *Bucket) URL() string { return b.url }
+
+// Close releases the bucket.
+func (b *Bucket) Close() error { return b.b.Close() }
+
+// Exists reports whether key exists.
+func (b *Bucket) Exists(ctx context.Context, key string) (bool, error) {
+	ok, err := b.b.Exists(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("check %s: %w", key, err)
+	}
+	return ok, nil
+}
+
+// ReadAll returns the content of key.
+func (b *Bucket) ReadAll(ctx context.Context, key string) ([]byte, error) {
+	data, err := b.b.ReadAll(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	return data, nil
+}
+
+// Delete removes key; a missing key is not an error.
+func (b *Bucket) Delete(ctx context.Context, key string) error {
+	err := b.b.Delete(ctx, key)
+	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// PutOptions tune Put.
+type PutOptions struct {
+	// IfNotExist makes Put fail with ErrExists when key exists, where the
+	// driver supports it.
+	IfNotExist bool
+}
+
+// Put writes a small object in one piece.
+func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType string, opts *PutOptions) error {
+	wo := &blob.WriterOptions{ContentType: contentType}
+	if opts != nil {
+		wo.IfNotExist = opts.IfNotExist
+	}
+	if err := b.b.WriteAll(ctx, key, data, wo); err != nil {
+		if gcerrors.Code(err) == gcerrors.FailedPrecondition {
+			return fmt.Errorf("write %s: %w", key, ErrExists)
+		}
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	return nil
+}
+
+// Object is an upload in progress. Nothing is visible at its key until
+// Commit succeeds; Abort guarantees nothing ever is.
+type Object struct {
+	key    string
+	w      *blob.Writer
+	cancel context.CancelFunc
+	h      hash.Hash
+	n      int64
+	done   bool
+}
+
+// NewObject starts an upload to key. The caller must Commit or Abort it.
+func (b *Bucket) NewObject(ctx context.Context, key, contentType string) (*Object, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	w, err := b.b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("create %s: %w", key, err)
+	}
+	return &Object{key: key, w: w, cancel: cancel, h: sha256.New()}, nil
+}
+
+// Write uploads p.
+func (o *Object) Write(p []byte) (int, error) {
+	n, err := o.w.Write(p)
+	o.h.Write(p[:n])
+	o.n += int64(n)
+	if err != nil {
+		return n, fmt.Errorf("write %s: %w", o.key, err)
+	}
+	return n, nil
+}
+
+// Key is the object's key.
+func (o *Object) Key() string { return o.key }
+
+// Size is the number of bytes written.
+func (o *Object) Size() int64 { return o.n }
+
+// SHA256 is the hex SHA-256 of the bytes written.
+func (o *Object) SHA256() string { return hex.EncodeToString(o.h.Sum(nil)) }
+
+// Commit finishes the upload and makes the object visible at its key.
+func (o *Object) Commit() error {
+	if o.done {
+		return fmt.Errorf("commit %s: already finished", o.key)
+	}
+	o.done = true
+	defer o.cancel()
+	if err := o.w.Close(); err != nil {
+		return fmt.Errorf("commit %s: %w", o.key, err)
+	}
+	return nil
+}
+
+// Abort cancels the upload: the writer's context is cancelled before Close,
+// so no driver commits what was written. It is safe to call after Commit
+// (it does nothing then) and more than once.
+func (o *Object) Abort() {
+	if o.done {
+		return
+	}
+	o.done = true
+	o.cancel()
+	defer func() {
+		// Some drivers' Close panics after a failed upload; the object is
+		// abandoned either way.
+		_ = recover()
+	}()
+	_ = o.w.Close()
+}

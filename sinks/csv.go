@@ -1,0 +1,150 @@
+package sinks
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/apache/arrow/go/v17/arrow"
+)
+
+// flushAt is how many bytes the text encoders gather before one Write to
+// the writer under them: large sequential writes suit blob uploads.
+const flushAt = 256 << 10
+
+// CSVOptions tune the CSV encoder.
+type CSVOptions struct {
+	// FormulaGuard prefixes text cells that start with = + - @ TAB or CR
+	// with a single quote, so spreadsheets do not run them as formulas
+	// (OWASP "CSV injection"). It applies to text columns and the header.
+	FormulaGuard bool
+	// Delimiter separates fields. Default ','.
+	Delimiter byte
+}
+
+// CSV writes records as RFC 4180 CSV: a header row, LF line ends, NULL as
+// an empty unquoted field, an empty string as "".
+type CSV struct {
+	w     io.Writer
+	opts  CSVOptions
+	buf   []byte
+	cols  []textCol
+	quote [256]bool
+	err   error
+}
+
+// NewCSV returns a CSV encoder that writes the header for schema at once.
+func NewCSV(w io.Writer, schema *arrow.Schema, opts CSVOptions) (*CSV, error) {
+	if err := checkSchema(schema); err != nil {
+		return nil, fmt.Errorf("csv: %w", err)
+	}
+	if opts.Delimiter == 0 {
+		opts.Delimiter = ','
+	}
+	switch opts.Delimiter {
+	case '"', '\r', '\n', '\'':
+		return nil, fmt.Errorf("csv: delimiter %q is not allowed", opts.Delimiter)
+	}
+	c := &CSV{w: w, opts: opts, buf: make([]byte, 0, flushAt+flushAt/4)}
+	for _, b := range []byte{'"', '\r', '\n', opts.Delimiter} {
+		c.quote[b] = true
+	}
+	for i, f := range schema.Fields() {
+		if i > 0 {
+			c.buf = append(c.buf, opts.Delimiter)
+		}
+		c.buf = c.appendText(c.buf, f.Name)
+	}
+	c.buf = append(c.buf, '\n')
+	return c, nil
+}
+
+// Write appends rec's rows.
+func (c *CSV) Write(rec arrow.Record) error {
+	if c.err != nil {
+		return c.err
+	}
+	c.cols = bindColumns(c.cols, rec)
+	rows := int(rec.NumRows())
+	buf := c.buf
+	for i := 0; i < rows; i++ {
+		for j := range c.cols {
+			col := &c.cols[j]
+			if j > 0 {
+				buf = append(buf, c.opts.Delimiter)
+			}
+			if col.arr.IsNull(i) {
+				continue
+			}
+			if col.str != nil {
+				buf = c.appendText(buf, col.str.Value(i))
+			} else {
+				buf = col.value(buf, i)
+			}
+		}
+		buf = append(buf, '\n')
+		if len(buf) >= flushAt {
+			if _, err := c.w.Write(buf); err != nil {
+				c.err = fmt.Errorf("csv: %w", err)
+				return c.err
+			}
+			buf = buf[:0]
+		}
+	}
+	c.buf = buf
+	return nil
+}
+
+// Close writes what is buffered. It does not close the writer.
+func (c *CSV) Close() error {
+	if c.err == errClosed {
+		return nil
+	}
+	if c.err != nil {
+		return c.err
+	}
+	if len(c.buf) > 0 {
+		if _, err := c.w.Write(c.buf); err != nil {
+			c.err = fmt.Errorf("csv: %w", err)
+			return c.err
+		}
+		c.buf = c.buf[:0]
+	}
+	c.err = errClosed
+	return nil
+}
+
+// formulaStart marks the first bytes that make a spreadsheet evaluate a cell.
+var formulaStart = [256]bool{'=': true, '+': true, '-': true, '@': true, '\t': true, '\r': true}
+
+func (c *CSV) appendText(dst []byte, s string) []byte {
+	guard := c.opts.FormulaGuard && len(s) > 0 && formulaStart[s[0]]
+	quote := len(s) == 0 || s[0] == ' ' || s[len(s)-1] == ' '
+	if !quote {
+		for i := 0; i < len(s); i++ {
+			if c.quote[s[i]] {
+				quote = true
+				break
+			}
+		}
+	}
+	if !quote {
+		if guard {
+			dst = append(dst, '\'')
+		}
+		return append(dst, s...)
+	}
+	dst = append(dst, '"')
+	if guard {
+		dst = append(dst, '\'')
+	}
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '"' {
+			dst = append(dst, s[start:i+1]...)
+			dst = append(dst, '"')
+			start = i + 1
+		}
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
