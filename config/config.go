@@ -1,0 +1,454 @@
+package config
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sellersnap/sellersnap/internal/keys"
+	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sources"
+)
+
+// Modes of a job.
+const (
+	ModePerRun = "per_run"
+	ModeFull   = "full"
+)
+
+// Defaults for fields left out of the file.
+const (
+	DefaultPerRunSchedule   = "*/15 * * * *"
+	DefaultFullSchedule     = "0 2 * * *"
+	DefaultTimezone         = "UTC"
+	DefaultDestination      = "file://./snapshots"
+	DefaultPerRunPath       = "sellers/new/org={org_id}/date={run_date}/run={run_id}/sellers_{run_date}_run-{run_id8}.{ext}"
+	DefaultFullPath         = "sellers/full/org={org_id}/date={date}/sellers_{date}_full.{ext}"
+	DefaultBatchRows        = sources.DefaultBatchRows
+	MaxBatchRows            = 1 << 20
+	DefaultStatementTimeout = 30 * time.Minute
+	DefaultCompression      = "none"
+)
+
+// DefaultColumns are the user-facing seller columns, in export order.
+var DefaultColumns = []string{"display_name", "normalized_name", "platform", "platform_id",
+	"times_seen", "feedback_percent", "feedback_count", "flagged", "created_at"}
+
+// DefaultFormats are written when a job names none.
+var DefaultFormats = []string{"csv", "ndjson", "parquet"}
+
+// Formats lists the known output formats.
+var Formats = []string{"csv", "ndjson", "parquet"}
+
+// Placeholders allowed in path templates, per mode.
+var (
+	PerRunPlaceholders = []string{"job", "org_id", "run_id", "run_id8", "run_date", "ext"}
+	FullPlaceholders   = []string{"job", "org_id", "date", "ext"}
+)
+
+// Config is a whole pipeline.yaml.
+type Config struct {
+	Source Source `yaml:"source"`
+	Jobs   []*Job `yaml:"jobs"`
+}
+
+// Source says where the collector's database is.
+type Source struct {
+	// DSN is a libpq connection string or URL; never printed.
+	DSN string `yaml:"dsn"`
+	// Schema holding both tables. Default "public".
+	Schema string `yaml:"schema"`
+	// RunsTable. Default "collection_runs".
+	RunsTable string `yaml:"runs_table"`
+	// SellersTable. Default "sellers".
+	SellersTable string `yaml:"sellers_table"`
+	// CompletedStatus is the status of a finished run. Default "completed".
+	CompletedStatus string `yaml:"completed_status"`
+	// StatementTimeout bounds each query of an export. Default 30m; "0s" for none.
+	StatementTimeout *Duration `yaml:"statement_timeout"`
+}
+
+// Job is one export job.
+type Job struct {
+	// Name identifies the job (lowercase letters, digits, - and _).
+	Name string `yaml:"name"`
+	// Mode is per_run (sellers first seen in each completed run) or full
+	// (all live sellers of each org).
+	Mode string `yaml:"mode"`
+	// Schedule is a cron expression (5 fields, optional leading seconds
+	// field, or @daily-style descriptors). Default */15 * * * * for per_run,
+	// 0 2 * * * for full.
+	Schedule string `yaml:"schedule"`
+	// Timezone (IANA) for the schedule and for dates in keys. Default UTC.
+	Timezone string `yaml:"timezone"`
+	// Destination is a gocloud.dev bucket URL. Default file://./snapshots.
+	Destination string `yaml:"destination"`
+	// Path is the key template of the data files; the manifest goes in the
+	// same folder. Default DefaultPerRunPath or DefaultFullPath.
+	Path string `yaml:"path"`
+	// Formats to write. Default csv, ndjson, parquet.
+	Formats []string `yaml:"formats"`
+	// Columns to export, each a name or {name, as}. Default DefaultColumns.
+	Columns []Column `yaml:"columns"`
+	// Flagged, when set, exports only sellers whose flagged equals it.
+	Flagged *bool `yaml:"flagged"`
+	// BatchRows is the most rows per Arrow record batch. Default 8192.
+	BatchRows int     `yaml:"batch_rows"`
+	CSV       CSV     `yaml:"csv"`
+	NDJSON    NDJSON  `yaml:"ndjson"`
+	Parquet   Parquet `yaml:"parquet"`
+
+	// Resolved by Load.
+	Location *time.Location `yaml:"-"`
+	Cron     cron.Schedule  `yaml:"-"`
+	Template *keys.Template `yaml:"-"`
+}
+
+// CSV options of a job.
+type CSV struct {
+	// FormulaGuard neutralises cells starting with = + - @ TAB CR. Default true.
+	FormulaGuard *bool `yaml:"formula_guard"`
+	// Compression: none, gzip or zstd. Default none.
+	Compression string `yaml:"compression"`
+	// Delimiter is one character. Default ",".
+	Delimiter string `yaml:"delimiter"`
+}
+
+// NDJSON options of a job.
+type NDJSON struct {
+	// Compression: none, gzip or zstd. Default none.
+	Compression string `yaml:"compression"`
+}
+
+// Parquet options of a job.
+type Parquet struct {
+	// Compression: zstd, snappy, gzip, brotli or none. Default zstd.
+	Compression string `yaml:"compression"`
+	// RowGroupRows is the most rows per row group. Default 262144.
+	RowGroupRows int64 `yaml:"row_group_rows"`
+}
+
+// Column is a sellers column and the name it gets in the output.
+type Column struct {
+	Name string `yaml:"name"`
+	As   string `yaml:"as"`
+}
+
+// UnmarshalYAML accepts "display_name" or {name: created_at, as: discovered_at}.
+func (c *Column) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		c.Name = n.Value
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return errors.New("want a column name or {name: …, as: …}")
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if v.Kind != yaml.ScalarNode {
+			return fmt.Errorf("%s: want a string", k.Value)
+		}
+		switch k.Value {
+		case "name":
+			c.Name = v.Value
+		case "as":
+			c.As = v.Value
+		default:
+			return fmt.Errorf("unknown key %q (known keys: name, as)", k.Value)
+		}
+	}
+	return nil
+}
+
+// Output is the column's name in the files.
+func (c Column) Output() string {
+	if c.As != "" {
+		return c.As
+	}
+	return c.Name
+}
+
+// Duration is a time.Duration written as "30s", "10m", "1h30m".
+type Duration struct{ time.Duration }
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("want a duration such as 30s or 10m, got %q", n.Value)
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %q is negative", n.Value)
+	}
+	d.Duration = v
+	return nil
+}
+
+// File is a loaded config with the line of every field, for later errors.
+type File struct {
+	*Config
+	Path  string
+	lines map[string]int
+}
+
+// Errorf returns a FieldError for the field at path (jobs[0].columns[2]).
+func (f *File) Errorf(path, format string, args ...any) error {
+	return &FieldError{File: f.Path, Line: f.lines[path], Path: path, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Job returns the job called name.
+func (f *File) Job(name string) (*Job, int, error) {
+	for i, j := range f.Jobs {
+		if j.Name == name {
+			return j, i, nil
+		}
+	}
+	names := make([]string, len(f.Jobs))
+	for i, j := range f.Jobs {
+		names[i] = j.Name
+	}
+	return nil, -1, fmt.Errorf("no job %q in %s (jobs: %s)", name, f.Path, strings.Join(names, ", "))
+}
+
+// Load reads, expands and validates a config file. The error lists every
+// problem found, each naming the file, line and field path.
+func Load(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse is Load for data already read; name is used in errors.
+func Parse(name string, data []byte) (*File, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, &FieldError{File: name, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
+	}
+	if len(doc.Content) == 0 {
+		return nil, &FieldError{File: name, Msg: "the file is empty"}
+	}
+	d := &decoder{file: name, lines: map[string]int{}}
+	unset := d.expandEnv(&doc, "")
+	cfg := &Config{}
+	d.decode(doc.Content[0], reflect.ValueOf(cfg).Elem(), "")
+	if len(d.errs) > 0 {
+		return nil, errors.Join(d.errs...)
+	}
+	f := &File{Config: cfg, Path: name, lines: d.lines}
+	if err := f.validate(unset); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+var jobName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+func (f *File) validate(unset map[string][]string) error {
+	var errs []error
+	bad := func(path, format string, args ...any) { errs = append(errs, f.Errorf(path, format, args...)) }
+
+	s := &f.Source
+	if s.DSN == "" {
+		if vars := unset["source.dsn"]; len(vars) > 0 {
+			bad("source.dsn", "is empty: environment variable %s is not set", strings.Join(vars, ", "))
+		} else {
+			bad("source.dsn", "is required (a PostgreSQL URL or connection string, usually ${DATABASE_URL})")
+		}
+	}
+	for path, v := range map[string]*string{"source.schema": &s.Schema, "source.runs_table": &s.RunsTable, "source.sellers_table": &s.SellersTable, "source.completed_status": &s.CompletedStatus} {
+		if _, set := f.lines[path]; set && *v == "" {
+			bad(path, "must not be empty")
+		}
+	}
+	s.Schema = cmp.Or(s.Schema, sources.DefaultSchema)
+	s.RunsTable = cmp.Or(s.RunsTable, sources.DefaultRunsTable)
+	s.SellersTable = cmp.Or(s.SellersTable, sources.DefaultSellersTable)
+	s.CompletedStatus = cmp.Or(s.CompletedStatus, sources.DefaultCompletedStatus)
+	if s.StatementTimeout == nil {
+		s.StatementTimeout = &Duration{DefaultStatementTimeout}
+	}
+
+	if len(f.Jobs) == 0 {
+		bad("jobs", "at least one job is required")
+	}
+	names := map[string]int{}
+	for i, j := range f.Jobs {
+		p := fmt.Sprintf("jobs[%d]", i)
+		if j == nil {
+			bad(p, "empty job")
+			continue
+		}
+		switch {
+		case j.Name == "":
+			bad(p+".name", "is required")
+		case !jobName.MatchString(j.Name):
+			bad(p+".name", "%q: use lowercase letters, digits, - and _ (at most 63)", j.Name)
+		default:
+			if first, dup := names[j.Name]; dup {
+				bad(p+".name", "duplicate job name %q (also jobs[%d], line %d)", j.Name, first, f.lines[fmt.Sprintf("jobs[%d].name", first)])
+			} else {
+				names[j.Name] = i
+			}
+		}
+		errs = append(errs, f.validateJob(j, p)...)
+	}
+	return errors.Join(errs...)
+}
+
+func (f *File) validateJob(j *Job, p string) []error {
+	var errs []error
+	bad := func(path, format string, args ...any) { errs = append(errs, f.Errorf(path, format, args...)) }
+
+	var placeholders []string
+	switch j.Mode {
+	case ModePerRun:
+		j.Schedule = cmp.Or(j.Schedule, DefaultPerRunSchedule)
+		j.Path = cmp.Or(j.Path, DefaultPerRunPath)
+		placeholders = PerRunPlaceholders
+	case ModeFull:
+		j.Schedule = cmp.Or(j.Schedule, DefaultFullSchedule)
+		j.Path = cmp.Or(j.Path, DefaultFullPath)
+		placeholders = FullPlaceholders
+	case "":
+		bad(p+".mode", "is required: per_run or full")
+	default:
+		bad(p+".mode", "unknown mode %q: want per_run or full", j.Mode)
+	}
+
+	j.Timezone = cmp.Or(j.Timezone, DefaultTimezone)
+	loc, err := time.LoadLocation(j.Timezone)
+	if err != nil || strings.EqualFold(j.Timezone, "local") {
+		bad(p+".timezone", "unknown time zone %q: want an IANA name such as UTC or Europe/Berlin", j.Timezone)
+	}
+	j.Location = loc
+
+	if j.Schedule != "" {
+		if strings.HasPrefix(j.Schedule, "TZ=") || strings.HasPrefix(j.Schedule, "CRON_TZ=") {
+			bad(p+".schedule", "set the time zone with timezone:, not in the schedule")
+		} else if sched, err := cronParser.Parse(j.Schedule); err != nil {
+			bad(p+".schedule", "invalid cron expression %q: %v", j.Schedule, err)
+		} else if loc != nil && sched.Next(time.Now().In(loc)).IsZero() {
+			bad(p+".schedule", "cron expression %q never fires", j.Schedule)
+		} else {
+			j.Cron = sched
+		}
+	}
+
+	j.Destination = cmp.Or(j.Destination, DefaultDestination)
+	if u, err := url.Parse(j.Destination); err != nil || u.Scheme == "" {
+		bad(p+".destination", "want a bucket URL such as s3://bucket, gs://bucket, azblob://container, file:///path or mem://")
+	} else if !slices.Contains([]string{"s3", "gs", "azblob", "file", "mem"}, u.Scheme) {
+		bad(p+".destination", "unknown bucket scheme %q: want s3, gs, azblob, file or mem", u.Scheme)
+	}
+
+	if placeholders != nil {
+		t, err := keys.Parse(j.Path, placeholders)
+		switch {
+		case err != nil:
+			bad(p+".path", "%v", err)
+		case !t.InBase("ext"):
+			bad(p+".path", "the file name must contain {ext}, so formats do not overwrite each other")
+		case j.Mode == ModePerRun && !t.InDir("run_id"):
+			bad(p+".path", "a per_run path needs {run_id} in its folder part: each run's files and manifest need a folder of their own")
+		case j.Mode == ModeFull && (!t.InDir("org_id") || !t.InDir("date")):
+			bad(p+".path", "a full path needs {org_id} and {date} in its folder part: each org's daily snapshot needs a folder of its own")
+		default:
+			j.Template = t
+		}
+	}
+
+	if len(j.Formats) == 0 {
+		if _, set := f.lines[p+".formats"]; set {
+			bad(p+".formats", "must name at least one format: %s", strings.Join(Formats, ", "))
+		}
+		j.Formats = slices.Clone(DefaultFormats)
+	}
+	for i, fm := range j.Formats {
+		fp := fmt.Sprintf("%s.formats[%d]", p, i)
+		if !slices.Contains(Formats, fm) {
+			bad(fp, "unknown format %q: want %s", fm, strings.Join(Formats, ", "))
+		} else if slices.Index(j.Formats, fm) != i {
+			bad(fp, "format %q is listed twice", fm)
+		}
+	}
+
+	if len(j.Columns) == 0 {
+		if _, set := f.lines[p+".columns"]; set {
+			bad(p+".columns", "must name at least one column")
+		}
+		for _, c := range DefaultColumns {
+			j.Columns = append(j.Columns, Column{Name: c})
+		}
+	}
+	outputs := map[string]int{}
+	for i, c := range j.Columns {
+		cp := fmt.Sprintf("%s.columns[%d]", p, i)
+		if c.Name == "" {
+			bad(cp, "column name is empty")
+			continue
+		}
+		out := c.Output()
+		if first, dup := outputs[out]; dup {
+			bad(cp, "output column %q appears twice (also columns[%d])", out, first)
+		}
+		outputs[out] = i
+	}
+
+	switch {
+	case j.BatchRows == 0:
+		j.BatchRows = DefaultBatchRows
+	case j.BatchRows < 1 || j.BatchRows > MaxBatchRows:
+		bad(p+".batch_rows", "must be between 1 and %d, got %d", MaxBatchRows, j.BatchRows)
+	}
+
+	if j.CSV.FormulaGuard == nil {
+		t := true
+		j.CSV.FormulaGuard = &t
+	}
+	j.CSV.Compression = cmp.Or(j.CSV.Compression, DefaultCompression)
+	if _, ok := sinks.Compressions[j.CSV.Compression]; !ok {
+		bad(p+".csv.compression", "unknown compression %q: want none, gzip or zstd", j.CSV.Compression)
+	}
+	j.CSV.Delimiter = cmp.Or(j.CSV.Delimiter, ",")
+	if len(j.CSV.Delimiter) != 1 || strings.ContainsAny(j.CSV.Delimiter, "\"'\r\n") {
+		bad(p+".csv.delimiter", "want one ASCII character other than quotes, CR and LF, got %q", j.CSV.Delimiter)
+	}
+	j.NDJSON.Compression = cmp.Or(j.NDJSON.Compression, DefaultCompression)
+	if _, ok := sinks.Compressions[j.NDJSON.Compression]; !ok {
+		bad(p+".ndjson.compression", "unknown compression %q: want none, gzip or zstd", j.NDJSON.Compression)
+	}
+	j.Parquet.Compression = cmp.Or(j.Parquet.Compression, sinks.DefaultParquetCompression)
+	if _, ok := sinks.ParquetCodecs[j.Parquet.Compression]; !ok {
+		bad(p+".parquet.compression", "unknown compression %q: want zstd, snappy, gzip, brotli or none", j.Parquet.Compression)
+	}
+	switch {
+	case j.Parquet.RowGroupRows == 0:
+		j.Parquet.RowGroupRows = sinks.DefaultRowGroupRows
+	case j.Parquet.RowGroupRows < 1:
+		bad(p+".parquet.row_group_rows", "must be positive, got %d", j.Parquet.RowGroupRows)
+	}
+	return errs
+}
+
+// SourceColumns are the sellers columns a job reads, in order.
+func (j *Job) SourceColumns() []string {
+	out := make([]string, len(j.Columns))
+	for i, c := range j.Columns {
+		out[i] = c.Name
+	}
+	return out
+}

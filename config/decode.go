@@ -1,0 +1,280 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"reflect"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// FieldError is one problem in a config file: the field path (jobs[1].schedule),
+// the line it is on (0 when unknown), and what is wrong.
+type FieldError struct {
+	File string
+	Line int
+	Path string
+	Msg  string
+}
+
+func (e *FieldError) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File)
+		if e.Line > 0 {
+			fmt.Fprintf(&b, ":%d", e.Line)
+		}
+		b.WriteString(": ")
+	} else if e.Line > 0 {
+		fmt.Fprintf(&b, "line %d: ", e.Line)
+	}
+	if e.Path != "" {
+		b.WriteString(e.Path)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// decoder decodes a YAML node tree into Go values strictly: unknown and
+// duplicate keys are errors, and every error carries its field path and
+// line. It also records the line of every field it sees.
+type decoder struct {
+	file  string
+	lines map[string]int
+	errs  []error
+}
+
+func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
+	line := 0
+	if n != nil {
+		line = n.Line
+	}
+	d.errs = append(d.errs, &FieldError{File: d.file, Line: line, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
+
+func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	d.lines[path] = n.Line
+	if v.Kind() != reflect.Pointer && reflect.PointerTo(v.Type()).Implements(unmarshalerType) {
+		if err := n.Decode(v.Addr().Interface()); err != nil {
+			d.fail(n, path, "%s", cleanYAMLError(err))
+		}
+		return
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+			v.SetZero()
+			return
+		}
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		d.decode(n, v.Elem(), path)
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+				return
+			}
+			d.fail(n, path, "want a mapping of keys, got %s", describe(n))
+			return
+		}
+		fields := map[string]int{}
+		var known []string
+		for i := 0; i < v.NumField(); i++ {
+			tag := strings.Split(v.Type().Field(i).Tag.Get("yaml"), ",")[0]
+			if tag == "" || tag == "-" {
+				continue
+			}
+			fields[tag] = i
+			known = append(known, tag)
+		}
+		seen := map[string]int{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			fp := join(path, k.Value)
+			if line, dup := seen[k.Value]; dup {
+				d.fail(k, fp, "duplicate key (first set on line %d)", line)
+				continue
+			}
+			seen[k.Value] = k.Line
+			idx, ok := fields[k.Value]
+			if !ok {
+				d.fail(k, fp, "unknown key %q (known keys: %s)", k.Value, strings.Join(known, ", "))
+				continue
+			}
+			d.decode(val, v.Field(idx), fp)
+			d.lines[fp] = k.Line
+		}
+	case reflect.Slice:
+		if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" {
+			v.SetZero()
+			return
+		}
+		if n.Kind != yaml.SequenceNode {
+			d.fail(n, path, "want a list, got %s", describe(n))
+			return
+		}
+		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, item := range n.Content {
+			d.decode(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
+		}
+		v.Set(s)
+	default:
+		if n.Kind != yaml.ScalarNode {
+			d.fail(n, path, "want a %s, got %s", kindName(v.Kind()), describe(n))
+			return
+		}
+		if v.Kind() == reflect.String && n.ShortTag() == "!!null" {
+			v.SetString("")
+			return
+		}
+		if err := n.Decode(v.Addr().Interface()); err != nil {
+			d.fail(n, path, "want a %s, got %q", kindName(v.Kind()), n.Value)
+		}
+	}
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func kindName(k reflect.Kind) string {
+	switch k {
+	case reflect.Bool:
+		return "boolean (true or false)"
+	case reflect.Int, reflect.Int32, reflect.Int64:
+		return "whole number"
+	case reflect.String:
+		return "string"
+	}
+	return k.String()
+}
+
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	default:
+		return fmt.Sprintf("%q", n.Value)
+	}
+}
+
+func cleanYAMLError(err error) string {
+	s := err.Error()
+	s = strings.TrimPrefix(s, "yaml: unmarshal errors:\n")
+	s = strings.TrimSpace(s)
+	if i := strings.Index(s, ": "); strings.HasPrefix(s, "line ") && i > 0 {
+		s = s[i+2:]
+	}
+	return s
+}
+
+// expandEnv replaces ${VAR} and ${VAR:-default} in every scalar value (never
+// in keys); "$$" stands for a literal "$". Plain scalars are re-typed after
+// expansion, so "batch_rows: ${ROWS:-8192}" is a number. It returns the
+// names of variables that were unset and had no default.
+func (d *decoder) expandEnv(n *yaml.Node, path string) (unset map[string][]string) {
+	unset = map[string][]string{}
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.DocumentNode, yaml.SequenceNode:
+			for i, c := range n.Content {
+				p := path
+				if n.Kind == yaml.SequenceNode {
+					p = fmt.Sprintf("%s[%d]", path, i)
+				}
+				walk(c, p)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				walk(n.Content[i+1], join(path, n.Content[i].Value))
+			}
+		case yaml.ScalarNode:
+			if !strings.Contains(n.Value, "$") {
+				return
+			}
+			out, missing, err := expand(n.Value)
+			if err != nil {
+				d.fail(n, path, "%v", err)
+				return
+			}
+			for _, m := range missing {
+				unset[path] = append(unset[path], m)
+			}
+			if out != n.Value {
+				n.Value = out
+				if n.Style == 0 {
+					n.Tag = "" // re-resolve the type of a plain scalar
+				}
+			}
+		}
+	}
+	walk(n, path)
+	return unset
+}
+
+func expand(s string) (string, []string, error) {
+	var b strings.Builder
+	var missing []string
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '$' {
+			b.WriteByte(c)
+			continue
+		}
+		if i+1 < len(s) && s[i+1] == '$' {
+			b.WriteByte('$')
+			i++
+			continue
+		}
+		if i+1 >= len(s) || s[i+1] != '{' {
+			b.WriteByte(c)
+			continue
+		}
+		end := strings.IndexByte(s[i:], '}')
+		if end < 0 {
+			return "", nil, fmt.Errorf("unclosed ${ in %q", s)
+		}
+		expr := s[i+2 : i+end]
+		name, def, hasDef := strings.Cut(expr, ":-")
+		if !validVarName(name) {
+			return "", nil, fmt.Errorf("invalid variable name %q in ${%s}", name, expr)
+		}
+		val, ok := os.LookupEnv(name)
+		switch {
+		case ok && val != "":
+			b.WriteString(val)
+		case hasDef:
+			b.WriteString(def)
+		case !ok:
+			missing = append(missing, name)
+		}
+		i += end
+	}
+	return b.String(), missing, nil
+}
+
+func validVarName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		if !(r == '_' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
