@@ -280,6 +280,28 @@ func (p *Postgres) CountByRun(ctx context.Context, runs []Run, f Filter) (map[st
 	return out, nil
 }
 
+// CountByOrg returns the number of live sellers (matching f) per org, ""
+// standing for sellers without an org.
+func (p *Postgres) CountByOrg(ctx context.Context, f Filter) (map[string]int64, error) {
+	q := fmt.Sprintf(`SELECT coalesce(org_id::text, ''), count(*) FROM %s WHERE deleted_at IS NULL`, p.table(p.cfg.SellersTable))
+	var args []any
+	if f.Flagged != nil {
+		q += ` AND flagged = $1`
+		args = append(args, *f.Flagged)
+	}
+	rows, err := p.pool.Query(ctx, q+` GROUP BY 1`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("count sellers: %w", err)
+	}
+	out := map[string]int64{}
+	var org string
+	var n int64
+	if _, err := pgx.ForEachRow(rows, []any{&org, &n}, func() error { out[org] = n; return nil }); err != nil {
+		return nil, fmt.Errorf("count sellers: %w", err)
+	}
+	return out, nil
+}
+
 // Snapshot is one REPEATABLE READ READ ONLY transaction: every query made
 // through it sees the same database state.
 type Snapshot struct {

@@ -1,0 +1,37 @@
+# sellersnap — see README.md.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+TESTFLAGS ?=
+
+.PHONY: all build demo test check vet lint fmt clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/sellersnap ./cmd/sellersnap
+	$(GO) build -o bin/snapdev ./cmd/snapdev
+
+# A throwaway PostgreSQL with demo data, one export into ./snapshots, then the files.
+demo: build
+	rm -rf ./snapshots
+	./bin/snapdev demo -bin ./bin/sellersnap -config pipeline.yaml -out ./snapshots
+
+# The whole suite against a real PostgreSQL (DATABASE_URL, or a throwaway cluster).
+test: vet
+	$(GO) test -race -count=1 $(TESTFLAGS) ./...
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+lint:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+
+check: lint test
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin snapshots

@@ -1,0 +1,288 @@
+// Command sellersnap exports marketplace sellers from PostgreSQL into
+// snapshot files (CSV, NDJSON, Parquet) in a bucket.
+//
+//	sellersnap validate -config pipeline.yaml
+//	sellersnap once     -config pipeline.yaml [-job NAME]
+//	sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD)
+//	sellersnap version
+//
+// Exit status: 0 success, 1 an export failed, 2 usage or configuration error.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+	_ "time/tzdata" // time zones work on machines without a zoneinfo database
+
+	_ "gocloud.dev/blob/azureblob"
+	_ "gocloud.dev/blob/fileblob"
+	_ "gocloud.dev/blob/gcsblob"
+	_ "gocloud.dev/blob/memblob"
+	_ "gocloud.dev/blob/s3blob"
+
+	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/pipeline"
+	"github.com/sellersnap/sellersnap/sources"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = ""
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+// usageError and configError exit with status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+type configError struct{ err error }
+
+func (e *configError) Error() string { return e.err.Error() }
+func (e *configError) Unwrap() error { return e.err }
+
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	var ue *usageError
+	var ce *configError
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 2
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "sellersnap: %v\n\n%s", err, usage)
+		return 2
+	case errors.As(err, &ce):
+		fmt.Fprintf(stderr, "sellersnap: configuration error:\n%s\n", indent(err.Error()))
+		return 2
+	default:
+		fmt.Fprintf(stderr, "sellersnap: %v\n", err)
+		return 1
+	}
+}
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
+}
+
+const usage = `usage:
+  sellersnap validate -config pipeline.yaml
+  sellersnap once     -config pipeline.yaml [-job NAME]
+  sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD)
+  sellersnap version
+
+common flags: -log-format text|json, -log-level debug|info|warn|error
+exit status: 0 success, 1 an export failed, 2 usage or configuration error
+`
+
+type options struct {
+	config, job, run, date, logFormat, logLevel string
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return &usageError{"missing command"}
+	}
+	cmd, args := args[0], args[1:]
+	fs := flag.NewFlagSet("sellersnap "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o options
+	fs.StringVar(&o.config, "config", "pipeline.yaml", "path of the pipeline config")
+	fs.StringVar(&o.job, "job", "", "job name (default: every job)")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	switch cmd {
+	case "version":
+		fmt.Fprintln(stdout, "sellersnap", toolVersion())
+		return nil
+	case "rerun":
+		fs.StringVar(&o.run, "run", "", "collection run id to export again (per_run jobs)")
+		fs.StringVar(&o.date, "date", "", "snapshot date YYYY-MM-DD to write again (full jobs)")
+	case "validate", "once":
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		return &usageError{fmt.Sprintf("unknown command %q", cmd)}
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	logger, err := newLogger(stderr, o.logFormat, o.logLevel)
+	if err != nil {
+		return err
+	}
+
+	cfg, err := config.Load(o.config)
+	if err != nil {
+		return &configError{err}
+	}
+	jobs := cfg.Jobs
+	if o.job != "" {
+		j, _, err := cfg.Job(o.job)
+		if err != nil {
+			return &usageError{err.Error()}
+		}
+		jobs = []*config.Job{j}
+	}
+	if cmd == "rerun" {
+		if o.job == "" || (o.run == "") == (o.date == "") {
+			return &usageError{"rerun needs -job and exactly one of -run or -date"}
+		}
+	}
+
+	src, err := sources.Open(ctx, sources.Config{
+		DSN: cfg.Source.DSN, Schema: cfg.Source.Schema, RunsTable: cfg.Source.RunsTable,
+		SellersTable: cfg.Source.SellersTable, CompletedStatus: cfg.Source.CompletedStatus,
+		StatementTimeout: cfg.Source.StatementTimeout.Duration,
+	})
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	for i, j := range cfg.Jobs {
+		if err := src.Check(ctx, j.SourceColumns()); err != nil {
+			return &configError{cfg.Errorf(fmt.Sprintf("jobs[%d].columns", i), "%v", err)}
+		}
+	}
+	runner := &pipeline.Runner{Source: src, Version: toolVersion(), Logger: logger}
+	defer runner.Close()
+
+	switch cmd {
+	case "validate":
+		return validate(ctx, runner, jobs, stdout)
+	case "rerun":
+		var err error
+		if o.run != "" {
+			_, err = runner.RerunRun(ctx, jobs[0], o.run)
+		} else {
+			_, err = runner.RerunDate(ctx, jobs[0], o.date)
+		}
+		return err
+	default: // once
+		var errs []error
+		for _, j := range jobs {
+			res, err := runner.Once(ctx, j)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			logger.Info("job done", "job", j.Name, "exported", len(res.Exported), "failed", res.Failed)
+		}
+		return errors.Join(errs...)
+	}
+}
+
+func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer) error {
+	fmt.Fprintln(w, "config: ok; database: ok (tables and columns checked)")
+	for _, j := range jobs {
+		bucket, err := runner.Bucket(ctx, j.Destination)
+		if err != nil {
+			return err
+		}
+		probe := staticPrefix(j.Template.String()) + ".sellersnap-probe-" + randomHex()
+		if err := bucket.Put(ctx, probe, []byte("probe"), "text/plain", nil); err != nil {
+			return fmt.Errorf("job %s: destination %s is not writable: %w", j.Name, bucket.URL(), err)
+		}
+		if err := bucket.Delete(ctx, probe); err != nil {
+			return fmt.Errorf("job %s: destination %s: %w", j.Name, bucket.URL(), err)
+		}
+		next := j.Cron.Next(time.Now().In(j.Location))
+		fmt.Fprintf(w, "\njob %s (%s), schedule %q %s, next %s\n  destination %s (writable)\n  columns %s\n  formats %s\n",
+			j.Name, j.Mode, j.Schedule, j.Timezone, next.Format(time.RFC3339), bucket.URL(), columnList(j), strings.Join(j.Formats, ", "))
+		plan, err := runner.Plan(ctx, j)
+		if err != nil {
+			return err
+		}
+		what := "pending runs"
+		if j.Mode == config.ModeFull {
+			what = "orgs pending for today's snapshot"
+		}
+		fmt.Fprintf(w, "  %s: %d\n", what, len(plan))
+		for _, p := range plan {
+			if p.RunID != "" {
+				fmt.Fprintf(w, "  - run %s org %s date %s: %d rows\n", p.RunID, p.OrgID, p.Date, p.Rows)
+			} else {
+				fmt.Fprintf(w, "  - org %s date %s: %d rows\n", p.OrgID, p.Date, p.Rows)
+			}
+			for _, k := range p.Keys {
+				fmt.Fprintf(w, "      %s\n", k)
+			}
+		}
+	}
+	return nil
+}
+
+func columnList(j *config.Job) string {
+	var parts []string
+	for _, c := range j.Columns {
+		if c.As != "" {
+			parts = append(parts, c.Name+" as "+c.As)
+		} else {
+			parts = append(parts, c.Name)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// staticPrefix is the folder part of a template before its first placeholder.
+func staticPrefix(tmpl string) string {
+	if i := strings.IndexByte(tmpl, '{'); i >= 0 {
+		tmpl = tmpl[:i]
+	}
+	if i := strings.LastIndexByte(tmpl, '/'); i >= 0 {
+		return tmpl[:i+1]
+	}
+	return ""
+}
+
+func randomHex() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, &usageError{fmt.Sprintf("-log-level %q: want debug, info, warn or error", level)}
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, &usageError{fmt.Sprintf("-log-format %q: want text or json", format)}
+	}
+}
+
+func toolVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}

@@ -1,0 +1,130 @@
+// Command snapdev is the developers' helper behind make demo: it starts a
+// throwaway PostgreSQL, fills it with demo data, runs the sellersnap binary
+// against it and shows what landed in the bucket.
+//
+//	snapdev demo -bin bin/sellersnap [-config pipeline.yaml] [-out ./snapshots] [-sellers N -runs M -orgs K]
+//	snapdev pg   [-sellers N …]   # start a loaded server, print DATABASE_URL, wait for Ctrl-C
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sellersnap/sellersnap/internal/demodata"
+	"github.com/sellersnap/sellersnap/internal/pgtemp"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:])
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "snapdev:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return errors.New("usage: snapdev demo|pg [flags]")
+	}
+	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
+	bin := fs.String("bin", "bin/sellersnap", "sellersnap binary")
+	cfg := fs.String("config", "pipeline.yaml", "pipeline config")
+	out := fs.String("out", "./snapshots", "directory of the file:// bucket")
+	var opts demodata.Options
+	fs.IntVar(&opts.Sellers, "sellers", 5000, "demo sellers")
+	fs.IntVar(&opts.Runs, "runs", 12, "demo collection runs")
+	fs.IntVar(&opts.Orgs, "orgs", 3, "demo orgs")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	srv, err := pgtemp.Start(ctx, pgtemp.Options{})
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	dbURL := srv.URL("postgres")
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	err = demodata.Load(ctx, conn, opts)
+	conn.Close(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("throwaway PostgreSQL on 127.0.0.1:%d loaded with %d sellers, %d runs, %d orgs\n", srv.Port(), opts.Sellers, opts.Runs, opts.Orgs)
+
+	switch args[0] {
+	case "pg":
+		fmt.Printf("DATABASE_URL=%s\nCtrl-C stops it.\n", dbURL)
+		<-ctx.Done()
+		return nil
+	case "demo":
+		return demo(ctx, *bin, *cfg, *out, dbURL)
+	default:
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+}
+
+func demo(ctx context.Context, bin, cfg, out, dbURL string) error {
+	abs, err := filepath.Abs(out)
+	if err != nil {
+		return err
+	}
+	env := append(os.Environ(), "DATABASE_URL="+dbURL, "SELLERSNAP_BUCKET=file://"+abs)
+	for _, args := range [][]string{{"validate", "-config", cfg}, {"once", "-config", cfg}} {
+		fmt.Printf("\n$ sellersnap %s\n", strings.Join(args, " "))
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.Env, cmd.Stdout, cmd.Stderr = env, os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("sellersnap %s: %w", args[0], err)
+		}
+	}
+	fmt.Printf("\nfiles in %s:\n", abs)
+	var firstCSV string
+	err = filepath.WalkDir(abs, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, _ := d.Info()
+		rel, _ := filepath.Rel(abs, p)
+		fmt.Printf("  %9d  %s\n", info.Size(), rel)
+		if firstCSV == "" && strings.HasSuffix(p, ".csv") && strings.Contains(rel, "/new/") && info.Size() > 200 {
+			firstCSV = p
+		}
+		return nil
+	})
+	if err != nil || firstCSV == "" {
+		return err
+	}
+	fmt.Printf("\nfirst lines of %s:\n", firstCSV)
+	f, err := os.Open(firstCSV)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for i := 0; i < 6 && sc.Scan(); i++ {
+		line := sc.Text()
+		if len(line) > 160 {
+			line = line[:160] + "…"
+		}
+		fmt.Println("  " + line)
+	}
+	return nil
+}

@@ -1,0 +1,329 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path"
+	"time"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/memory"
+
+	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sources"
+)
+
+// unit is one set of files with one manifest: a run (per_run) or an org's
+// snapshot for one date (full).
+type unit struct {
+	job    *config.Job
+	run    *sources.Run // per_run only
+	orgID  string
+	date   string
+	values map[string]string // placeholder values, less ext
+}
+
+// noOrg stands for sellers without an org in keys.
+const noOrg = "none"
+
+func newRunUnit(job *config.Job, run sources.Run) unit {
+	date := run.CompletedAt.In(job.Location).Format(time.DateOnly)
+	org := run.OrgID
+	if org == "" {
+		org = noOrg
+	}
+	id8 := run.ID
+	if len(id8) > 8 {
+		id8 = id8[:8]
+	}
+	return unit{job: job, run: &run, orgID: run.OrgID, date: date, values: map[string]string{
+		"job": job.Name, "org_id": org, "run_id": run.ID, "run_id8": id8, "run_date": date,
+	}}
+}
+
+func newOrgUnit(job *config.Job, orgID, date string) unit {
+	org := orgID
+	if org == "" {
+		org = noOrg
+	}
+	return unit{job: job, orgID: orgID, date: date, values: map[string]string{
+		"job": job.Name, "org_id": org, "date": date,
+	}}
+}
+
+// formatFile says how one format is named and typed.
+type formatFile struct {
+	format, ext, contentType, compression string
+}
+
+func fileOf(job *config.Job, format string) formatFile {
+	switch format {
+	case "csv":
+		return textFile("csv", "text/csv; charset=utf-8", job.CSV.Compression)
+	case "ndjson":
+		return textFile("ndjson", "application/x-ndjson", job.NDJSON.Compression)
+	default:
+		return formatFile{format: "parquet", ext: "parquet", contentType: "application/vnd.apache.parquet", compression: job.Parquet.Compression}
+	}
+}
+
+func textFile(format, contentType, compression string) formatFile {
+	f := formatFile{format: format, ext: format + sinks.Compressions[compression], contentType: contentType, compression: compression}
+	switch compression {
+	case "gzip":
+		f.contentType = "application/gzip"
+	case "zstd":
+		f.contentType = "application/zstd"
+	}
+	return f
+}
+
+// key returns the key of the file in format.
+func (u unit) key(format string) (string, error) {
+	vals := make(map[string]string, len(u.values)+1)
+	for k, v := range u.values {
+		vals[k] = v
+	}
+	vals["ext"] = fileOf(u.job, format).ext
+	return u.job.Template.Execute(vals)
+}
+
+// manifestKey is the manifest's key: beside the data files.
+func (u unit) manifestKey() (string, error) {
+	k, err := u.key(u.job.Formats[0])
+	if err != nil {
+		return "", err
+	}
+	return path.Join(path.Dir(k), ManifestName), nil
+}
+
+func (u unit) query() sources.Query {
+	q := sources.Query{Columns: u.job.SourceColumns(), OrgID: u.orgID, Filter: sources.Filter{Flagged: u.job.Flagged}}
+	if u.run != nil {
+		q.RunID = u.run.ID
+	}
+	return q
+}
+
+func (u unit) logAttrs() []any {
+	attrs := []any{"job", u.job.Name}
+	if u.run != nil {
+		attrs = append(attrs, "run_id", u.run.ID)
+	} else {
+		attrs = append(attrs, "date", u.date)
+	}
+	return append(attrs, "org_id", u.orgID)
+}
+
+// output is one data file being written.
+type output struct {
+	file formatFile
+	obj  *sinks.Object
+	sink *sink
+}
+
+// exportUnit streams one unit out of the snapshot into its files, commits
+// them, then writes the manifest. On any error nothing is left at a final
+// key by this attempt: uploads in flight are cancelled before they could
+// commit, and files already committed are deleted again.
+func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket *sinks.Bucket, u unit) (*Manifest, error) {
+	start := time.Now()
+	job := u.job
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	rd, err := snap.Sellers(ctx, u.query(), sources.ReadOptions{BatchRows: job.BatchRows, Allocator: r.allocator()})
+	if err != nil {
+		return nil, err
+	}
+	defer rd.Close()
+	schema := outputSchema(job, rd.Schema())
+
+	var outs []*output
+	defer func() {
+		for _, o := range outs {
+			o.obj.Abort() // no-op once committed
+		}
+	}()
+	for _, format := range job.Formats {
+		o, err := r.openOutput(ctx, bucket, u, format, schema)
+		if err != nil {
+			return nil, err
+		}
+		outs = append(outs, o)
+	}
+	stageSinks := make([]*sink, len(outs))
+	for i, o := range outs {
+		stageSinks[i] = o.sink
+	}
+	if err := runStages(ctx, cancel, rd, schema, stageSinks); err != nil {
+		return nil, err
+	}
+
+	m := &Manifest{
+		ManifestVersion: ManifestVersion, Job: job.Name, Mode: job.Mode, OrgID: u.orgID, Date: u.date,
+		Rows: rd.Rows(), NulledValues: rd.Nulled(),
+		Snapshot:   ManifestSnapshot{ReadAt: snap.Time().UTC(), Isolation: "repeatable read, read only"},
+		Tool:       ManifestTool{Name: "sellersnap", Version: r.Version},
+		Options:    manifestOptions(job),
+		ExportedAt: r.now().UTC(),
+	}
+	if m.NulledValues == nil {
+		m.NulledValues = []sources.Nulled{}
+	}
+	if u.run != nil {
+		m.RunID = u.run.ID
+		c := u.run.CompletedAt.UTC()
+		m.Snapshot.RunCompletedAt = &c
+		if !u.run.StartedAt.IsZero() {
+			s := u.run.StartedAt.UTC()
+			m.Snapshot.RunStartedAt = &s
+		}
+	}
+	for i, f := range schema.Fields() {
+		m.Columns = append(m.Columns, ManifestColumn{Name: f.Name, Source: job.Columns[i].Name, Type: f.Type.String(), Nullable: f.Nullable})
+	}
+
+	// Publish: every data file, then the manifest, last.
+	mkey, err := u.manifestKey()
+	if err != nil {
+		return nil, err
+	}
+	var committed []string
+	for _, o := range outs {
+		if err := o.obj.Commit(); err != nil {
+			r.unpublish(ctx, bucket, append(committed, mkey))
+			return nil, err
+		}
+		committed = append(committed, o.obj.Key())
+		m.Files = append(m.Files, ManifestFile{
+			Format: o.file.format, Key: o.obj.Key(), Rows: o.sink.rows, Bytes: o.obj.Size(),
+			SHA256: o.obj.SHA256(), ContentType: o.file.contentType, Compression: o.file.compression,
+		})
+	}
+	data, err := m.encode()
+	if err != nil {
+		return nil, fmt.Errorf("encode manifest: %w", err)
+	}
+	if err := bucket.Put(ctx, mkey, data, "application/json", nil); err != nil {
+		return nil, err
+	}
+	elapsed := time.Since(start)
+	r.logger().Info("exported", append(u.logAttrs(),
+		"rows", m.Rows, "files", len(m.Files), "duration", elapsed.Round(time.Millisecond),
+		"rows_per_sec", int64(float64(m.Rows)/max(elapsed.Seconds(), 1e-9)), "manifest", mkey)...)
+	return m, nil
+}
+
+// unpublish removes what a failed attempt committed, and the manifest,
+// which no longer matches the files at its keys. The next export of the
+// unit writes them anew.
+func (r *Runner) unpublish(ctx context.Context, bucket *sinks.Bucket, keys []string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	for i := len(keys) - 1; i >= 0; i-- {
+		if err := bucket.Delete(ctx, keys[i]); err != nil {
+			r.logger().Warn("could not remove a file of a failed export", "key", keys[i], "err", err)
+		}
+	}
+}
+
+func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, format string, schema *arrow.Schema) (*output, error) {
+	job := u.job
+	key, err := u.key(format)
+	if err != nil {
+		return nil, err
+	}
+	f := fileOf(job, format)
+	obj, err := bucket.NewObject(ctx, key, f.contentType)
+	if err != nil {
+		return nil, err
+	}
+	o := &output{file: f, obj: obj}
+	var w io.Writer = obj
+	var comp io.WriteCloser
+	if format != "parquet" {
+		if comp, err = sinks.NewCompressor(obj, f.compression); err != nil {
+			obj.Abort()
+			return nil, err
+		}
+		w = comp
+	}
+	var enc Encoder
+	switch format {
+	case "csv":
+		enc, err = sinks.NewCSV(w, schema, sinks.CSVOptions{FormulaGuard: *job.CSV.FormulaGuard, Delimiter: job.CSV.Delimiter[0]})
+	case "ndjson":
+		enc, err = sinks.NewNDJSON(w, schema)
+	case "parquet":
+		enc, err = sinks.NewParquet(w, schema, sinks.ParquetOptions{Compression: job.Parquet.Compression, RowGroupRows: job.Parquet.RowGroupRows})
+	default:
+		err = fmt.Errorf("unknown format %q", format)
+	}
+	if err != nil {
+		obj.Abort()
+		return nil, err
+	}
+	o.sink = &sink{enc: enc, finish: func() error {
+		if err := enc.Close(); err != nil {
+			return err
+		}
+		if comp != nil {
+			if err := comp.Close(); err != nil {
+				return fmt.Errorf("compress %s: %w", key, err)
+			}
+		}
+		return nil
+	}}
+	return o, nil
+}
+
+// outputSchema renames the source columns to the job's output names.
+func outputSchema(job *config.Job, src *arrow.Schema) *arrow.Schema {
+	fields := make([]arrow.Field, src.NumFields())
+	for i, f := range src.Fields() {
+		f.Name = job.Columns[i].Output()
+		fields[i] = f
+	}
+	return arrow.NewSchema(fields, nil)
+}
+
+func manifestOptions(job *config.Job) ManifestOptions {
+	return ManifestOptions{
+		CSVFormulaGuard: *job.CSV.FormulaGuard, CSVDelimiter: job.CSV.Delimiter, CSVCompression: job.CSV.Compression,
+		NDJSONCompression: job.NDJSON.Compression, ParquetCompression: job.Parquet.Compression,
+		Flagged: job.Flagged, Order: "created_at DESC, id DESC",
+	}
+}
+
+func (r *Runner) allocator() memory.Allocator {
+	if r.Allocator != nil {
+		return r.Allocator
+	}
+	return memory.DefaultAllocator
+}
+
+func (r *Runner) logger() *slog.Logger {
+	if r.Logger != nil {
+		return r.Logger
+	}
+	return slog.Default()
+}
+
+func (r *Runner) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+// unitError wraps a unit's error with what identifies the unit.
+func unitError(u unit, err error) error {
+	if u.run != nil {
+		return fmt.Errorf("job %s, run %s: %w", u.job.Name, u.run.ID, err)
+	}
+	return fmt.Errorf("job %s, org %s, date %s: %w", u.job.Name, u.values["org_id"], u.date, err)
+}

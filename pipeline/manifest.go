@@ -1,0 +1,98 @@
+package pipeline
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/sellersnap/sellersnap/sources"
+)
+
+// ManifestVersion is the version of the manifest format.
+const ManifestVersion = 1
+
+// ManifestName is the manifest's file name, in the folder of the files it
+// lists. A run (or a full snapshot of an org) is exported if and only if
+// its manifest exists.
+const ManifestName = "manifest.json"
+
+// Manifest describes one complete export. It is written last, after every
+// file it lists was committed.
+type Manifest struct {
+	ManifestVersion int    `json:"manifest_version"`
+	Job             string `json:"job"`
+	Mode            string `json:"mode"`
+	// RunID is the collection run (per_run jobs only).
+	RunID string `json:"run_id,omitempty"`
+	// OrgID is the org scope; "" for sellers without an org.
+	OrgID string `json:"org_id"`
+	// Date is the run's completed_at date (per_run) or the snapshot date
+	// (full), in the job's time zone: the date in the keys.
+	Date    string           `json:"date"`
+	Rows    int64            `json:"rows"`
+	Columns []ManifestColumn `json:"columns"`
+	Files   []ManifestFile   `json:"files"`
+	// Snapshot says which database state the files hold.
+	Snapshot   ManifestSnapshot `json:"snapshot"`
+	ExportedAt time.Time        `json:"exported_at"`
+	Tool       ManifestTool     `json:"tool"`
+	Options    ManifestOptions  `json:"options"`
+	// NulledValues counts values that became NULL because the file formats
+	// cannot hold them (numeric NaN, infinite timestamps).
+	NulledValues []sources.Nulled `json:"nulled_values"`
+}
+
+// ManifestColumn is one output column.
+type ManifestColumn struct {
+	Name     string `json:"name"`
+	Source   string `json:"source"`
+	Type     string `json:"type"`
+	Nullable bool   `json:"nullable"`
+}
+
+// ManifestFile is one data file.
+type ManifestFile struct {
+	Format      string `json:"format"`
+	Key         string `json:"key"`
+	Rows        int64  `json:"rows"`
+	Bytes       int64  `json:"bytes"`
+	SHA256      string `json:"sha256"`
+	ContentType string `json:"content_type"`
+	Compression string `json:"compression"`
+}
+
+// ManifestSnapshot identifies the database state exported.
+type ManifestSnapshot struct {
+	// RunStartedAt and RunCompletedAt are the run's times (per_run jobs).
+	RunStartedAt   *time.Time `json:"run_started_at,omitempty"`
+	RunCompletedAt *time.Time `json:"run_completed_at,omitempty"`
+	// ReadAt is the start of the REPEATABLE READ transaction that read the
+	// rows, by the database's clock.
+	ReadAt time.Time `json:"read_at"`
+	// Isolation is always "repeatable read, read only".
+	Isolation string `json:"isolation"`
+}
+
+// ManifestTool names the exporter.
+type ManifestTool struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+}
+
+// ManifestOptions are the settings that shaped the files.
+type ManifestOptions struct {
+	CSVFormulaGuard    bool   `json:"csv_formula_guard"`
+	CSVDelimiter       string `json:"csv_delimiter"`
+	CSVCompression     string `json:"csv_compression"`
+	NDJSONCompression  string `json:"ndjson_compression"`
+	ParquetCompression string `json:"parquet_compression"`
+	Flagged            *bool  `json:"flagged"`
+	Order              string `json:"order"`
+}
+
+func (m *Manifest) encode() ([]byte, error) {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}

@@ -1,0 +1,310 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/apache/arrow/go/v17/arrow/memory"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sources"
+)
+
+// Runner runs export jobs: it finds what is pending, exports it, and
+// publishes files and manifests.
+type Runner struct {
+	// Source is the collector's database. Required.
+	Source *sources.Postgres
+	// Version is recorded in manifests. Default "dev".
+	Version string
+	// Logger for one line per export. Default slog.Default().
+	Logger *slog.Logger
+	// Allocator for Arrow records. Default memory.DefaultAllocator.
+	Allocator memory.Allocator
+	// Now is the wall clock (exported_at, today's date for full jobs).
+	// Default time.Now.
+	Now func() time.Time
+
+	mu      sync.Mutex
+	buckets map[string]*sinks.Bucket
+}
+
+// existsConcurrency bounds the manifest look-ups made at once.
+const existsConcurrency = 8
+
+// Bucket opens (once) and returns the bucket at url.
+func (r *Runner) Bucket(ctx context.Context, url string) (*sinks.Bucket, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if b, ok := r.buckets[url]; ok {
+		return b, nil
+	}
+	b, err := sinks.OpenBucket(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	if r.buckets == nil {
+		r.buckets = map[string]*sinks.Bucket{}
+	}
+	r.buckets[url] = b
+	return b, nil
+}
+
+// Close closes the buckets the runner opened.
+func (r *Runner) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var errs []error
+	for _, b := range r.buckets {
+		errs = append(errs, b.Close())
+	}
+	r.buckets = nil
+	return errors.Join(errs...)
+}
+
+// Result sums up one Once or Rerun call.
+type Result struct {
+	Exported []*Manifest
+	// Failed is how many units failed; their errors are joined in the
+	// returned error.
+	Failed int
+}
+
+// Once exports what job has pending: for a per_run job every completed run
+// without a manifest, oldest first; for a full job today's snapshot (in the
+// job's time zone) of every org that has none yet. A failed unit does not
+// stop the others; the returned error joins every failure.
+func (r *Runner) Once(ctx context.Context, job *config.Job) (Result, error) {
+	if job.Mode == config.ModeFull {
+		return r.full(ctx, job, r.now().In(job.Location).Format(time.DateOnly), false)
+	}
+	units, err := r.pendingRuns(ctx, job)
+	if err != nil {
+		return Result{}, err
+	}
+	return r.exportRuns(ctx, job, units)
+}
+
+// RerunRun exports one run again, whether or not it was exported before.
+// With the same database contents the data files are byte-identical.
+func (r *Runner) RerunRun(ctx context.Context, job *config.Job, runID string) (Result, error) {
+	if job.Mode != config.ModePerRun {
+		return Result{}, fmt.Errorf("job %s is a %s job: rerun it with -date", job.Name, job.Mode)
+	}
+	run, err := r.Source.RunByID(ctx, runID)
+	if err != nil {
+		return Result{}, err
+	}
+	return r.exportRuns(ctx, job, []unit{newRunUnit(job, run)})
+}
+
+// RerunDate writes the full snapshot of every org for date again, with the
+// database as it is now.
+func (r *Runner) RerunDate(ctx context.Context, job *config.Job, date string) (Result, error) {
+	if job.Mode != config.ModeFull {
+		return Result{}, fmt.Errorf("job %s is a %s job: rerun it with -run", job.Name, job.Mode)
+	}
+	if _, err := time.Parse(time.DateOnly, date); err != nil {
+		return Result{}, fmt.Errorf("date %q: want YYYY-MM-DD", date)
+	}
+	return r.full(ctx, job, date, true)
+}
+
+// pendingRuns lists, oldest first, the completed runs of a per_run job
+// that have no manifest in the job's destination.
+func (r *Runner) pendingRuns(ctx context.Context, job *config.Job) ([]unit, error) {
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return nil, err
+	}
+	runs, err := r.Source.CompletedRuns(ctx)
+	if err != nil {
+		return nil, err
+	}
+	exported := make([]bool, len(runs))
+	units := make([]unit, len(runs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(existsConcurrency)
+	for i, run := range runs {
+		units[i] = newRunUnit(job, run)
+		g.Go(func() error {
+			key, err := units[i].manifestKey()
+			if err != nil {
+				return unitError(units[i], err)
+			}
+			exported[i], err = bucket.Exists(gctx, key)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	var pending []unit
+	for i, u := range units {
+		if !exported[i] {
+			pending = append(pending, u)
+		}
+	}
+	return pending, nil
+}
+
+func (r *Runner) exportRuns(ctx context.Context, job *config.Job, units []unit) (Result, error) {
+	var res Result
+	if len(units) == 0 {
+		return res, nil
+	}
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return res, err
+	}
+	var errs []error
+	for _, u := range units {
+		if ctx.Err() != nil {
+			errs = append(errs, ctx.Err())
+			break
+		}
+		m, err := r.exportRun(ctx, bucket, u)
+		if err != nil {
+			res.Failed++
+			err = unitError(u, err)
+			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...)
+			errs = append(errs, err)
+			continue
+		}
+		res.Exported = append(res.Exported, m)
+	}
+	return res, nil
+}
+
+// exportRun reads one run in its own snapshot.
+func (r *Runner) exportRun(ctx context.Context, bucket *sinks.Bucket, u unit) (*Manifest, error) {
+	snap, err := r.Source.Snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close(context.WithoutCancel(ctx))
+	return r.exportUnit(ctx, snap, bucket, u)
+}
+
+// full exports one date's snapshot of every org, all orgs read in one
+// REPEATABLE READ transaction. Unless force, orgs whose manifest for the
+// date exists are skipped.
+func (r *Runner) full(ctx context.Context, job *config.Job, date string, force bool) (Result, error) {
+	var res Result
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return res, err
+	}
+	snap, err := r.Source.Snapshot(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer snap.Close(context.WithoutCancel(ctx))
+	orgs, err := snap.Orgs(ctx, sources.Filter{Flagged: job.Flagged})
+	if err != nil {
+		return res, err
+	}
+	for _, org := range orgs {
+		u := newOrgUnit(job, org, date)
+		if !force {
+			key, err := u.manifestKey()
+			if err != nil {
+				return res, unitError(u, err)
+			}
+			done, err := bucket.Exists(ctx, key)
+			if err != nil {
+				return res, err
+			}
+			if done {
+				continue
+			}
+		}
+		m, err := r.exportUnit(ctx, snap, bucket, u)
+		if err != nil {
+			// The snapshot's connection may be gone (a cancelled query
+			// closes it): the remaining orgs wait for the next attempt.
+			res.Failed++
+			err = unitError(u, err)
+			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...)
+			return res, err
+		}
+		res.Exported = append(res.Exported, m)
+	}
+	return res, nil
+}
+
+// Planned is one unit Once would export now.
+type Planned struct {
+	RunID string // per_run jobs
+	OrgID string
+	Date  string
+	Rows  int64
+	Keys  []string // data files, then the manifest
+}
+
+// Plan says what Once would export now, without writing anything.
+func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
+	var units []unit
+	var counts map[string]int64
+	if job.Mode == config.ModeFull {
+		bucket, err := r.Bucket(ctx, job.Destination)
+		if err != nil {
+			return nil, err
+		}
+		date := r.now().In(job.Location).Format(time.DateOnly)
+		if counts, err = r.Source.CountByOrg(ctx, sources.Filter{Flagged: job.Flagged}); err != nil {
+			return nil, err
+		}
+		for org := range counts {
+			u := newOrgUnit(job, org, date)
+			key, err := u.manifestKey()
+			if err != nil {
+				return nil, unitError(u, err)
+			}
+			if done, err := bucket.Exists(ctx, key); err != nil {
+				return nil, err
+			} else if !done {
+				units = append(units, u)
+			}
+		}
+		slices.SortFunc(units, func(a, b unit) int { return strings.Compare(a.orgID, b.orgID) })
+	} else {
+		var err error
+		if units, err = r.pendingRuns(ctx, job); err != nil {
+			return nil, err
+		}
+		runs := make([]sources.Run, len(units))
+		for i, u := range units {
+			runs[i] = *u.run
+		}
+		if counts, err = r.Source.CountByRun(ctx, runs, sources.Filter{Flagged: job.Flagged}); err != nil {
+			return nil, err
+		}
+	}
+	plan := make([]Planned, 0, len(units))
+	for _, u := range units {
+		p := Planned{OrgID: u.orgID, Date: u.date, Rows: counts[u.orgID]}
+		if u.run != nil {
+			p.RunID, p.Rows = u.run.ID, counts[u.run.ID]
+		}
+		for _, f := range job.Formats {
+			k, err := u.key(f)
+			if err != nil {
+				return nil, unitError(u, err)
+			}
+			p.Keys = append(p.Keys, k)
+		}
+		mk, _ := u.manifestKey()
+		p.Keys = append(p.Keys, mk)
+		plan = append(plan, p)
+	}
+	return plan, nil
+}

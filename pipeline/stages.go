@@ -1,0 +1,149 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"golang.org/x/sync/errgroup"
+)
+
+// RecordReader is a stream of Arrow records; *sources.Reader is one. The
+// caller owns each record Next returns. Next returns io.EOF at the end.
+type RecordReader interface {
+	Next() (arrow.Record, error)
+}
+
+// Encoder writes records in one file format; sinks.CSV, sinks.NDJSON and
+// sinks.Parquet are encoders. Close flushes without closing the writer.
+type Encoder interface {
+	Write(arrow.Record) error
+	Close() error
+}
+
+// sink is one encoder and the stream it writes into. finish flushes what
+// the encoder and any compressor still hold; it does not commit anything.
+type sink struct {
+	enc    Encoder
+	finish func() error
+	rows   int64
+}
+
+// runStages streams rd through the stages
+//
+//	extract → transform (schema: projection and renames) → one encoder per sink
+//
+// Each stage runs in its own goroutine, closes its output channel when it
+// ends and selects on ctx for every send. The first error cancels ctx
+// (with that error as its cause), which stops every stage and, since the
+// caller's blob writers hang off ctx, every upload. Channels hold one
+// record: memory is bounded by the batch size times the number of stages,
+// never by the size of the run. On return every record has been released.
+func runStages(ctx context.Context, cancel context.CancelCauseFunc, rd RecordReader, schema *arrow.Schema, sinks []*sink) error {
+	var g errgroup.Group
+	fail := func(err error) error {
+		cancel(err)
+		return err
+	}
+
+	extracted := make(chan arrow.Record, 1)
+	g.Go(func() error {
+		defer close(extracted)
+		for {
+			rec, err := rd.Next()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return fail(err)
+			}
+			select {
+			case extracted <- rec:
+			case <-ctx.Done():
+				rec.Release()
+				return context.Cause(ctx)
+			}
+		}
+	})
+
+	fans := make([]chan arrow.Record, len(sinks))
+	for i := range fans {
+		fans[i] = make(chan arrow.Record, 1)
+	}
+	g.Go(func() error {
+		defer func() {
+			for _, ch := range fans {
+				close(ch)
+			}
+		}()
+		for rec := range extracted {
+			out, err := project(rec, schema)
+			rec.Release()
+			if err != nil {
+				return fail(err)
+			}
+			for _, ch := range fans {
+				out.Retain()
+				select {
+				case ch <- out:
+				case <-ctx.Done():
+					out.Release()
+					out.Release()
+					return context.Cause(ctx)
+				}
+			}
+			out.Release()
+		}
+		return nil
+	})
+
+	for i, s := range sinks {
+		in := fans[i]
+		g.Go(func() error {
+			for rec := range in {
+				err := s.enc.Write(rec)
+				s.rows += rec.NumRows()
+				rec.Release()
+				if err != nil {
+					return fail(err)
+				}
+			}
+			if err := context.Cause(ctx); err != nil {
+				return err
+			}
+			if err := s.finish(); err != nil {
+				return fail(err)
+			}
+			return nil
+		})
+	}
+
+	err := g.Wait()
+	// A stage that stopped early may have left records in a channel.
+	for _, ch := range append([]chan arrow.Record{extracted}, fans...) {
+		for rec := range ch {
+			rec.Release()
+		}
+	}
+	if cause := context.Cause(ctx); cause != nil {
+		return cause
+	}
+	return err
+}
+
+// project is the transform stage: it gives rec the output schema (renamed
+// columns). Columns are shared, not copied.
+func project(rec arrow.Record, schema *arrow.Schema) (arrow.Record, error) {
+	if int(rec.NumCols()) != schema.NumFields() {
+		return nil, fmt.Errorf("transform: record has %d columns, schema %d", rec.NumCols(), schema.NumFields())
+	}
+	for i, f := range schema.Fields() {
+		if !arrow.TypeEqual(rec.Column(i).DataType(), f.Type) {
+			return nil, fmt.Errorf("transform: column %q is %s, schema says %s", f.Name, rec.Column(i).DataType(), f.Type)
+		}
+	}
+	return array.NewRecord(schema, rec.Columns(), rec.NumRows()), nil
+}
