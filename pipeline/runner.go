@@ -181,7 +181,7 @@ func (r *Runner) exportRuns(ctx context.Context, job *config.Job, units []unit) 
 		}
 		res.Exported = append(res.Exported, m)
 	}
-	return res, nil
+	return res, errors.Join(errs...)
 }
 
 // exportRun reads one run in its own snapshot.

@@ -1,0 +1,638 @@
+package pipeline_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/memory"
+	"github.com/apache/arrow/go/v17/parquet/file"
+	"github.com/apache/arrow/go/v17/parquet/pqarrow"
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+	_ "gocloud.dev/blob/fileblob"
+	_ "gocloud.dev/blob/memblob"
+
+	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/pipeline"
+	"github.com/sellersnap/sellersnap/sources"
+)
+
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// fixture is a database with demo data, a file:// bucket and a runner.
+type fixture struct {
+	t      *testing.T
+	dbURL  string
+	dir    string
+	cfg    *config.File
+	src    *sources.Postgres
+	runner *pipeline.Runner
+	mem    *memory.CheckedAllocator
+}
+
+func newFixture(t *testing.T, extraYAML string) *fixture {
+	t.Helper()
+	f := &fixture{t: t, dbURL: pgtest.NewDatabase(t), dir: t.TempDir()}
+	f.load(extraYAML)
+	return f
+}
+
+func (f *fixture) load(extraYAML string) {
+	t := f.t
+	t.Helper()
+	yaml := fmt.Sprintf(`source:
+  dsn: %q
+jobs:
+  - name: new-sellers
+    mode: per_run
+    destination: "file://%s"
+    batch_rows: 64
+%s
+  - name: full-nightly
+    mode: full
+    destination: "file://%s"
+`, f.dbURL, f.dir, extraYAML, f.dir)
+	cfg, err := config.Parse("test.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cfg = cfg
+	if f.src != nil {
+		f.src.Close()
+	}
+	src, err := sources.Open(context.Background(), sources.Config{DSN: f.dbURL, SellersTable: cfg.Source.SellersTable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.src = src
+	f.mem = memory.NewCheckedAllocator(memory.NewGoAllocator())
+	f.runner = &pipeline.Runner{Source: src, Version: "test", Allocator: f.mem, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now: func() time.Time { return time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC) }}
+	t.Cleanup(func() {
+		f.runner.Close()
+		src.Close()
+		f.mem.AssertSize(t, 0)
+	})
+}
+
+func (f *fixture) job(name string) *config.Job {
+	j, _, err := f.cfg.Job(name)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return j
+}
+
+// files returns every file under the bucket directory, by key.
+func (f *fixture) files() map[string][]byte {
+	out := map[string][]byte{}
+	err := filepath.WalkDir(f.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		rel, _ := filepath.Rel(f.dir, p)
+		out[filepath.ToSlash(rel)] = b
+		return err
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return out
+}
+
+// expected returns Postgres's own rendering of a run's rows, in export
+// order: text as stored, numbers and booleans as PostgreSQL prints them,
+// timestamps in UTC with six fractional digits.
+func (f *fixture) expected(runID, orgID string) [][]*string {
+	t := f.t
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, f.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	where := "first_seen_run_id = $1 AND org_id = $2"
+	args := []any{runID, orgID}
+	if runID == "" {
+		where, args = "org_id = $1", []any{orgID}
+	}
+	rows, err := conn.Query(ctx, `SELECT display_name, normalized_name, platform, platform_id, times_seen::text,
+		feedback_percent::text, feedback_count::text, flagged::text,
+		to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+		FROM sellers WHERE deleted_at IS NULL AND `+where+` ORDER BY created_at DESC, id DESC`, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]*string, error) {
+		v := make([]*string, 9)
+		p := make([]any, 9)
+		for i := range v {
+			p[i] = &v[i]
+		}
+		return v, r.Scan(p...)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+var textColumns = []int{0, 1, 2, 3} // the text columns the CSV guard applies to
+
+func TestOnceExportsEveryCompletedRunExactly(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.job("new-sellers")
+	runs, err := f.src.CompletedRuns(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.runner.Once(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Exported) != len(runs) {
+		t.Fatalf("exported %d runs, %d are completed", len(res.Exported), len(runs))
+	}
+	files := f.files()
+	sawEmpty, sawCRLF, sawEmptyString := false, false, false
+	for i, m := range res.Exported {
+		if m.RunID != runs[i].ID {
+			t.Errorf("export %d is run %s, want %s (oldest completed_at first)", i, m.RunID, runs[i].ID)
+		}
+		mkey := strings.TrimSuffix(m.Files[0].Key, filepath.Base(m.Files[0].Key)) + "manifest.json"
+		var onDisk pipeline.Manifest
+		if err := json.Unmarshal(files[mkey], &onDisk); err != nil {
+			t.Fatalf("manifest %s: %v", mkey, err)
+		}
+		if onDisk.Rows != m.Rows || onDisk.Job != "new-sellers" || onDisk.Tool.Version != "test" || !onDisk.Options.CSVFormulaGuard {
+			t.Errorf("manifest %s: %+v", mkey, onDisk)
+		}
+		want := f.expected(m.RunID, m.OrgID)
+		if int64(len(want)) != m.Rows {
+			t.Errorf("run %s: manifest says %d rows, Postgres has %d", m.RunID, m.Rows, len(want))
+		}
+		sawEmpty = sawEmpty || len(want) == 0
+		for _, mf := range m.Files {
+			data, ok := files[mf.Key]
+			if !ok {
+				t.Fatalf("manifest lists %s, which is not in the bucket", mf.Key)
+			}
+			sum := sha256.Sum256(data)
+			if hex.EncodeToString(sum[:]) != mf.SHA256 || int64(len(data)) != mf.Bytes || mf.Rows != m.Rows {
+				t.Errorf("%s: manifest bytes/sha256/rows do not match the object", mf.Key)
+			}
+			var got [][]*string
+			switch mf.Format {
+			case "csv":
+				got = parseCSV(t, data)
+				if len(got) == 0 || strings.Join(deref(got[0]), ",") != strings.Join(config.DefaultColumns, ",") {
+					t.Fatalf("%s: header %v", mf.Key, got)
+				}
+				got = got[1:]
+			case "ndjson":
+				got = parseNDJSON(t, data)
+			case "parquet":
+				got = parseParquet(t, data)
+			}
+			if len(got) != len(want) {
+				t.Fatalf("%s: %d rows, want %d", mf.Key, len(got), len(want))
+			}
+			for r := range want {
+				for c := range want[r] {
+					w := want[r][c]
+					if mf.Format == "csv" && w != nil && slices.Contains(textColumns, c) && *w != "" && strings.ContainsRune("=+-@\t\r", rune((*w)[0])) {
+						guarded := "'" + *w
+						w = &guarded
+					}
+					if !equal(got[r][c], w) {
+						t.Fatalf("%s row %d column %s: got %s, want %s", mf.Key, r, config.DefaultColumns[c], show(got[r][c]), show(w))
+					}
+					if w != nil && strings.Contains(*w, "\r\n") {
+						sawCRLF = true
+					}
+					if w != nil && *w == "" {
+						sawEmptyString = true
+					}
+				}
+			}
+		}
+	}
+	if !sawEmpty || !sawCRLF || !sawEmptyString {
+		t.Errorf("demo data did not exercise: empty run %v, CRLF %v, empty string %v", sawEmpty, sawCRLF, sawEmptyString)
+	}
+
+	// A second once finds nothing to do and touches nothing.
+	res, err = f.runner.Once(ctx, job)
+	if err != nil || len(res.Exported) != 0 {
+		t.Fatalf("second once exported %d runs, err %v", len(res.Exported), err)
+	}
+	if !mapsEqual(files, f.files()) {
+		t.Error("second once changed the bucket")
+	}
+}
+
+func TestRerunIsByteIdentical(t *testing.T) {
+	f := newFixture(t, "    csv: {compression: gzip}\n    ndjson: {compression: zstd}\n")
+	ctx := context.Background()
+	job := f.job("new-sellers")
+	res, err := f.runner.Once(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := f.files()
+	for _, m := range res.Exported {
+		if _, err := f.runner.RerunRun(ctx, job, m.RunID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := f.files()
+	if len(before) != len(after) {
+		t.Fatalf("%d files before rerun, %d after", len(before), len(after))
+	}
+	for k, b := range before {
+		if strings.HasSuffix(k, "manifest.json") {
+			continue // exported_at differs
+		}
+		if !bytes.Equal(b, after[k]) {
+			t.Errorf("%s changed on rerun", k)
+		}
+		if strings.HasSuffix(k, ".csv.gz") && !bytes.HasPrefix(b, []byte{0x1f, 0x8b}) {
+			t.Errorf("%s is not gzip", k)
+		}
+	}
+}
+
+func TestEmptyRun(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	res, err := f.runner.Once(ctx, f.job("new-sellers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := f.files()
+	var empty *pipeline.Manifest
+	for _, m := range res.Exported {
+		if m.Rows == 0 {
+			empty = m
+		}
+	}
+	if empty == nil {
+		t.Fatal("no empty run in the demo data")
+	}
+	for _, mf := range empty.Files {
+		data := files[mf.Key]
+		switch mf.Format {
+		case "csv":
+			if string(data) != strings.Join(config.DefaultColumns, ",")+"\n" {
+				t.Errorf("empty CSV: %q", data)
+			}
+		case "ndjson":
+			if len(data) != 0 {
+				t.Errorf("empty NDJSON: %q", data)
+			}
+		case "parquet":
+			pf, err := file.NewParquetReader(bytes.NewReader(data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pf.NumRows() != 0 || pf.MetaData().Schema.NumColumns() != 9 {
+				t.Errorf("empty Parquet: %d rows, %d columns", pf.NumRows(), pf.MetaData().Schema.NumColumns())
+			}
+			pf.Close()
+		}
+	}
+}
+
+func TestFullSnapshotPerOrg(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.job("full-nightly")
+	res, err := f.runner.Once(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Exported) != pgtest.DemoOptions.Orgs {
+		t.Fatalf("%d org snapshots, want %d", len(res.Exported), pgtest.DemoOptions.Orgs)
+	}
+	files := f.files()
+	for _, m := range res.Exported {
+		if m.Date != "2026-11-22" || !strings.Contains(m.Files[0].Key, "sellers/full/org="+m.OrgID+"/date=2026-11-22/sellers_2026-11-22_full.") {
+			t.Errorf("full snapshot keys: %+v", m.Files[0])
+		}
+		want := f.expected("", m.OrgID)
+		got := parseNDJSON(t, files[m.Files[1].Key])
+		if len(got) != len(want) {
+			t.Fatalf("org %s: %d rows, want %d", m.OrgID, len(got), len(want))
+		}
+	}
+	// Today's snapshot exists: once does nothing; rerun -date rewrites it.
+	if res, err := f.runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
+		t.Errorf("second once: %d, %v", len(res.Exported), err)
+	}
+	if res, err := f.runner.RerunDate(ctx, job, "2026-11-22"); err != nil || len(res.Exported) != 3 {
+		t.Errorf("rerun -date: %d, %v", len(res.Exported), err)
+	}
+}
+
+func TestRenameAndFlaggedFilter(t *testing.T) {
+	f := newFixture(t, "    flagged: true\n    columns: [display_name, {name: created_at, as: discovered_at}, {name: id, as: seller_id}]\n    formats: [ndjson]\n")
+	ctx := context.Background()
+	res, err := f.runner.Once(ctx, f.job("new-sellers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := f.files()
+	var total int64
+	for _, m := range res.Exported {
+		total += m.Rows
+		for _, line := range strings.Split(strings.TrimSpace(string(files[m.Files[0].Key])), "\n") {
+			if line == "" {
+				continue
+			}
+			if !strings.HasPrefix(line, `{"display_name":`) || !strings.Contains(line, `,"discovered_at":"`) || !strings.Contains(line, `,"seller_id":"`) {
+				t.Fatalf("renamed columns missing: %s", line)
+			}
+		}
+	}
+	conn, _ := pgx.Connect(ctx, f.dbURL)
+	defer conn.Close(ctx)
+	var want int64
+	conn.QueryRow(ctx, `SELECT count(*) FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id AND r.org_id = s.org_id
+		WHERE r.status = 'completed' AND s.deleted_at IS NULL AND s.flagged`).Scan(&want)
+	if total != want || want == 0 {
+		t.Errorf("flagged export has %d rows, want %d", total, want)
+	}
+}
+
+func TestFailureMidStreamLeavesNothing(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	// A view that fails on one row deep inside the biggest run; with sorts
+	// disabled the rows before it stream out first.
+	pgtest.Exec(t, f.dbURL, `
+		CREATE FUNCTION boom(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+		BEGIN IF t = 'BOOM' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN t; END $$;
+		CREATE VIEW sellers_boom AS SELECT id, org_id, boom(display_name) AS display_name, normalized_name, platform,
+			platform_id, feedback_score, feedback_percent, feedback_count, times_seen, flagged, first_seen_run_id,
+			last_seen_run_id, created_at, updated_at, deleted_at FROM sellers;
+		UPDATE sellers SET display_name = 'BOOM' WHERE id = (
+			SELECT id FROM sellers WHERE deleted_at IS NULL AND first_seen_run_id = (
+				SELECT first_seen_run_id FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id
+				WHERE r.status = 'completed' GROUP BY 1 ORDER BY count(*) DESC LIMIT 1)
+			ORDER BY created_at DESC, id DESC OFFSET 200 LIMIT 1)`)
+	pgtest.Exec(t, f.dbURL, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET enable_sort = off', current_database()); END $$`)
+	f.load("") // reconnect: the database setting applies to new sessions
+	f.cfg.Source.SellersTable = "sellers_boom"
+	src, err := sources.Open(ctx, sources.Config{DSN: f.dbURL, SellersTable: "sellers_boom"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	f.runner.Source = src
+
+	res, err := f.runner.Once(ctx, f.job("new-sellers"))
+	if err == nil || !strings.Contains(err.Error(), "injected failure") || res.Failed != 1 {
+		t.Fatalf("once: failed=%d err=%v, want one run failing with the injected error", res.Failed, err)
+	}
+	files := f.files()
+	for _, m := range res.Exported {
+		for _, mf := range m.Files {
+			delete(files, mf.Key)
+		}
+		delete(files, filepath.ToSlash(filepath.Join(filepath.Dir(m.Files[0].Key), "manifest.json")))
+	}
+	if len(files) != 0 {
+		t.Errorf("the failed run left objects behind: %v", keys(files))
+	}
+	if len(res.Exported) == 0 {
+		t.Error("the other runs were not exported")
+	}
+}
+
+// parseCSV is a strict RFC 4180 reader that keeps "" (empty string) apart
+// from an empty field (NULL) and keeps CR and CRLF inside quotes as they are.
+func parseCSV(t *testing.T, data []byte) [][]*string {
+	t.Helper()
+	var rows [][]*string
+	var row []*string
+	for i := 0; i < len(data); {
+		var field *string
+		if data[i] == '"' {
+			var b strings.Builder
+			i++
+			for {
+				if i >= len(data) {
+					t.Fatal("unterminated quoted field")
+				}
+				if data[i] == '"' {
+					if i+1 < len(data) && data[i+1] == '"' {
+						b.WriteByte('"')
+						i += 2
+						continue
+					}
+					i++
+					break
+				}
+				b.WriteByte(data[i])
+				i++
+			}
+			s := b.String()
+			field = &s
+		} else {
+			j := i
+			for j < len(data) && data[j] != ',' && data[j] != '\n' {
+				if data[j] == '"' || data[j] == '\r' {
+					t.Fatalf("bare %q in unquoted field at byte %d", data[j], j)
+				}
+				j++
+			}
+			if j > i {
+				s := string(data[i:j])
+				field = &s
+			}
+			i = j
+		}
+		row = append(row, field)
+		if i >= len(data) {
+			t.Fatal("CSV does not end with a newline")
+		}
+		switch data[i] {
+		case ',':
+			i++
+		case '\n':
+			rows = append(rows, row)
+			row = nil
+			i++
+		default:
+			t.Fatalf("unexpected %q after field at byte %d", data[i], i)
+		}
+	}
+	return rows
+}
+
+func parseNDJSON(t *testing.T, data []byte) [][]*string {
+	t.Helper()
+	var rows [][]*string
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	for dec.More() {
+		var obj map[string]any
+		if err := dec.Decode(&obj); err != nil {
+			t.Fatal(err)
+		}
+		row := make([]*string, 9)
+		for i, c := range config.DefaultColumns {
+			v, ok := obj[c]
+			if !ok {
+				t.Fatalf("key %s missing", c)
+			}
+			switch v := v.(type) {
+			case nil:
+			case string:
+				row[i] = &v
+			case json.Number:
+				s := v.String()
+				row[i] = &s
+			case bool:
+				s := fmt.Sprint(v)
+				row[i] = &s
+			default:
+				t.Fatalf("%s: unexpected JSON value %v", c, v)
+			}
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+func parseParquet(t *testing.T, data []byte) [][]*string {
+	t.Helper()
+	pf, err := file.NewParquetReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pf.Close()
+	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 100}, memory.DefaultAllocator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := fr.GetRecordReader(context.Background(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rr.Release()
+	var rows [][]*string
+	for rr.Next() {
+		rec := rr.Record()
+		for r := 0; r < int(rec.NumRows()); r++ {
+			row := make([]*string, rec.NumCols())
+			for c, col := range rec.Columns() {
+				if col.IsNull(r) {
+					continue
+				}
+				var s string
+				switch a := col.(type) {
+				case *array.Decimal128:
+					s = decimalText(a.Value(r).BigInt(), int(a.DataType().(*arrow.Decimal128Type).Scale))
+				case *array.Timestamp:
+					s = time.UnixMicro(int64(a.Value(r))).UTC().Format("2006-01-02T15:04:05.000000Z")
+				default:
+					s = col.ValueStr(r)
+				}
+				row[c] = &s
+			}
+			rows = append(rows, row)
+		}
+	}
+	if err := rr.Err(); err != nil && !errors.Is(err, io.EOF) { // pqarrow reports EOF at the end
+		t.Fatal(err)
+	}
+	return rows
+}
+
+func decimalText(v *big.Int, scale int) string {
+	neg := v.Sign() < 0
+	s := new(big.Int).Abs(v).String()
+	for len(s) <= scale {
+		s = "0" + s
+	}
+	s = s[:len(s)-scale] + "." + s[len(s)-scale:]
+	if neg {
+		s = "-" + s
+	}
+	return s
+}
+
+func equal(a, b *string) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+func show(s *string) string {
+	if s == nil {
+		return "NULL"
+	}
+	return fmt.Sprintf("%q", *s)
+}
+
+func deref(row []*string) []string {
+	out := make([]string, len(row))
+	for i, s := range row {
+		if s != nil {
+			out[i] = *s
+		}
+	}
+	return out
+}
+
+func mapsEqual(a, b map[string][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if !bytes.Equal(v, b[k]) {
+			return false
+		}
+	}
+	return true
+}
+
+func keys(m map[string][]byte) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

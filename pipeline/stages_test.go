@@ -1,0 +1,160 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/memory"
+
+	"github.com/sellersnap/sellersnap/sinks"
+)
+
+// fakeReader yields n records of 100 rows, then err (io.EOF for a clean end).
+// A fake is fine here: it only injects faults into the stages.
+type fakeReader struct {
+	mem    memory.Allocator
+	schema *arrow.Schema
+	n      int
+	err    error
+	before func(i int) // called before record i is produced
+	i      int
+}
+
+func (f *fakeReader) Next() (arrow.Record, error) {
+	if f.i == f.n {
+		return nil, f.err
+	}
+	if f.before != nil {
+		f.before(f.i)
+	}
+	f.i++
+	b := array.NewRecordBuilder(f.mem, f.schema)
+	defer b.Release()
+	for r := 0; r < 100; r++ {
+		b.Field(0).(*array.Int64Builder).Append(int64(f.i*100 + r))
+		b.Field(1).(*array.StringBuilder).Append("row")
+	}
+	return b.NewRecord(), nil
+}
+
+var stageSchema = arrow.NewSchema([]arrow.Field{
+	{Name: "n", Type: arrow.PrimitiveTypes.Int64},
+	{Name: "s", Type: arrow.BinaryTypes.String},
+}, nil)
+
+type failingWriter struct{ after int }
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	if w.after <= 0 {
+		return 0, errors.New("disk full")
+	}
+	w.after--
+	return len(p), nil
+}
+
+func newSinks(t *testing.T, w ...io.Writer) []*sink {
+	var out []*sink
+	for i, wr := range w {
+		var enc Encoder
+		var err error
+		switch i % 3 {
+		case 0:
+			enc, err = sinks.NewCSV(wr, stageSchema, sinks.CSVOptions{})
+		case 1:
+			enc, err = sinks.NewNDJSON(wr, stageSchema)
+		default:
+			enc, err = sinks.NewParquet(wr, stageSchema, sinks.ParquetOptions{})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, &sink{enc: enc, finish: enc.Close})
+	}
+	return out
+}
+
+func TestStages(t *testing.T) {
+	boom := errors.New("source broke")
+	for _, tc := range []struct {
+		name    string
+		records int
+		readErr error
+		writers func() []io.Writer
+		cancel  bool
+		want    error
+		wantMsg string
+	}{
+		{name: "clean", records: 50, readErr: io.EOF},
+		{name: "empty", records: 0, readErr: io.EOF},
+		{name: "source error midway", records: 20, readErr: boom, want: boom},
+		{name: "encoder error midway", records: 2000, readErr: io.EOF, writers: func() []io.Writer {
+			return []io.Writer{&bytes.Buffer{}, &failingWriter{after: 2}, &bytes.Buffer{}}
+		}, wantMsg: "disk full"},
+		{name: "encoder error at flush", records: 5, readErr: io.EOF, writers: func() []io.Writer {
+			return []io.Writer{&failingWriter{after: 0}, &bytes.Buffer{}, &bytes.Buffer{}}
+		}, wantMsg: "disk full"},
+		{name: "cancelled", records: 1000, readErr: io.EOF, cancel: true, want: context.Canceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+			defer mem.AssertSize(t, 0)
+			parent, stop := context.WithCancel(context.Background())
+			defer stop()
+			ctx, cancel := context.WithCancelCause(parent)
+			defer cancel(nil)
+			rd := &fakeReader{mem: mem, schema: stageSchema, n: tc.records, err: tc.readErr}
+			if tc.cancel {
+				rd.before = func(i int) {
+					if i == 10 {
+						stop()
+					}
+				}
+			}
+			writers := []io.Writer{&bytes.Buffer{}, &bytes.Buffer{}, &bytes.Buffer{}}
+			if tc.writers != nil {
+				writers = tc.writers()
+			}
+			ss := newSinks(t, writers...)
+			err := runStages(ctx, cancel, rd, stageSchema, ss)
+			switch {
+			case tc.want != nil:
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("err = %v, want %v", err, tc.want)
+				}
+			case tc.wantMsg != "":
+				if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tc.wantMsg)) {
+					t.Fatalf("err = %v, want %q", err, tc.wantMsg)
+				}
+			default:
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, s := range ss {
+					if s.rows != int64(tc.records*100) {
+						t.Errorf("sink wrote %d rows, want %d", s.rows, tc.records*100)
+					}
+				}
+			}
+			if err != nil && ctx.Err() == nil {
+				t.Error("a failed run did not cancel its context (uploads would go on)")
+			}
+		})
+	}
+}
+
+func TestProjectRejectsMismatchedRecords(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	rd := &fakeReader{mem: mem, schema: stageSchema, n: 1}
+	rec, _ := rd.Next()
+	defer rec.Release()
+	other := arrow.NewSchema([]arrow.Field{{Name: "n", Type: arrow.PrimitiveTypes.Int32}, {Name: "s", Type: arrow.BinaryTypes.String}}, nil)
+	if _, err := project(rec, other); err == nil {
+		t.Fatal("type mismatch accepted")
+	}
+}

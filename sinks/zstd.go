@@ -1,0 +1,47 @@
+package sinks
+
+import (
+	"sync"
+
+	"github.com/apache/arrow/go/v17/parquet/compress"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Arrow v17's Parquet zstd codec builds a new encoder, megabytes of tables,
+// for every page it compresses (EncodeLevel), which made zstd Parquet files
+// of small runs cost tens of milliseconds each. This codec keeps one
+// encoder per level; zstd.Encoder.EncodeAll is safe for concurrent use. It
+// replaces Arrow's for the whole process and writes identical bytes.
+type zstdCodec struct {
+	compress.Codec // Arrow's, for decoding and streaming
+}
+
+var zstdEncoders sync.Map // level → *zstd.Encoder
+
+func (zstdCodec) EncodeLevel(dst, src []byte, level int) []byte {
+	return zstdEncoder(level).EncodeAll(src, dst[:0])
+}
+
+func zstdEncoder(level int) *zstd.Encoder {
+	if e, ok := zstdEncoders.Load(level); ok {
+		return e.(*zstd.Encoder)
+	}
+	l := zstd.SpeedDefault
+	if level != compress.DefaultCompressionLevel {
+		l = zstd.EncoderLevelFromZstd(level)
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithZeroFrames(true), zstd.WithEncoderLevel(l))
+	if err != nil {
+		panic(err) // only invalid options fail, and these are fixed
+	}
+	e, _ := zstdEncoders.LoadOrStore(level, enc)
+	return e.(*zstd.Encoder)
+}
+
+func init() {
+	orig, err := compress.GetCodec(compress.Codecs.Zstd)
+	if err != nil {
+		panic(err)
+	}
+	compress.RegisterCodec(compress.Codecs.Zstd, zstdCodec{Codec: orig})
+}
