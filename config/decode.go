@@ -211,9 +211,7 @@ func (d *decoder) expandEnv(n *yaml.Node, path string) (unset map[string][]strin
 				d.fail(n, path, "%v", err)
 				return
 			}
-			for _, m := range missing {
-				unset[path] = append(unset[path], m)
-			}
+			unset[path] = append(unset[path], missing...)
 			if out != n.Value {
 				n.Value = out
 				if n.Style == 0 {

@@ -209,6 +209,9 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
 	if err := bucket.Put(ctx, mkey, data, "application/json", nil); err != nil {
+		// An older manifest (a rerun) would now describe files that were
+		// replaced: remove it, so the unit shows as pending.
+		r.unpublish(ctx, bucket, []string{mkey})
 		return nil, err
 	}
 	elapsed := time.Since(start)

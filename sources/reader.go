@@ -84,16 +84,15 @@ func (q Query) SQL(schema, table string) (string, []string, []uint32) {
 // Reader streams the result of a Query as Arrow records. It is not safe
 // for concurrent use.
 type Reader struct {
-	rr       *pgconn.ResultReader
-	schema   *arrow.Schema
-	bld      *array.RecordBuilder
-	cols     []*column
-	opts     ReadOptions
-	done     bool
-	closed   bool
-	rows     int64
-	runID    string
-	lastVals [][]byte
+	rr     *pgconn.ResultReader
+	schema *arrow.Schema
+	bld    *array.RecordBuilder
+	cols   []*column
+	opts   ReadOptions
+	done   bool
+	closed bool
+	rows   int64
+	runID  string
 }
 
 // Sellers runs q inside the snapshot and returns a Reader over its rows.
