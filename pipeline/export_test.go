@@ -636,3 +636,38 @@ func keys(m map[string][]byte) []string {
 	slices.Sort(out)
 	return out
 }
+
+func TestSelectOnlyRoleAndTimezoneDates(t *testing.T) {
+	f := newFixture(t, "    timezone: America/Los_Angeles\n    formats: [csv]\n")
+	ctx := context.Background()
+	pgtest.Exec(t, f.dbURL, `DO $$ BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'snap_reader') THEN CREATE ROLE snap_reader LOGIN; END IF;
+		END $$;
+		GRANT USAGE ON SCHEMA public TO snap_reader;
+		GRANT SELECT ON collection_runs, sellers TO snap_reader;`)
+	readerURL := strings.Replace(f.dbURL, "postgres://postgres@", "postgres://snap_reader@", 1)
+	src, err := sources.Open(ctx, sources.Config{DSN: readerURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if err := src.Check(ctx, f.job("new-sellers").SourceColumns()); err != nil {
+		t.Fatalf("check as a SELECT-only role: %v", err)
+	}
+	f.runner.Source = src
+	res, err := f.runner.Once(ctx, f.job("new-sellers"))
+	if err != nil || len(res.Exported) == 0 {
+		t.Fatalf("once as a SELECT-only role: %d exported, %v", len(res.Exported), err)
+	}
+	la, _ := time.LoadLocation("America/Los_Angeles")
+	for _, m := range res.Exported {
+		want := m.Snapshot.RunCompletedAt.In(la).Format(time.DateOnly)
+		if m.Date != want || !strings.Contains(m.Files[0].Key, "/date="+want+"/") || !strings.Contains(m.Files[0].Key, "sellers_"+want+"_run-"+m.RunID[:8]+".csv") {
+			t.Errorf("run completed %s: date %s, key %s; want %s", m.Snapshot.RunCompletedAt, m.Date, m.Files[0].Key, want)
+		}
+	}
+	// The first demo run completes at 00:17 UTC: the day before in Los Angeles.
+	if res.Exported[0].Date != "2026-02-28" {
+		t.Errorf("first run date %s, want 2026-02-28", res.Exported[0].Date)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"regexp"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -36,6 +37,8 @@ import (
 	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sources"
 )
+
+var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$`)
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = ""
@@ -148,6 +151,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cmd == "rerun" {
 		if o.job == "" || (o.run == "") == (o.date == "") {
 			return &usageError{"rerun needs -job and exactly one of -run or -date"}
+		}
+		if o.run != "" && !uuidPattern.MatchString(o.run) {
+			return &usageError{fmt.Sprintf("-run %q: want a collection run id (a UUID)", o.run)}
 		}
 	}
 
