@@ -4,7 +4,10 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 TESTFLAGS ?=
 
-.PHONY: all build demo test check vet lint fmt clean
+BENCH_SELLERS ?= 1000000
+BENCH_REPS    ?= 5
+
+.PHONY: all build demo test bench check vet lint fmt clean
 
 all: build
 
@@ -16,6 +19,11 @@ build:
 demo: build
 	rm -rf ./snapshots
 	./bin/snapdev demo -bin ./bin/sellersnap -config pipeline.yaml -out ./snapshots
+
+# End to end against Postgres: sellersnap vs psql's binary \copy of the same rows.
+# The loaded cluster is kept in .cache/ and reused. BENCH_SELLERS=10000000 for 10M.
+bench: build
+	./bin/snapdev bench -bin ./bin/sellersnap -sellers $(BENCH_SELLERS) -reps $(BENCH_REPS)
 
 # The whole suite against a real PostgreSQL (DATABASE_URL, or a throwaway cluster).
 test: vet

@@ -102,7 +102,7 @@ type Job struct {
 	Columns []Column `yaml:"columns"`
 	// Flagged, when set, exports only sellers whose flagged equals it.
 	Flagged *bool `yaml:"flagged"`
-	// BatchRows is the most rows per Arrow record batch. Default 8192.
+	// BatchRows is the most rows per Arrow record batch. Default 2048.
 	BatchRows int     `yaml:"batch_rows"`
 	CSV       CSV     `yaml:"csv"`
 	NDJSON    NDJSON  `yaml:"ndjson"`
@@ -134,7 +134,7 @@ type NDJSON struct {
 type Parquet struct {
 	// Compression: zstd, snappy, gzip, brotli or none. Default zstd.
 	Compression string `yaml:"compression"`
-	// RowGroupRows is the most rows per row group. Default 262144.
+	// RowGroupRows is the most rows per row group. Default 131072.
 	RowGroupRows int64 `yaml:"row_group_rows"`
 }
 

@@ -3,8 +3,10 @@ package sinks
 import (
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
 	"github.com/apache/arrow/go/v17/parquet"
 	"github.com/apache/arrow/go/v17/parquet/compress"
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
@@ -13,7 +15,11 @@ import (
 // Defaults for ParquetOptions.
 const (
 	DefaultParquetCompression = "zstd"
-	DefaultRowGroupRows       = 256 * 1024
+	DefaultRowGroupRows       = 128 * 1024
+	// DataPageSize is the target size of a data page. Every column of the
+	// open row group buffers one page, so smaller pages mean less memory;
+	// below 256 KiB compression starts to suffer.
+	DataPageSize = 256 << 10
 	// CreatedBy is written into every Parquet footer. It holds no version,
 	// so re-exports with another release stay byte-identical.
 	CreatedBy = "sellersnap"
@@ -43,8 +49,16 @@ type ParquetOptions struct {
 // Parquet writes records to one Parquet file: timestamptz as TIMESTAMP
 // (isAdjustedToUTC, MICROS), decimals as DECIMAL(p,s) (INT32/INT64 physical
 // types where the precision allows), strings as STRING.
+//
+// Dictionary encoding is chosen per column from the first record: string
+// columns whose values repeat get it, others (ids, names, numbers,
+// timestamps) are written plain, which is smaller and much cheaper than a
+// dictionary that overflows. The same data always makes the same choice.
 type Parquet struct {
-	fw *pqarrow.FileWriter
+	w      io.Writer
+	schema *arrow.Schema
+	props  []parquet.WriterProperty
+	fw     *pqarrow.FileWriter
 }
 
 // NewParquet returns a Parquet encoder for schema.
@@ -64,25 +78,71 @@ func NewParquet(w io.Writer, schema *arrow.Schema, opts ParquetOptions) (*Parque
 		parquet.WithCreatedBy(CreatedBy),
 		parquet.WithMaxRowGroupLength(opts.RowGroupRows),
 		parquet.WithStoreDecimalAsInteger(true),
-		parquet.WithDictionaryDefault(true),
+		parquet.WithDictionaryDefault(false),
 		parquet.WithStats(true),
+		parquet.WithDataPageSize(DataPageSize),
 	}
 	if opts.CompressionLevel != 0 {
 		props = append(props, parquet.WithCompressionLevel(opts.CompressionLevel))
 	}
+	for _, f := range schema.Fields() {
+		if _, err := pqarrow.ToParquet(arrow.NewSchema([]arrow.Field{f}, nil), nil, pqarrow.DefaultWriterProps()); err != nil {
+			return nil, fmt.Errorf("parquet: column %q: %w", f.Name, err)
+		}
+	}
+	return &Parquet{w: w, schema: schema, props: props}, nil
+}
+
+// dictionarySample is how many leading values decide a column's encoding.
+const dictionarySample = 4096
+
+// open creates the file writer, choosing dictionary encoding from first
+// (nil for an empty file).
+func (p *Parquet) open(first arrow.Record) error {
+	props := slices.Clone(p.props)
+	for i, f := range p.schema.Fields() {
+		if f.Type.ID() != arrow.STRING {
+			continue
+		}
+		if first == nil || repeats(first.Column(i).(*array.String)) {
+			props = append(props, parquet.WithDictionaryPath(parquet.ColumnPath{f.Name}, true))
+		}
+	}
 	// pqarrow closes the writer under it on Close and on some errors; the
 	// caller decides when the object is committed, so hide its Close.
-	fw, err := pqarrow.NewFileWriter(schema, nopCloser{w}, parquet.NewWriterProperties(props...),
+	fw, err := pqarrow.NewFileWriter(p.schema, nopCloser{p.w}, parquet.NewWriterProperties(props...),
 		pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
 	if err != nil {
-		return nil, fmt.Errorf("parquet: %w", err)
+		return fmt.Errorf("parquet: %w", err)
 	}
-	return &Parquet{fw: fw}, nil
+	p.fw = fw
+	return nil
+}
+
+// repeats reports whether at most half the sampled non-null values of a
+// are distinct.
+func repeats(a *array.String) bool {
+	n := min(a.Len(), dictionarySample)
+	seen := make(map[string]struct{}, 64)
+	values := 0
+	for i := 0; i < n; i++ {
+		if a.IsNull(i) {
+			continue
+		}
+		values++
+		seen[a.Value(i)] = struct{}{}
+	}
+	return values == 0 || len(seen)*2 <= values
 }
 
 // Write buffers rec into the current row group, starting a new one when it
 // is full.
 func (p *Parquet) Write(rec arrow.Record) error {
+	if p.fw == nil {
+		if err := p.open(rec); err != nil {
+			return err
+		}
+	}
 	if err := p.fw.WriteBuffered(rec); err != nil {
 		return fmt.Errorf("parquet: %w", err)
 	}
@@ -92,6 +152,11 @@ func (p *Parquet) Write(rec arrow.Record) error {
 // Close writes the last row group and the footer. It does not close the
 // writer under it.
 func (p *Parquet) Close() error {
+	if p.fw == nil {
+		if err := p.open(nil); err != nil {
+			return err
+		}
+	}
 	if err := p.fw.Close(); err != nil {
 		return fmt.Errorf("parquet: %w", err)
 	}

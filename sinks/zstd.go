@@ -10,13 +10,16 @@ import (
 // Arrow v17's Parquet zstd codec builds a new encoder, megabytes of tables,
 // for every page it compresses (EncodeLevel), which made zstd Parquet files
 // of small runs cost tens of milliseconds each. This codec keeps one
-// encoder per level; zstd.Encoder.EncodeAll is safe for concurrent use. It
-// replaces Arrow's for the whole process and writes identical bytes.
+// encoder per level (zstd.Encoder.EncodeAll is safe for concurrent use),
+// with a window sized for Parquet pages. It replaces Arrow's codec for the
+// whole process; for pages up to the window size it writes the same bytes.
 type zstdCodec struct {
 	compress.Codec // Arrow's, for decoding and streaming
 }
 
 var zstdEncoders sync.Map // level → *zstd.Encoder
+
+const zstdWindow = 2 << 20
 
 func (zstdCodec) EncodeLevel(dst, src []byte, level int) []byte {
 	return zstdEncoder(level).EncodeAll(src, dst[:0])
@@ -30,7 +33,10 @@ func zstdEncoder(level int) *zstd.Encoder {
 	if level != compress.DefaultCompressionLevel {
 		l = zstd.EncoderLevelFromZstd(level)
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithZeroFrames(true), zstd.WithEncoderLevel(l))
+	// Pages are about a megabyte (the default data page size), so a larger
+	// window buys nothing and costs its history buffer in every encoder.
+	enc, err := zstd.NewWriter(nil, zstd.WithZeroFrames(true), zstd.WithEncoderLevel(l),
+		zstd.WithWindowSize(zstdWindow), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		panic(err) // only invalid options fail, and these are fixed
 	}

@@ -56,6 +56,9 @@ type column struct {
 	precision   int
 	appendValue func(v []byte) error
 	nulled      map[string]int64
+	builder     array.Builder
+	str         *array.StringBuilder // set for string columns
+	lastData    int                  // value bytes in the previous batch
 }
 
 const (
@@ -121,6 +124,8 @@ func (c *column) special(b array.Builder, reason string) error {
 
 func (c *column) bind(b array.Builder) {
 	be := binary.BigEndian
+	c.builder = b
+	c.str, _ = b.(*array.StringBuilder)
 	switch c.kind {
 	case kindText, kindJSONB, kindUUID, kindNumericText:
 		sb := b.(*array.StringBuilder)

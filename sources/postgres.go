@@ -1,15 +1,18 @@
 package sources
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -79,6 +82,9 @@ type Run struct {
 	CompletedAt time.Time
 }
 
+// readBufferSize is how much one read from a database connection may take.
+const readBufferSize = 256 << 10
+
 // Postgres is a pool of read-only connections to the collector's database.
 type Postgres struct {
 	pool *pgxpool.Pool
@@ -97,6 +103,11 @@ func Open(ctx context.Context, cfg Config) (*Postgres, error) {
 	pc.ConnConfig.RuntimeParams["application_name"] = "sellersnap"
 	pc.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
 	pc.ConnConfig.RuntimeParams["client_encoding"] = "UTF8"
+	// pgproto3 reads the socket 8 KiB at a time; an export streams hundreds
+	// of megabytes, so read in large chunks and save most of the syscalls.
+	pc.ConnConfig.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+		return pgproto3.NewFrontend(bufio.NewReaderSize(r, readBufferSize), w)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to postgres: %w", err)

@@ -18,7 +18,7 @@ import (
 
 // Defaults for ReadOptions.
 const (
-	DefaultBatchRows  = 8192
+	DefaultBatchRows  = 2048
 	DefaultBatchBytes = 32 << 20
 )
 
@@ -162,6 +162,7 @@ func (r *Reader) Next() (arrow.Record, error) {
 	if r.done {
 		return nil, io.EOF
 	}
+	r.reserve()
 	n, size := 0, 0
 	for n < r.opts.BatchRows && size < r.opts.BatchBytes {
 		if !r.rr.NextRow() {
@@ -192,7 +193,23 @@ func (r *Reader) Next() (arrow.Record, error) {
 		}
 	}
 	r.rows += int64(n)
+	for _, c := range r.cols {
+		if c.str != nil {
+			c.lastData = c.str.DataLen()
+		}
+	}
 	return r.bld.NewRecord(), nil
+}
+
+// reserve sizes the builders for a full batch up front, string data by the
+// previous batch, so they do not grow by doubling row after row.
+func (r *Reader) reserve() {
+	for _, c := range r.cols {
+		c.builder.Reserve(r.opts.BatchRows)
+		if c.str != nil && c.lastData > 0 {
+			c.str.ReserveData(min(c.lastData+c.lastData/8, r.opts.BatchBytes))
+		}
+	}
 }
 
 // Nulled counts, per column and reason, the values that became NULL

@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"regexp"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -97,6 +98,7 @@ exit status: 0 success, 1 an export failed, 2 usage or configuration error
 
 type options struct {
 	config, job, run, date, logFormat, logLevel string
+	cpuProfile, memProfile                      string
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -111,6 +113,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.job, "job", "", "job name (default: every job)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile to this file (for developers)")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile to this file at exit (for developers)")
 	switch cmd {
 	case "version":
 		fmt.Fprintln(stdout, "sellersnap", toolVersion())
@@ -134,6 +138,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logger, err := newLogger(stderr, o.logFormat, o.logLevel)
 	if err != nil {
 		return err
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if o.memProfile != "" {
+		defer func() {
+			if f, err := os.Create(o.memProfile); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
 	}
 
 	cfg, err := config.Load(o.config)

@@ -4,6 +4,7 @@
 //
 //	snapdev demo -bin bin/sellersnap [-config pipeline.yaml] [-out ./snapshots] [-sellers N -runs M -orgs K]
 //	snapdev pg   [-sellers N …]   # start a loaded server, print DATABASE_URL, wait for Ctrl-C
+//	snapdev bench -bin bin/sellersnap [-sellers 1000000] [-reps 5]   # sellersnap vs psql \copy (FORMAT binary)
 package main
 
 import (
@@ -38,7 +39,7 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: snapdev demo|pg [flags]")
+		return errors.New("usage: snapdev demo|pg|bench [flags]")
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	bin := fs.String("bin", "bin/sellersnap", "sellersnap binary")
@@ -48,8 +49,13 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&opts.Sellers, "sellers", 5000, "demo sellers")
 	fs.IntVar(&opts.Runs, "runs", 12, "demo collection runs")
 	fs.IntVar(&opts.Orgs, "orgs", 3, "demo orgs")
+	reps := fs.Int("reps", 5, "bench: repetitions of each case")
+	cache := fs.String("cache", ".cache", "bench: where the loaded cluster is kept between runs")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if args[0] == "bench" {
+		return bench(ctx, *bin, opts.Sellers, *reps, *cache)
 	}
 	srv, err := pgtemp.Start(ctx, pgtemp.Options{})
 	if err != nil {

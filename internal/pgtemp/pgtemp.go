@@ -29,11 +29,17 @@ type Options struct {
 	// StartTimeout bounds how long Start waits for the server to accept
 	// connections. Default: 60s.
 	StartTimeout time.Duration
+	// Dir, when set, keeps the cluster in this directory instead of a
+	// temporary one: an existing cluster there is started again with its
+	// data, and Stop leaves the directory in place. For benchmark data
+	// that takes minutes to load.
+	Dir string
 }
 
 // Server is a running throwaway cluster.
 type Server struct {
 	dir  string
+	keep bool
 	port int
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -47,14 +53,27 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "sellersnap-pg-")
-	if err != nil {
-		return nil, fmt.Errorf("pgtemp: %w", err)
+	dir := opts.Dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "sellersnap-pg-"); err != nil {
+			return nil, fmt.Errorf("pgtemp: %w", err)
+		}
+	} else {
+		if dir, err = filepath.Abs(dir); err != nil {
+			return nil, fmt.Errorf("pgtemp: %w", err)
+		}
+		// The parents must stay traversable for the postgres user.
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return nil, fmt.Errorf("pgtemp: %w", err)
+		}
+		if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
+			return nil, fmt.Errorf("pgtemp: %w", err)
+		}
 	}
-	s := &Server{dir: dir, log: filepath.Join(dir, "postgres.log")}
+	s := &Server{dir: dir, keep: opts.Dir != "", log: filepath.Join(dir, "postgres.log")}
 	ok := false
 	defer func() {
-		if !ok {
+		if !ok && !s.keep {
 			os.RemoveAll(dir)
 		}
 	}()
@@ -69,12 +88,15 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		}
 	}
 	data := filepath.Join(dir, "data")
-	initdb := exec.CommandContext(ctx, filepath.Join(binDir, "initdb"),
-		"-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
-		"--locale=C", "--no-sync", "--no-instructions")
-	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	if out, err := initdb.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("pgtemp: initdb: %w\n%s", err, out)
+	if _, err := os.Stat(filepath.Join(data, "PG_VERSION")); err != nil {
+		os.RemoveAll(data) // a half-made cluster from an interrupted initdb
+		initdb := exec.CommandContext(ctx, filepath.Join(binDir, "initdb"),
+			"-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+			"--locale=C", "--no-sync", "--no-instructions")
+		initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		if out, err := initdb.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("pgtemp: initdb: %w\n%s", err, out)
+		}
 	}
 
 	port, err := freePort()
@@ -135,7 +157,11 @@ func (s *Server) URL(db string) string {
 // Port is the TCP port the server listens on.
 func (s *Server) Port() int { return s.port }
 
-// Stop shuts the server down (fast mode) and removes its directory.
+// Dir is the cluster's directory.
+func (s *Server) Dir() string { return s.dir }
+
+// Stop shuts the server down (fast mode) and removes its directory unless
+// Options.Dir chose it.
 func (s *Server) Stop() error {
 	if s.cmd.Process != nil {
 		_ = s.cmd.Process.Signal(syscall.SIGINT)
@@ -144,6 +170,9 @@ func (s *Server) Stop() error {
 		case <-time.After(30 * time.Second):
 			s.kill()
 		}
+	}
+	if s.keep {
+		return nil
 	}
 	return os.RemoveAll(s.dir)
 }

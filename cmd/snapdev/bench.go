@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sellersnap/sellersnap/internal/demodata"
+	"github.com/sellersnap/sellersnap/internal/pgtemp"
+	"github.com/sellersnap/sellersnap/sources"
+)
+
+// benchCase is one thing measured: sellersnap exporting some rows, and
+// psql's binary \copy of the very same query as the baseline.
+type benchCase struct {
+	name    string
+	args    []string // sellersnap arguments after -config
+	query   string   // baseline query
+	rows    int64
+	base    []sample
+	snap    []sample
+	formats string
+}
+
+type sample struct {
+	wall   time.Duration
+	maxRSS int64 // KiB
+}
+
+// bench loads (once, cached under cacheDir) N sellers of one org over 20
+// runs, then alternates baseline and sellersnap runs reps times.
+func bench(ctx context.Context, bin string, n, reps int, cacheDir string) error {
+	dir := filepath.Join(cacheDir, fmt.Sprintf("bench-pg-%d", n))
+	srv, err := pgtemp.Start(ctx, pgtemp.Options{Dir: dir})
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	dbURL := srv.URL("bench")
+	if err := ensureBenchData(ctx, srv, n); err != nil {
+		return err
+	}
+	psql, err := findPsql()
+	if err != nil {
+		return err
+	}
+
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	var org, runID string
+	var runRows int64
+	err = conn.QueryRow(ctx, `SELECT org_id::text FROM sellers LIMIT 1`).Scan(&org)
+	if err == nil {
+		err = conn.QueryRow(ctx, `SELECT s.first_seen_run_id::text, count(*) FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id
+			WHERE r.status = 'completed' AND s.deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 1`).Scan(&runID, &runRows)
+	}
+	var fullRows int64
+	if err == nil {
+		err = conn.QueryRow(ctx, `SELECT count(*) FROM sellers WHERE deleted_at IS NULL AND org_id = $1`, org).Scan(&fullRows)
+	}
+	conn.Close(ctx)
+	if err != nil {
+		return fmt.Errorf("inspect bench data: %w", err)
+	}
+
+	work, err := os.MkdirTemp("", "sellersnap-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	cfgPath := filepath.Join(work, "bench.yaml")
+	if err := os.WriteFile(cfgPath, []byte(benchConfig(dbURL, filepath.Join(work, "out"))), 0o644); err != nil {
+		return err
+	}
+	cols := demodata.SellerColumns
+	sqlFor := func(q sources.Query) string {
+		s, params, _ := q.SQL(sources.DefaultSchema, sources.DefaultSellersTable)
+		for i := len(params); i >= 1; i-- {
+			s = strings.ReplaceAll(s, fmt.Sprintf("$%d", i), "'"+params[i-1]+"'")
+		}
+		return s
+	}
+	fullSQL := sqlFor(sources.Query{Columns: cols, OrgID: org})
+	runSQL := sqlFor(sources.Query{Columns: cols, OrgID: org, RunID: runID})
+	date := "2026-01-01"
+	cases := []*benchCase{
+		{name: "full, csv", formats: "csv", args: []string{"rerun", "-job", "full-csv", "-date", date}, query: fullSQL, rows: fullRows},
+		{name: "full, ndjson", formats: "ndjson", args: []string{"rerun", "-job", "full-ndjson", "-date", date}, query: fullSQL, rows: fullRows},
+		{name: "full, parquet", formats: "parquet", args: []string{"rerun", "-job", "full-parquet", "-date", date}, query: fullSQL, rows: fullRows},
+		{name: "full, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "full-all", "-date", date}, query: fullSQL, rows: fullRows},
+		{name: "one run, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "run-all", "-run", runID}, query: runSQL, rows: runRows},
+	}
+	fmt.Printf("data: %d sellers (%d live in the org, %d in the largest run), 16 columns; %d repetitions, baseline and sellersnap alternating\n\n", n, fullRows, runRows, reps)
+	for rep := 0; rep < reps; rep++ {
+		for _, c := range cases {
+			s, err := measure(ctx, psql, dbURL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", `\copy (`+c.query+`) TO '/dev/null' WITH (FORMAT binary)`)
+			if err != nil {
+				return fmt.Errorf("baseline %s: %w", c.name, err)
+			}
+			c.base = append(c.base, s)
+			s, err = measure(ctx, bin, append([]string{c.args[0], "-config", cfgPath, "-log-level", "warn"}, c.args[1:]...)...)
+			if err != nil {
+				return fmt.Errorf("sellersnap %s: %w", c.name, err)
+			}
+			c.snap = append(c.snap, s)
+		}
+		fmt.Fprintf(os.Stderr, "repetition %d/%d done\n", rep+1, reps)
+	}
+	printBench(cases)
+	return nil
+}
+
+func printBench(cases []*benchCase) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "case\trows\t\\copy binary median (min–max)\tsellersnap median (min–max)\tratio\textra\trows/s\tpeak RSS\t")
+	for _, c := range cases {
+		b, s := wallStats(c.base), wallStats(c.snap)
+		var rss int64
+		for _, x := range c.snap {
+			rss = max(rss, x.maxRSS)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.2fs (%.2f–%.2f)\t%.2fs (%.2f–%.2f)\t%.2f×\t%+.2fs\t%.0f\t%.0f MiB\t\n",
+			c.name, c.rows, b[1], b[0], b[2], s[1], s[0], s[2], s[1]/b[1], s[1]-b[1], float64(c.rows)/s[1], float64(rss)/1024)
+	}
+	tw.Flush()
+}
+
+// wallStats returns min, median and max wall time in seconds.
+func wallStats(ss []sample) [3]float64 {
+	v := make([]float64, len(ss))
+	for i, s := range ss {
+		v[i] = s.wall.Seconds()
+	}
+	slices.Sort(v)
+	med := v[len(v)/2]
+	if len(v)%2 == 0 {
+		med = (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return [3]float64{v[0], med, v[len(v)-1]}
+}
+
+func measure(ctx context.Context, bin string, args ...string) (sample, error) {
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	start := time.Now()
+	err := cmd.Run()
+	wall := time.Since(start)
+	if err != nil {
+		return sample{}, fmt.Errorf("%w: %s", err, stderr.String())
+	}
+	ru, _ := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	var rss int64
+	if ru != nil {
+		rss = ru.Maxrss
+	}
+	return sample{wall: wall, maxRSS: rss}, nil
+}
+
+func ensureBenchData(ctx context.Context, srv *pgtemp.Server, n int) error {
+	admin, err := pgx.Connect(ctx, srv.URL("postgres"))
+	if err != nil {
+		return err
+	}
+	defer admin.Close(ctx)
+	var exists bool
+	if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'bench')`).Scan(&exists); err != nil {
+		return err
+	}
+	if exists {
+		conn, err := pgx.Connect(ctx, srv.URL("bench"))
+		if err == nil {
+			var loaded int
+			err = conn.QueryRow(ctx, `SELECT n FROM bench_meta`).Scan(&loaded)
+			conn.Close(ctx)
+			if err == nil && loaded == n {
+				fmt.Fprintf(os.Stderr, "reusing %d bench sellers in %s\n", n, srv.Dir())
+				return nil
+			}
+		}
+		if _, err := admin.Exec(ctx, `DROP DATABASE bench WITH (FORCE)`); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(os.Stderr, "loading %d bench sellers into %s (once; later runs reuse them)\n", n, srv.Dir())
+	start := time.Now()
+	if _, err := admin.Exec(ctx, `CREATE DATABASE bench`); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, srv.URL("bench"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	if err := demodata.Load(ctx, conn, demodata.Options{Sellers: n, Runs: 20, Orgs: 1, Seed: 7}); err != nil {
+		return err
+	}
+	// Freeze and set hint bits now, so no measured scan pays for them.
+	for _, q := range []string{`VACUUM (FREEZE, ANALYZE)`, `CHECKPOINT`, `CREATE TABLE bench_meta (n int)`} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return err
+		}
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO bench_meta VALUES ($1)`, n); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "loaded in %s\n", time.Since(start).Round(time.Second))
+	return nil
+}
+
+func findPsql() (string, error) {
+	if p, err := exec.LookPath("psql"); err == nil {
+		return p, nil
+	}
+	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/psql")
+	if len(matches) > 0 {
+		return matches[len(matches)-1], nil
+	}
+	return "", errors.New("psql not found: install postgresql-client")
+}
+
+func benchConfig(dbURL, out string) string {
+	cols := "[" + strings.Join(demodata.SellerColumns, ", ") + "]"
+	var b strings.Builder
+	fmt.Fprintf(&b, "source:\n  dsn: %q\n  statement_timeout: 0s\njobs:\n", dbURL)
+	for _, j := range []struct{ name, mode, formats string }{
+		{"full-csv", "full", "[csv]"}, {"full-ndjson", "full", "[ndjson]"}, {"full-parquet", "full", "[parquet]"},
+		{"full-all", "full", "[csv, ndjson, parquet]"}, {"run-all", "per_run", "[csv, ndjson, parquet]"},
+	} {
+		fmt.Fprintf(&b, "  - name: %s\n    mode: %s\n    destination: \"file://%s\"\n    formats: %s\n    columns: %s\n",
+			j.name, j.mode, out, j.formats, cols)
+	}
+	return b.String()
+}
