@@ -59,7 +59,49 @@ var (
 // Config is a whole pipeline.yaml.
 type Config struct {
 	Source Source `yaml:"source"`
+	Daemon Daemon `yaml:"daemon"`
 	Jobs   []*Job `yaml:"jobs"`
+}
+
+// Defaults of the daemon (sellersnap run).
+const (
+	DefaultListen        = "127.0.0.1:9464"
+	DefaultShutdownGrace = 25 * time.Second
+	DefaultNotifyChannel = "collection_run_completed"
+	DefaultRetryAttempts = 3
+	DefaultRetryInitial  = time.Second
+	DefaultRetryMax      = 30 * time.Second
+	CatchupLatest        = "latest"
+	CatchupAll           = "all"
+	CatchupNone          = "none"
+)
+
+// Daemon configures sellersnap run.
+type Daemon struct {
+	// Listen is the HTTP address for /metrics, /healthz, /readyz and the
+	// status page. Default 127.0.0.1:9464; "" disables the server.
+	Listen *string `yaml:"listen"`
+	// ShutdownGrace is how long an in-flight export may finish after
+	// SIGTERM before it is cancelled. Default 25s.
+	ShutdownGrace *Duration `yaml:"shutdown_grace"`
+	// NotifyChannel is LISTENed on; a notification (payload: a run id, or
+	// empty) exports completed runs at once. Default
+	// collection_run_completed; "" disables LISTEN.
+	NotifyChannel *string `yaml:"notify_channel"`
+	// Retry bounds the retries of transient errors within one export.
+	Retry Retry `yaml:"retry"`
+	// Pprof serves /debug/pprof/ on the HTTP server. Default false.
+	Pprof bool `yaml:"pprof"`
+}
+
+// Retry is exponential backoff with jitter.
+type Retry struct {
+	// Attempts in all, the first included. Default 3.
+	Attempts int `yaml:"attempts"`
+	// Initial backoff. Default 1s.
+	Initial *Duration `yaml:"initial"`
+	// Max backoff. Default 30s.
+	Max *Duration `yaml:"max"`
 }
 
 // Source says where the collector's database is.
@@ -102,6 +144,11 @@ type Job struct {
 	Columns []Column `yaml:"columns"`
 	// Flagged, when set, exports only sellers whose flagged equals it.
 	Flagged *bool `yaml:"flagged"`
+	// Catchup (full jobs) says which schedule slots missed while the
+	// daemon was down are exported at start-up: latest (the most recent
+	// one), all (every one back to the newest exported, at most 31), or
+	// none. Default latest.
+	Catchup string `yaml:"catchup"`
 	// BatchRows is the most rows per Arrow record batch. Default 2048.
 	BatchRows int     `yaml:"batch_rows"`
 	CSV       CSV     `yaml:"csv"`
@@ -282,6 +329,34 @@ func (f *File) validate(unset map[string][]string) error {
 		s.StatementTimeout = &Duration{DefaultStatementTimeout}
 	}
 
+	d := &f.Daemon
+	if d.Listen == nil {
+		l := DefaultListen
+		d.Listen = &l
+	}
+	if d.ShutdownGrace == nil {
+		d.ShutdownGrace = &Duration{DefaultShutdownGrace}
+	}
+	if d.NotifyChannel == nil {
+		c := DefaultNotifyChannel
+		d.NotifyChannel = &c
+	}
+	switch {
+	case d.Retry.Attempts == 0:
+		d.Retry.Attempts = DefaultRetryAttempts
+	case d.Retry.Attempts < 1 || d.Retry.Attempts > 100:
+		bad("daemon.retry.attempts", "must be between 1 and 100, got %d", d.Retry.Attempts)
+	}
+	if d.Retry.Initial == nil {
+		d.Retry.Initial = &Duration{DefaultRetryInitial}
+	}
+	if d.Retry.Max == nil {
+		d.Retry.Max = &Duration{DefaultRetryMax}
+	}
+	if d.Retry.Max.Duration < d.Retry.Initial.Duration {
+		bad("daemon.retry.max", "must not be less than daemon.retry.initial")
+	}
+
 	if len(f.Jobs) == 0 {
 		bad("jobs", "at least one job is required")
 	}
@@ -329,6 +404,15 @@ func (f *File) validateJob(j *Job, p string) []error {
 		bad(p+".mode", "unknown mode %q: want per_run or full", j.Mode)
 	}
 
+	switch {
+	case j.Catchup == "" && j.Mode == ModeFull:
+		j.Catchup = CatchupLatest
+	case j.Catchup != "" && j.Mode != ModeFull:
+		bad(p+".catchup", "applies to full jobs only: per_run jobs always export every pending run")
+	case j.Catchup != "" && j.Catchup != CatchupLatest && j.Catchup != CatchupAll && j.Catchup != CatchupNone:
+		bad(p+".catchup", "unknown catchup %q: want latest, all or none", j.Catchup)
+	}
+
 	j.Timezone = cmp.Or(j.Timezone, DefaultTimezone)
 	loc, err := time.LoadLocation(j.Timezone)
 	if err != nil || strings.EqualFold(j.Timezone, "local") {
@@ -341,10 +425,10 @@ func (f *File) validateJob(j *Job, p string) []error {
 			bad(p+".schedule", "set the time zone with timezone:, not in the schedule")
 		} else if sched, err := cronParser.Parse(j.Schedule); err != nil {
 			bad(p+".schedule", "invalid cron expression %q: %v", j.Schedule, err)
-		} else if loc != nil && sched.Next(time.Now().In(loc)).IsZero() {
+		} else if loc != nil && dstSafe(sched).Next(time.Now().In(loc)).IsZero() {
 			bad(p+".schedule", "cron expression %q never fires", j.Schedule)
 		} else {
-			j.Cron = sched
+			j.Cron = dstSafe(sched)
 		}
 	}
 

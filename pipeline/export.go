@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -129,7 +130,11 @@ type output struct {
 // them, then writes the manifest. On any error nothing is left at a final
 // key by this attempt: uploads in flight are cancelled before they could
 // commit, and files already committed are deleted again.
-func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket *sinks.Bucket, u unit) (*Manifest, error) {
+//
+// Unless force (a rerun), the manifest is written create-only: if another
+// process published the unit meanwhile (which the locks should prevent),
+// errExportedElsewhere is returned and its manifest stays.
+func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
 	start := time.Now()
 	job := u.job
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -208,7 +213,12 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	if err != nil {
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
-	if err := bucket.Put(ctx, mkey, data, "application/json", nil); err != nil {
+	if err := bucket.Put(ctx, mkey, data, "application/json", &sinks.PutOptions{IfNotExist: !force}); err != nil {
+		if errors.Is(err, sinks.ErrExists) {
+			r.logger().Warn("another process published this export first; its manifest stands",
+				append(u.logAttrs(), "manifest", mkey)...)
+			return nil, errExportedElsewhere
+		}
 		// An older manifest (a rerun) would now describe files that were
 		// replaced: remove it, so the unit shows as pending.
 		r.unpublish(ctx, bucket, []string{mkey})

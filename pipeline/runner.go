@@ -32,9 +32,43 @@ type Runner struct {
 	// Now is the wall clock (exported_at, today's date for full jobs).
 	// Default time.Now.
 	Now func() time.Time
+	// Retry retries transient errors within one export. The zero value
+	// tries once.
+	Retry Backoff
+	// Locker, when set, serialises exports of the same unit across
+	// processes: each run (or full-snapshot date) is exported under its
+	// lock, and a unit another process holds is skipped. Set it whenever
+	// more than one sellersnap may run against the same bucket.
+	Locker Locker
 
 	mu      sync.Mutex
 	buckets map[string]*sinks.Bucket
+}
+
+// Locker takes named locks that exclude other processes;
+// *sources.Postgres (advisory locks) is one.
+type Locker interface {
+	TryLock(ctx context.Context, key string) (Unlocker, bool, error)
+}
+
+// Unlocker releases a lock.
+type Unlocker interface{ Unlock() }
+
+// errExportedElsewhere reports that another process published the unit
+// first: its manifest appeared while this one was exporting.
+var errExportedElsewhere = errors.New("exported by another process")
+
+// lock takes key if a Locker is set. ok is false when another process
+// holds it.
+func (r *Runner) lock(ctx context.Context, key string) (release func(), ok bool, err error) {
+	if r.Locker == nil {
+		return func() {}, true, nil
+	}
+	l, ok, err := r.Locker.TryLock(ctx, key)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	return l.Unlock, true, nil
 }
 
 // existsConcurrency bounds the manifest look-ups made at once.
@@ -76,6 +110,11 @@ type Result struct {
 	// Failed is how many units failed; their errors are joined in the
 	// returned error.
 	Failed int
+	// Skipped is how many units another process was exporting (locked)
+	// or had just exported.
+	Skipped int
+	// Pending is how many units were pending when the call began.
+	Pending int
 }
 
 // Once exports what job has pending: for a per_run job every completed run
@@ -84,13 +123,13 @@ type Result struct {
 // stop the others; the returned error joins every failure.
 func (r *Runner) Once(ctx context.Context, job *config.Job) (Result, error) {
 	if job.Mode == config.ModeFull {
-		return r.full(ctx, job, r.now().In(job.Location).Format(time.DateOnly), false)
+		return r.Full(ctx, job, r.now().In(job.Location).Format(time.DateOnly))
 	}
 	units, err := r.pendingRuns(ctx, job)
 	if err != nil {
 		return Result{}, err
 	}
-	return r.exportRuns(ctx, job, units)
+	return r.exportRuns(ctx, job, units, false)
 }
 
 // RerunRun exports one run again, whether or not it was exported before.
@@ -103,7 +142,19 @@ func (r *Runner) RerunRun(ctx context.Context, job *config.Job, runID string) (R
 	if err != nil {
 		return Result{}, err
 	}
-	return r.exportRuns(ctx, job, []unit{newRunUnit(job, run)})
+	return r.exportRuns(ctx, job, []unit{newRunUnit(job, run)}, true)
+}
+
+// Full exports the full snapshot for date (YYYY-MM-DD) of every org that
+// has none for that date yet, retrying transient errors.
+func (r *Runner) Full(ctx context.Context, job *config.Job, date string) (Result, error) {
+	var res Result
+	err := r.retry(ctx, []any{"job", job.Name, "date", date}, func() error {
+		var err error
+		res, err = r.full(ctx, job, date, false)
+		return err
+	})
+	return res, err
 }
 
 // RerunDate writes the full snapshot of every org for date again, with the
@@ -156,8 +207,11 @@ func (r *Runner) pendingRuns(ctx context.Context, job *config.Job) ([]unit, erro
 	return pending, nil
 }
 
-func (r *Runner) exportRuns(ctx context.Context, job *config.Job, units []unit) (Result, error) {
-	var res Result
+// exportRuns exports units one after the other, each under its lock.
+// Unless force, a unit whose manifest exists once its lock is held is
+// skipped, and the manifest is written create-only.
+func (r *Runner) exportRuns(ctx context.Context, job *config.Job, units []unit, force bool) (Result, error) {
+	res := Result{Pending: len(units)}
 	if len(units) == 0 {
 		return res, nil
 	}
@@ -171,7 +225,16 @@ func (r *Runner) exportRuns(ctx context.Context, job *config.Job, units []unit) 
 			errs = append(errs, ctx.Err())
 			break
 		}
-		m, err := r.exportRun(ctx, bucket, u)
+		var m *Manifest
+		err := r.retry(ctx, u.logAttrs(), func() error {
+			var err error
+			m, err = r.exportRunLocked(ctx, bucket, u, force)
+			return err
+		})
+		if errors.Is(err, errExportedElsewhere) {
+			res.Skipped++
+			continue
+		}
 		if err != nil {
 			res.Failed++
 			err = unitError(u, err)
@@ -184,14 +247,35 @@ func (r *Runner) exportRuns(ctx context.Context, job *config.Job, units []unit) 
 	return res, errors.Join(errs...)
 }
 
-// exportRun reads one run in its own snapshot.
-func (r *Runner) exportRun(ctx context.Context, bucket *sinks.Bucket, u unit) (*Manifest, error) {
+// exportRunLocked reads one run in its own snapshot, under the run's lock.
+func (r *Runner) exportRunLocked(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
+	release, ok, err := r.lock(ctx, "run:"+u.job.Name+":"+u.run.ID)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		r.logger().Debug("run is being exported by another process", u.logAttrs()...)
+		return nil, errExportedElsewhere
+	}
+	defer release()
+	if !force {
+		// Another process may have finished it between listing and locking.
+		key, err := u.manifestKey()
+		if err != nil {
+			return nil, err
+		}
+		if done, err := bucket.Exists(ctx, key); err != nil {
+			return nil, err
+		} else if done {
+			return nil, errExportedElsewhere
+		}
+	}
 	snap, err := r.Source.Snapshot(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer snap.Close(context.WithoutCancel(ctx))
-	return r.exportUnit(ctx, snap, bucket, u)
+	return r.exportUnit(ctx, snap, bucket, u, force)
 }
 
 // full exports one date's snapshot of every org, all orgs read in one
@@ -203,6 +287,16 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 	if err != nil {
 		return res, err
 	}
+	release, ok, err := r.lock(ctx, "full:"+job.Name+":"+date)
+	if err != nil {
+		return res, err
+	}
+	if !ok {
+		r.logger().Debug("snapshot is being exported by another process", "job", job.Name, "date", date)
+		res.Skipped++
+		return res, nil
+	}
+	defer release()
 	snap, err := r.Source.Snapshot(ctx)
 	if err != nil {
 		return res, err
@@ -227,7 +321,12 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 				continue
 			}
 		}
-		m, err := r.exportUnit(ctx, snap, bucket, u)
+		res.Pending++
+		m, err := r.exportUnit(ctx, snap, bucket, u, force)
+		if errors.Is(err, errExportedElsewhere) {
+			res.Skipped++
+			continue
+		}
 		if err != nil {
 			// The snapshot's connection may be gone (a cancelled query
 			// closes it): the remaining orgs wait for the next attempt.
@@ -307,4 +406,18 @@ func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
 		plan = append(plan, p)
 	}
 	return plan, nil
+}
+
+// PostgresLocker makes PostgreSQL advisory locks (sources.Postgres.TryLock)
+// a Locker.
+func PostgresLocker(p *sources.Postgres) Locker { return pgLocker{p} }
+
+type pgLocker struct{ p *sources.Postgres }
+
+func (l pgLocker) TryLock(ctx context.Context, key string) (Unlocker, bool, error) {
+	lk, ok, err := l.p.TryLock(ctx, key)
+	if err != nil || !ok {
+		return nil, ok, err
+	}
+	return lk, true, nil
 }

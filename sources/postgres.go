@@ -36,7 +36,8 @@ type Config struct {
 	// StatementTimeout bounds every statement of an export (SET LOCAL
 	// statement_timeout). Zero means no limit.
 	StatementTimeout time.Duration
-	// MaxConns bounds the connection pool. Default 4.
+	// MaxConns bounds the connection pool. Default 8 (an export holds two:
+	// its snapshot and its advisory lock).
 	MaxConns int32
 }
 
@@ -54,7 +55,7 @@ func (c Config) withDefaults() Config {
 		c.CompletedStatus = DefaultCompletedStatus
 	}
 	if c.MaxConns == 0 {
-		c.MaxConns = 4
+		c.MaxConns = 8
 	}
 	return c
 }

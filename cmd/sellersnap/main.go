@@ -4,6 +4,7 @@
 //	sellersnap validate -config pipeline.yaml
 //	sellersnap once     -config pipeline.yaml [-job NAME]
 //	sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD)
+//	sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
 //	sellersnap version
 //
 // Exit status: 0 success, 1 an export failed, 2 usage or configuration error.
@@ -98,6 +99,7 @@ const usage = `usage:
   sellersnap validate -config pipeline.yaml
   sellersnap once     -config pipeline.yaml [-job NAME]
   sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD)
+  sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
   sellersnap version
 
 common flags: -log-format text|json, -log-level debug|info|warn|error
@@ -106,6 +108,7 @@ exit status: 0 success, 1 an export failed, 2 usage or configuration error
 
 type options struct {
 	config, job, run, date, logFormat, logLevel string
+	listen                                     *string
 	cpuProfile, memProfile                      string
 }
 
@@ -130,6 +133,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "rerun":
 		fs.StringVar(&o.run, "run", "", "collection run id to export again (per_run jobs)")
 		fs.StringVar(&o.date, "date", "", "snapshot date YYYY-MM-DD to write again (full jobs)")
+	case "run":
+		o.listen = fs.String("listen", "", "HTTP address for /healthz and /readyz (default: daemon.listen in the config)")
 	case "validate", "once":
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
@@ -202,12 +207,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return &configError{cfg.Errorf(fmt.Sprintf("jobs[%d].columns", i), "%v", err)}
 		}
 	}
-	runner := &pipeline.Runner{Source: src, Version: toolVersion(), Logger: logger}
+	runner := &pipeline.Runner{Source: src, Version: toolVersion(), Logger: logger,
+		Locker: pipeline.PostgresLocker(src),
+		Retry: pipeline.Backoff{Attempts: cfg.Daemon.Retry.Attempts,
+			Initial: cfg.Daemon.Retry.Initial.Duration, Max: cfg.Daemon.Retry.Max.Duration}}
 	defer runner.Close()
 
 	switch cmd {
 	case "validate":
 		return validate(ctx, runner, jobs, stdout)
+	case "run":
+		listen := *cfg.Daemon.Listen
+		if *o.listen != "" {
+			listen = *o.listen
+		}
+		d := &pipeline.Daemon{Runner: runner, Jobs: jobs, NotifyChannel: *cfg.Daemon.NotifyChannel,
+			Listen: listen, Pprof: cfg.Daemon.Pprof}
+		return d.Run(ctx, abortAfter(ctx, cfg.Daemon.ShutdownGrace.Duration, logger))
 	case "rerun":
 		var err error
 		if o.run != "" {
@@ -227,6 +243,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return errors.Join(errs...)
 	}
+}
+
+// abortAfter returns a context that is cancelled grace after ctx is done
+// (the first SIGINT or SIGTERM), or at once on the next signal. Exports in
+// flight run under it: cancelling it aborts them cleanly.
+func abortAfter(ctx context.Context, grace time.Duration, logger *slog.Logger) context.Context {
+	abort, cancel := context.WithCancel(context.Background())
+	context.AfterFunc(ctx, func() {
+		// main's signal.NotifyContext still holds SIGINT and SIGTERM, so no
+		// signal kills the process while this one takes over.
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		defer signal.Stop(sigs)
+		logger.Info("shutting down: exports in flight may finish", "grace", grace)
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-sigs:
+			logger.Warn("second signal: cancelling exports in flight")
+		case <-t.C:
+			logger.Warn("shutdown grace is over: cancelling exports in flight")
+		}
+		cancel()
+	})
+	return abort
 }
 
 func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer) error {

@@ -1,0 +1,343 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/sellersnap/sellersnap/config"
+)
+
+// Daemon runs jobs on their cron schedules until stopped.
+//
+// Each job has one worker: exports of a job never overlap, and a tick that
+// arrives while the worker is busy is coalesced with the next run. per_run
+// jobs export every pending run at start-up, at every tick and on every
+// notification; full jobs export the slot of each tick (its date in the
+// job's time zone is the snapshot's identity) and, at start-up, the slots
+// their catchup setting asks for.
+type Daemon struct {
+	Runner *Runner
+	Jobs   []*config.Job
+	// NotifyChannel is LISTENed on when set: a notification makes every
+	// per_run job look for pending runs at once.
+	NotifyChannel string
+	// Listen is the HTTP address of /healthz and /readyz; "" for none.
+	Listen string
+	// Pprof adds /debug/pprof/ to the HTTP server.
+	Pprof bool
+
+	mu      sync.Mutex
+	workers []*worker
+	ready   chan struct{}
+	addr    net.Addr
+}
+
+type worker struct {
+	job    *config.Job
+	signal chan struct{} // capacity 1: a pending signal coalesces later ones
+	mu     sync.Mutex
+	slot   time.Time // full jobs: the newest slot not yet run
+}
+
+// Run schedules the jobs until ctx is done, then waits for exports in
+// flight to end and returns. Exports run under work: cancel it to abort
+// them (on a second signal, or when the shutdown grace is over).
+func (d *Daemon) Run(ctx, work context.Context) error {
+	d.mu.Lock()
+	d.ready = make(chan struct{})
+	d.workers = nil
+	for _, j := range d.Jobs {
+		d.workers = append(d.workers, &worker{job: j, signal: make(chan struct{}, 1)})
+	}
+	d.mu.Unlock()
+
+	var srv *http.Server
+	if d.Listen != "" {
+		ln, err := net.Listen("tcp", d.Listen)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", d.Listen, err)
+		}
+		d.addr = ln.Addr()
+		srv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		d.logger().Info("serving", "addr", ln.Addr().String())
+	}
+	close(d.ready)
+
+	var wg sync.WaitGroup
+	for _, w := range d.workers {
+		wg.Go(func() { d.work(ctx, work, w) })
+		wg.Go(func() { d.schedule(ctx, w) })
+		d.startUp(w)
+	}
+	if d.NotifyChannel != "" {
+		wg.Go(func() { d.listen(ctx) })
+	}
+	<-ctx.Done()
+	d.logger().Info("stopping: no new exports; waiting for the ones in flight")
+	wg.Wait()
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}
+	return nil
+}
+
+// Addr is the HTTP server's address once Run has started it.
+func (d *Daemon) Addr() net.Addr {
+	d.mu.Lock()
+	ready := d.ready
+	d.mu.Unlock()
+	if ready == nil {
+		return nil
+	}
+	<-ready
+	return d.addr
+}
+
+// startUp queues what a job does when the daemon starts: catch-up.
+func (d *Daemon) startUp(w *worker) {
+	if w.job.Mode != config.ModeFull {
+		d.fire(w, time.Time{}, "start-up")
+		return
+	}
+	if w.job.Catchup == config.CatchupNone {
+		return
+	}
+	slots := prevSlots(w.job, d.Runner.now(), 1)
+	if len(slots) > 0 {
+		d.fire(w, slots[0], "start-up")
+	}
+}
+
+// fire asks w to run; slot is the schedule slot (full jobs).
+func (d *Daemon) fire(w *worker, slot time.Time, why string) {
+	w.mu.Lock()
+	if slot.After(w.slot) {
+		w.slot = slot
+	}
+	w.mu.Unlock()
+	select {
+	case w.signal <- struct{}{}:
+	default:
+		d.logger().Info("coalesced: the job is busy and already has a run queued", "job", w.job.Name, "trigger", why)
+	}
+}
+
+// schedule fires w at every tick of its cron schedule.
+func (d *Daemon) schedule(ctx context.Context, w *worker) {
+	for {
+		now := d.Runner.now().In(w.job.Location)
+		next := w.job.Cron.Next(now)
+		if next.IsZero() {
+			d.logger().Error("schedule never fires again", "job", w.job.Name)
+			return
+		}
+		t := time.NewTimer(next.Sub(now))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+			d.fire(w, next, "schedule")
+		}
+	}
+}
+
+// work runs w's job each time it is signalled, one run at a time.
+func (d *Daemon) work(ctx, work context.Context, w *worker) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.signal:
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		d.runJob(work, w)
+	}
+}
+
+// runJob runs one pass of a job; a panic fails the pass, not the daemon.
+func (d *Daemon) runJob(ctx context.Context, w *worker) {
+	defer func() {
+		if p := recover(); p != nil {
+			d.logger().Error("panic in export; the run is marked failed", "job", w.job.Name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		}
+	}()
+	job := w.job
+	var err error
+	if job.Mode == config.ModeFull {
+		w.mu.Lock()
+		slot := w.slot
+		w.slot = time.Time{}
+		w.mu.Unlock()
+		if slot.IsZero() {
+			return
+		}
+		dates := []string{slot.In(job.Location).Format(time.DateOnly)}
+		if job.Catchup == config.CatchupAll {
+			dates = nil
+			for _, s := range prevSlots(job, slot, maxCatchup) {
+				dates = append([]string{s.In(job.Location).Format(time.DateOnly)}, dates...)
+			}
+			dates = dedupe(dates)
+		}
+		for _, date := range dates {
+			if _, err = d.Runner.Full(ctx, job, date); err != nil {
+				break
+			}
+		}
+	} else {
+		_, err = d.Runner.Once(ctx, job)
+	}
+	if err != nil && ctx.Err() == nil {
+		d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "err", err)
+	}
+}
+
+// maxCatchup bounds how many missed slots catchup: all exports.
+const maxCatchup = 31
+
+// prevSlots returns up to n schedule slots at or before t, newest first.
+func prevSlots(job *config.Job, t time.Time, n int) []time.Time {
+	t = t.In(job.Location)
+	for window := 26 * time.Hour; window <= 800*24*time.Hour; window *= 4 {
+		var slots []time.Time
+		for s := job.Cron.Next(t.Add(-window)); !s.IsZero() && !s.After(t); s = job.Cron.Next(s) {
+			slots = append(slots, s)
+			if len(slots) > 100000 { // very frequent schedules: keep the tail
+				slots = slots[len(slots)-n:]
+			}
+		}
+		if len(slots) >= n || window*4 > 800*24*time.Hour {
+			out := make([]time.Time, 0, n)
+			for i := len(slots) - 1; i >= 0 && len(out) < n; i-- {
+				out = append(out, slots[i])
+			}
+			return out
+		}
+	}
+	return nil
+}
+
+func dedupe(s []string) []string {
+	var out []string
+	for _, v := range s {
+		if len(out) == 0 || out[len(out)-1] != v {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// listen LISTENs for completed runs and signals every per_run job on each
+// notification, reconnecting with backoff when the connection drops. On
+// every (re)connect the jobs are signalled too: notifications sent while
+// it was down are lost, the runs they announced are not.
+func (d *Daemon) listen(ctx context.Context) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		l, err := d.Runner.Source.Listen(ctx, d.NotifyChannel)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.logger().Warn("LISTEN failed; retrying", "channel", d.NotifyChannel, "in", backoff, "err", err)
+			if !sleep(ctx, jitter(backoff)) {
+				return
+			}
+			backoff = min(backoff*2, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+		d.firePerRun("listen")
+		for {
+			payload, err := l.Wait(ctx)
+			if err != nil {
+				l.Close()
+				if ctx.Err() == nil {
+					d.logger().Warn("LISTEN connection lost; reconnecting", "channel", d.NotifyChannel, "err", err)
+				}
+				break
+			}
+			d.logger().Debug("notified", "channel", d.NotifyChannel, "payload", payload)
+			d.firePerRun("notify")
+		}
+	}
+}
+
+func (d *Daemon) firePerRun(why string) {
+	for _, w := range d.workers {
+		if w.job.Mode == config.ModePerRun {
+			d.fire(w, time.Time{}, why)
+		}
+	}
+}
+
+// Handler serves /healthz (the process is alive) and /readyz (PostgreSQL
+// answers and every destination bucket can be read).
+func (d *Daemon) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := d.checkReady(ctx); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	if d.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}
+
+func (d *Daemon) checkReady(ctx context.Context) error {
+	if err := d.Runner.Source.Ping(ctx); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	for _, j := range d.Jobs {
+		b, err := d.Runner.Bucket(ctx, j.Destination)
+		if err != nil {
+			return err
+		}
+		if _, err := b.Exists(ctx, ".sellersnap-readyz"); err != nil {
+			return fmt.Errorf("job %s: bucket: %w", j.Name, err)
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) logger() *slog.Logger { return d.Runner.logger() }
+
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

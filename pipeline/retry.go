@@ -1,0 +1,78 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"gocloud.dev/gcerrors"
+)
+
+// Backoff bounds the retries of transient errors within one export:
+// exponential from Initial to Max, with jitter, Attempts tries in all.
+type Backoff struct {
+	Attempts int
+	Initial  time.Duration
+	Max      time.Duration
+}
+
+// retry calls f until it succeeds, fails permanently, or the attempts are
+// used up. It returns f's last error.
+func (r *Runner) retry(ctx context.Context, what []any, f func() error) error {
+	b := r.Retry
+	wait := b.Initial
+	for attempt := 1; ; attempt++ {
+		err := f()
+		if err == nil || attempt >= b.Attempts || !transient(err) || ctx.Err() != nil {
+			return err
+		}
+		d := jitter(max(wait, time.Millisecond))
+		r.logger().Warn("transient error; retrying", append(what, "attempt", attempt, "in", d.Round(time.Millisecond), "err", err)...)
+		if !sleep(ctx, d) {
+			return err
+		}
+		wait = min(wait*2, b.Max)
+	}
+}
+
+// transient reports whether err may go away on its own: lost or refused
+// connections, serialization failures and deadlocks, a server shutting
+// down, bucket throttling and 5xx. Missing columns, permissions and bad
+// data are permanent.
+func transient(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, errExportedElsewhere) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code[:2] == "08", // connection exception
+			pgErr.Code == "40001", pgErr.Code == "40P01", // serialization failure, deadlock
+			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // admin/crash shutdown, cannot connect now
+			pgErr.Code == "53300": // too many connections
+			return true
+		}
+		return false
+	}
+	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
+		return true
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return true
+	}
+	switch gcerrors.Code(err) {
+	case gcerrors.ResourceExhausted, gcerrors.Internal, gcerrors.DeadlineExceeded:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,50 @@
+package sources
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Lock is a session-level advisory lock held on one dedicated connection
+// for as long as the lock is held. If that connection dies, PostgreSQL
+// drops the lock; Lost tells whether that happened.
+type Lock struct {
+	conn *pgxpool.Conn
+	key  string
+}
+
+// TryLock takes the advisory lock named key without waiting. ok is false
+// when another session holds it. The lock key is the 64-bit hash of
+// "sellersnap:" + key (hashtextextended).
+func (p *Postgres) TryLock(ctx context.Context, key string) (*Lock, bool, error) {
+	conn, err := p.pool.Acquire(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("acquire lock connection: %w", err)
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, "sellersnap:"+key).Scan(&ok); err != nil {
+		conn.Release()
+		return nil, false, fmt.Errorf("try lock %s: %w", key, err)
+	}
+	if !ok {
+		conn.Release()
+		return nil, false, nil
+	}
+	return &Lock{conn: conn, key: key}, true, nil
+}
+
+// Unlock releases the lock and returns its connection to the pool.
+func (l *Lock) Unlock() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := l.conn.Exec(ctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, "sellersnap:"+l.key); err != nil {
+		// The session is gone or unusable: its locks went with it. Do
+		// not put the connection back.
+		l.conn.Hijack().Close(ctx)
+		return
+	}
+	l.conn.Release()
+}
