@@ -108,7 +108,7 @@ exit status: 0 success, 1 an export failed, 2 usage or configuration error
 
 type options struct {
 	config, job, run, date, logFormat, logLevel string
-	listen                                     *string
+	listen                                      *string
 	cpuProfile, memProfile                      string
 }
 
