@@ -67,3 +67,14 @@ func realInstant(f time.Time, loc *time.Location) time.Time {
 	}
 	return c
 }
+
+// ParseSchedule parses a cron expression as job schedules are parsed: five
+// fields, an optional leading seconds field, or a descriptor such as
+// @daily, with the daylight-saving behaviour described on wallClock.
+func ParseSchedule(spec string) (cron.Schedule, error) {
+	s, err := cronParser.Parse(spec)
+	if err != nil {
+		return nil, err
+	}
+	return dstSafe(s), nil
+}

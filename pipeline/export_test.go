@@ -114,10 +114,16 @@ func (f *fixture) job(name string) *config.Job {
 func (f *fixture) files() map[string][]byte {
 	out := map[string][]byte{}
 	err := filepath.WalkDir(f.dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // a temporary file renamed or removed mid-walk
+		}
+		if err != nil || d.IsDir() || strings.HasSuffix(p, ".tmp") {
 			return err
 		}
 		b, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		rel, _ := filepath.Rel(f.dir, p)
 		out[filepath.ToSlash(rel)] = b
 		return err

@@ -1,0 +1,282 @@
+package pipeline_test
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/pipeline"
+	"github.com/sellersnap/sellersnap/sources"
+)
+
+// records keeps log records so tests can see what a daemon did.
+type records struct {
+	mu   sync.Mutex
+	msgs []map[string]string
+}
+
+func (r *records) Enabled(context.Context, slog.Level) bool { return true }
+func (r *records) WithAttrs([]slog.Attr) slog.Handler      { return r }
+func (r *records) WithGroup(string) slog.Handler           { return r }
+func (r *records) Handle(_ context.Context, rec slog.Record) error {
+	m := map[string]string{"msg": rec.Message, "level": rec.Level.String()}
+	rec.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.String(); return true })
+	r.mu.Lock()
+	r.msgs = append(r.msgs, m)
+	r.mu.Unlock()
+	return nil
+}
+
+// exported returns the run ids of "exported" records, in order.
+func (r *records) exported() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, m := range r.msgs {
+		if m["msg"] == "exported" {
+			out = append(out, m["run_id"])
+		}
+	}
+	return out
+}
+
+func (r *records) errors() []map[string]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []map[string]string
+	for _, m := range r.msgs {
+		if m["level"] == "ERROR" || (m["level"] == "WARN" && m["msg"] != "coalesced: the job is busy and already has a run queued") {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// daemon starts a daemon on f's database and bucket; stop stops it
+// (soft, then abort after grace) and waits for Run to return.
+func (f *fixture) daemon(schedule, table string, notify bool, grace time.Duration) (rec *records, stop func()) {
+	t := f.t
+	t.Helper()
+	ctx := context.Background()
+	src, err := sources.Open(ctx, sources.Config{DSN: f.dbURL, SellersTable: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec = &records{}
+	runner := &pipeline.Runner{Source: src, Version: "test", Logger: slog.New(rec), Locker: pipeline.PostgresLocker(src),
+		Retry: pipeline.Backoff{Attempts: 3, Initial: 100 * time.Millisecond, Max: time.Second}}
+	job := *f.job("new-sellers")
+	sched, err := config.ParseSchedule(schedule)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job.Cron = sched
+	d := &pipeline.Daemon{Runner: runner, Jobs: []*config.Job{&job}, Listen: "127.0.0.1:0"}
+	if notify {
+		d.NotifyChannel = "collection_run_completed"
+	}
+	soft, cancelSoft := context.WithCancel(ctx)
+	work, cancelWork := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- d.Run(soft, work) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancelSoft()
+		timer := time.AfterFunc(grace, cancelWork)
+		defer timer.Stop()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("daemon: %v", err)
+			}
+		case <-time.After(grace + 15*time.Second):
+			t.Fatal("daemon did not stop")
+		}
+		cancelWork()
+		runner.Close()
+		src.Close()
+	}
+	t.Cleanup(stop)
+	return rec, stop
+}
+
+// insertRun adds a completed run of org with n sellers and returns its id.
+func insertRun(t *testing.T, dbURL, org string, n int, notify bool) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var id string
+	err = conn.QueryRow(ctx, `INSERT INTO collection_runs VALUES (gen_random_uuid(), $1, 'completed', now() - interval '1 minute', clock_timestamp()) RETURNING id::text`, org).Scan(&id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Exec(ctx, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+		SELECT gen_random_uuid(), $1, 'New ' || g, 'new ' || g, 'ebay', 1, false, $2, now() - g * interval '1 ms' FROM generate_series(1, $3) g`, org, id, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if notify {
+		if _, err := conn.Exec(ctx, `SELECT pg_notify('collection_run_completed', $1)`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return id
+}
+
+func (f *fixture) anyOrg() string {
+	runs, err := f.src.CompletedRuns(context.Background())
+	if err != nil || len(runs) == 0 {
+		f.t.Fatal(err)
+	}
+	return runs[0].OrgID
+}
+
+// manifests returns the run ids that have a manifest in the bucket.
+func (f *fixture) manifests() map[string]bool {
+	out := map[string]bool{}
+	for k := range f.files() {
+		if i := strings.Index(k, "/run="); i >= 0 && strings.HasSuffix(k, "/manifest.json") {
+			out[strings.TrimSuffix(k[i+5:], "/manifest.json")] = true
+		}
+	}
+	return out
+}
+
+func waitFor(t *testing.T, what string, deadline time.Duration, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(deadline)
+	for !cond() {
+		if time.Now().After(end) {
+			t.Fatalf("timed out after %s waiting for %s", deadline, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestDaemonCatchUpThenNotify(t *testing.T) {
+	f := newFixture(t, "")
+	runs, err := f.src.CompletedRuns(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, stop := f.daemon("@yearly", "sellers", true, 5*time.Second)
+
+	// Start-up catch-up: every completed run, oldest first.
+	waitFor(t, "start-up catch-up", 30*time.Second, func() bool { return len(f.manifests()) == len(runs) })
+	var want []string
+	for _, r := range runs {
+		want = append(want, r.ID)
+	}
+	if got := rec.exported(); !slices.Equal(got, want) {
+		t.Errorf("exported %v, want oldest first %v", got, want)
+	}
+
+	// A notification exports a new run at once (the schedule is yearly).
+	id := insertRun(t, f.dbURL, f.anyOrg(), 50, true)
+	waitFor(t, "the notified run's manifest", 10*time.Second, func() bool { return f.manifests()[id] })
+	stop()
+	if errs := rec.errors(); len(errs) > 0 {
+		t.Errorf("errors logged: %v", errs)
+	}
+}
+
+func TestDaemonScheduleExportsRunsAsTheyComplete(t *testing.T) {
+	f := newFixture(t, "")
+	rec, stop := f.daemon("* * * * * *", "sellers", false, 5*time.Second)
+	waitFor(t, "start-up catch-up", 30*time.Second, func() bool { return len(f.manifests()) == 10 })
+	var ids []string
+	for i := 0; i < 3; i++ {
+		ids = append(ids, insertRun(t, f.dbURL, f.anyOrg(), 20, false))
+	}
+	waitFor(t, "runs completed while the daemon runs", 15*time.Second, func() bool {
+		m := f.manifests()
+		return m[ids[0]] && m[ids[1]] && m[ids[2]]
+	})
+	stop()
+	if got := rec.exported(); len(got) != 13 {
+		t.Errorf("%d exports, want 13: %v", len(got), got)
+	}
+}
+
+func TestThreeDaemonsExportEachRunOnce(t *testing.T) {
+	f := newFixture(t, "")
+	var recs []*records
+	var stops []func()
+	for i := 0; i < 3; i++ {
+		rec, stop := f.daemon("* * * * * *", "sellers", true, 5*time.Second)
+		recs, stops = append(recs, rec), append(stops, stop)
+	}
+	org := f.anyOrg()
+	for i := 0; i < 20; i++ {
+		insertRun(t, f.dbURL, org, 30, i%2 == 0)
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFor(t, "30 manifests", 60*time.Second, func() bool { return len(f.manifests()) == 30 })
+	for _, stop := range stops {
+		stop()
+	}
+	count := map[string]int{}
+	busy := 0
+	for _, r := range recs {
+		got := r.exported()
+		if len(got) > 0 {
+			busy++
+		}
+		for _, id := range got {
+			count[id]++
+		}
+		if errs := r.errors(); len(errs) > 0 {
+			t.Errorf("errors logged: %v", errs)
+		}
+	}
+	for id, n := range count {
+		if n != 1 {
+			t.Errorf("run %s exported %d times", id, n)
+		}
+	}
+	if len(count) != 30 {
+		t.Errorf("%d runs exported, want 30", len(count))
+	}
+	if busy < 2 {
+		t.Errorf("only %d of 3 replicas exported anything: the backlog was not shared", busy)
+	}
+}
+
+func TestShutdownCancelsAnExportCleanly(t *testing.T) {
+	f := newFixture(t, "")
+	pgtest.Exec(t, f.dbURL, `CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN true; END $$;
+		CREATE VIEW slow_sellers AS SELECT * FROM sellers WHERE slow(id)`)
+	_, stop := f.daemon("@yearly", "slow_sellers", false, 300*time.Millisecond)
+	time.Sleep(time.Second) // the first run (a few hundred rows at 20 ms each) is in flight
+	start := time.Now()
+	stop()
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("stopping took %s with a 300ms grace", took)
+	}
+	files := f.files()
+	for k := range files {
+		if _, ok := files[k[:strings.LastIndex(k, "/")]+"/manifest.json"]; !ok {
+			t.Errorf("an aborted export left %s", k)
+		}
+	}
+	// The next start exports everything.
+	_, stop = f.daemon("@yearly", "sellers", false, 5*time.Second)
+	waitFor(t, "export after restart", 30*time.Second, func() bool { return len(f.manifests()) == 10 })
+	stop()
+}
