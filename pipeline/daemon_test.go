@@ -24,8 +24,8 @@ type records struct {
 }
 
 func (r *records) Enabled(context.Context, slog.Level) bool { return true }
-func (r *records) WithAttrs([]slog.Attr) slog.Handler      { return r }
-func (r *records) WithGroup(string) slog.Handler           { return r }
+func (r *records) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *records) WithGroup(string) slog.Handler            { return r }
 func (r *records) Handle(_ context.Context, rec slog.Record) error {
 	m := map[string]string{"msg": rec.Message, "level": rec.Level.String()}
 	rec.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.String(); return true })
@@ -279,4 +279,54 @@ func TestShutdownCancelsAnExportCleanly(t *testing.T) {
 	_, stop = f.daemon("@yearly", "sellers", false, 5*time.Second)
 	waitFor(t, "export after restart", 30*time.Second, func() bool { return len(f.manifests()) == 10 })
 	stop()
+}
+
+func TestTerminatedConnectionsRecover(t *testing.T) {
+	f := newFixture(t, "")
+	pgtest.Exec(t, f.dbURL, `CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN true; END $$;
+		CREATE VIEW slow_sellers AS SELECT * FROM sellers WHERE slow(id)`)
+	rec, stop := f.daemon("@yearly", "slow_sellers", true, 5*time.Second)
+	defer stop()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, f.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// Terminate every sellersnap backend a few times while runs export:
+	// the snapshot, the lock and the LISTEN connections all go.
+	var killed int
+	for i := 0; i < 3; i++ {
+		time.Sleep(700 * time.Millisecond)
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE application_name = 'sellersnap' AND pid <> pg_backend_pid()`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		killed += n
+	}
+	if killed == 0 {
+		t.Fatal("no sellersnap backend was terminated")
+	}
+	// Retries and the next passes export everything; the LISTEN
+	// connection is back: a notified run lands.
+	waitFor(t, "all runs after terminations", 60*time.Second, func() bool { return len(f.manifests()) == 10 })
+	id := insertRun(t, f.dbURL, f.anyOrg(), 5, true)
+	waitFor(t, "a notified run after LISTEN reconnected", 30*time.Second, func() bool { return f.manifests()[id] })
+	stop()
+	retried := false
+	for _, m := range rec.errors() {
+		if m["msg"] == "transient error; retrying" || strings.Contains(m["msg"], "LISTEN connection lost") {
+			retried = true
+		}
+	}
+	if !retried {
+		t.Errorf("no retry or reconnect was logged after %d terminations", killed)
+	}
+	files := f.files()
+	for k := range files {
+		if _, ok := files[k[:strings.LastIndex(k, "/")]+"/manifest.json"]; !ok {
+			t.Errorf("a terminated export left %s", k)
+		}
+	}
 }
