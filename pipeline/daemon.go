@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/sellersnap/sellersnap/config"
 )
 
@@ -129,6 +131,7 @@ func (d *Daemon) fire(w *worker, slot time.Time, why string) {
 	select {
 	case w.signal <- struct{}{}:
 	default:
+		d.Runner.Metrics.coalescedTick(w.job.Name)
 		d.logger().Info("coalesced: the job is busy and already has a run queued", "job", w.job.Name, "trigger", why)
 	}
 }
@@ -172,6 +175,7 @@ func (d *Daemon) work(ctx, work context.Context, w *worker) {
 func (d *Daemon) runJob(ctx context.Context, w *worker) {
 	defer func() {
 		if p := recover(); p != nil {
+			d.Runner.Metrics.panicked(w.job.Name)
 			d.logger().Error("panic in export; the run is marked failed", "job", w.job.Name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		}
 	}()
@@ -285,10 +289,13 @@ func (d *Daemon) firePerRun(why string) {
 	}
 }
 
-// Handler serves /healthz (the process is alive) and /readyz (PostgreSQL
-// answers and every destination bucket can be read).
+// Handler serves the status page (/), the manifests it links to, /metrics
+// (when the Runner has Metrics), /healthz (the process is alive) and
+// /readyz (PostgreSQL answers and every destination bucket can be read).
 func (d *Daemon) Handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", d.serveStatus)
+	mux.HandleFunc("GET /manifest", d.serveManifest)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
@@ -301,6 +308,9 @@ func (d *Daemon) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	if m := d.Runner.Metrics; m != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	}
 	if d.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -78,8 +78,10 @@ func (f *fixture) daemon(schedule, table string, notify bool, grace time.Duratio
 	if err != nil {
 		t.Fatal(err)
 	}
-	job.Cron = sched
+	job.Cron, job.Schedule = sched, schedule
+	runner.Metrics = pipeline.NewMetrics()
 	d := &pipeline.Daemon{Runner: runner, Jobs: []*config.Job{&job}, Listen: "127.0.0.1:0"}
+	f.daemons = append(f.daemons, d)
 	if notify {
 		d.NotifyChannel = "collection_run_completed"
 	}

@@ -137,6 +137,7 @@ type output struct {
 func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
 	start := time.Now()
 	job := u.job
+	defer r.Metrics.started(job.Name)()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
@@ -164,7 +165,16 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	for i, o := range outs {
 		stageSinks[i] = o.sink
 	}
-	if err := runStages(ctx, cancel, rd, schema, stageSinks); err != nil {
+	every := r.ProgressEvery
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	progress := func(rows int64) {
+		el := time.Since(start)
+		r.logger().Info("exporting", append(u.logAttrs(), "rows", rows, "elapsed", el.Round(time.Second),
+			"rows_per_sec", int64(float64(rows)/max(el.Seconds(), 1e-9)))...)
+	}
+	if err := runStages(ctx, cancel, rd, schema, stageSinks, every, progress); err != nil {
 		return nil, err
 	}
 
@@ -225,6 +235,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		return nil, err
 	}
 	elapsed := time.Since(start)
+	r.Metrics.success(job.Name, m, elapsed, r.now(), mkey)
 	r.logger().Info("exported", append(u.logAttrs(),
 		"rows", m.Rows, "files", len(m.Files), "duration", elapsed.Round(time.Millisecond),
 		"rows_per_sec", int64(float64(m.Rows)/max(elapsed.Seconds(), 1e-9)), "manifest", mkey)...)

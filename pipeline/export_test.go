@@ -55,6 +55,8 @@ type fixture struct {
 	src    *sources.Postgres
 	runner *pipeline.Runner
 	mem    *memory.CheckedAllocator
+	// daemons started by f.daemon, in order
+	daemons []*pipeline.Daemon
 }
 
 func newFixture(t *testing.T, extraYAML string) *fixture {

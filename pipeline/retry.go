@@ -22,7 +22,7 @@ type Backoff struct {
 
 // retry calls f until it succeeds, fails permanently, or the attempts are
 // used up. It returns f's last error.
-func (r *Runner) retry(ctx context.Context, what []any, f func() error) error {
+func (r *Runner) retry(ctx context.Context, job string, what []any, f func() error) error {
 	b := r.Retry
 	wait := b.Initial
 	for attempt := 1; ; attempt++ {
@@ -31,6 +31,7 @@ func (r *Runner) retry(ctx context.Context, what []any, f func() error) error {
 			return err
 		}
 		d := jitter(max(wait, time.Millisecond))
+		r.Metrics.retried(job)
 		r.logger().Warn("transient error; retrying", append(what, "attempt", attempt, "in", d.Round(time.Millisecond), "err", err)...)
 		if !sleep(ctx, d) {
 			return err

@@ -35,6 +35,11 @@ type Runner struct {
 	// Retry retries transient errors within one export. The zero value
 	// tries once.
 	Retry Backoff
+	// Metrics, when set, records every export.
+	Metrics *Metrics
+	// ProgressEvery is how often a long export logs its progress.
+	// Default 10s.
+	ProgressEvery time.Duration
 	// Locker, when set, serialises exports of the same unit across
 	// processes: each run (or full-snapshot date) is exported under its
 	// lock, and a unit another process holds is skipped. Set it whenever
@@ -129,6 +134,9 @@ func (r *Runner) Once(ctx context.Context, job *config.Job) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	if len(units) == 0 {
+		r.Metrics.setBacklog(job.Name, 0, 0)
+	}
 	return r.exportRuns(ctx, job, units, false)
 }
 
@@ -149,7 +157,7 @@ func (r *Runner) RerunRun(ctx context.Context, job *config.Job, runID string) (R
 // has none for that date yet, retrying transient errors.
 func (r *Runner) Full(ctx context.Context, job *config.Job, date string) (Result, error) {
 	var res Result
-	err := r.retry(ctx, []any{"job", job.Name, "date", date}, func() error {
+	err := r.retry(ctx, job.Name, []any{"job", job.Name, "date", date}, func() error {
 		var err error
 		res, err = r.full(ctx, job, date, false)
 		return err
@@ -220,29 +228,35 @@ func (r *Runner) exportRuns(ctx context.Context, job *config.Job, units []unit, 
 		return res, err
 	}
 	var errs []error
-	for _, u := range units {
+	for i, u := range units {
 		if ctx.Err() != nil {
 			errs = append(errs, ctx.Err())
 			break
 		}
+		r.Metrics.setBacklog(job.Name, len(units)-i, r.now().Sub(u.run.CompletedAt))
 		var m *Manifest
-		err := r.retry(ctx, u.logAttrs(), func() error {
+		err := r.retry(ctx, job.Name, u.logAttrs(), func() error {
 			var err error
 			m, err = r.exportRunLocked(ctx, bucket, u, force)
 			return err
 		})
 		if errors.Is(err, errExportedElsewhere) {
 			res.Skipped++
+			r.Metrics.skipped(job.Name)
 			continue
 		}
 		if err != nil {
 			res.Failed++
+			r.Metrics.failure(u, err, r.now())
 			err = unitError(u, err)
 			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...)
 			errs = append(errs, err)
 			continue
 		}
 		res.Exported = append(res.Exported, m)
+	}
+	if ctx.Err() == nil {
+		r.Metrics.setBacklog(job.Name, res.Failed, 0)
 	}
 	return res, errors.Join(errs...)
 }
@@ -328,6 +342,7 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 			continue
 		}
 		if err != nil {
+			r.Metrics.failure(u, err, r.now())
 			// The snapshot's connection may be gone (a cancelled query
 			// closes it): the remaining orgs wait for the next attempt.
 			res.Failed++

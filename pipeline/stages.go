@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -42,7 +43,10 @@ type sink struct {
 // caller's blob writers hang off ctx, every upload. Channels hold one
 // record: memory is bounded by the batch size times the number of stages,
 // never by the size of the run. On return every record has been released.
-func runStages(ctx context.Context, cancel context.CancelCauseFunc, rd RecordReader, schema *arrow.Schema, sinks []*sink) error {
+//
+// progress, if not nil, is called with the rows read so far at most once
+// per every.
+func runStages(ctx context.Context, cancel context.CancelCauseFunc, rd RecordReader, schema *arrow.Schema, sinks []*sink, every time.Duration, progress func(rows int64)) error {
 	var g errgroup.Group
 	fail := func(err error) error {
 		cancel(err)
@@ -52,6 +56,8 @@ func runStages(ctx context.Context, cancel context.CancelCauseFunc, rd RecordRea
 	extracted := make(chan arrow.Record, 1)
 	g.Go(func() error {
 		defer close(extracted)
+		var rows int64
+		last := time.Now()
 		for {
 			rec, err := rd.Next()
 			if errors.Is(err, io.EOF) {
@@ -59,6 +65,11 @@ func runStages(ctx context.Context, cancel context.CancelCauseFunc, rd RecordRea
 			}
 			if err != nil {
 				return fail(err)
+			}
+			rows += rec.NumRows()
+			if progress != nil && time.Since(last) >= every {
+				progress(rows)
+				last = time.Now()
 			}
 			select {
 			case extracted <- rec:

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 	"testing"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -120,7 +121,7 @@ func TestStages(t *testing.T) {
 				writers = tc.writers()
 			}
 			ss := newSinks(t, writers...)
-			err := runStages(ctx, cancel, rd, stageSchema, ss)
+			err := runStages(ctx, cancel, rd, stageSchema, ss, time.Hour, nil)
 			switch {
 			case tc.want != nil:
 				if !errors.Is(err, tc.want) {

@@ -221,6 +221,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if *o.listen != "" {
 			listen = *o.listen
 		}
+		runner.Metrics = pipeline.NewMetrics()
 		d := &pipeline.Daemon{Runner: runner, Jobs: jobs, NotifyChannel: *cfg.Daemon.NotifyChannel,
 			Listen: listen, Pprof: cfg.Daemon.Pprof}
 		return d.Run(ctx, abortAfter(ctx, cfg.Daemon.ShutdownGrace.Duration, logger))

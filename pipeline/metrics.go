@@ -1,0 +1,190 @@
+package pipeline
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are the Prometheus metrics of a Runner. A nil *Metrics records
+// nothing.
+//
+//	sellersnap_runs_total{job,outcome}              exports by outcome: success, failure, skipped
+//	sellersnap_rows_total{job,format}               rows written
+//	sellersnap_bytes_total{job,format}              bytes written
+//	sellersnap_run_duration_seconds{job}            histogram of successful export durations
+//	sellersnap_last_success_timestamp_seconds{job}  Unix time of the last successful export
+//	sellersnap_backlog_runs{job}                    pending runs (per_run) or orgs (full) at the last look
+//	sellersnap_oldest_pending_run_age_seconds{job}  age of the oldest pending run's completed_at
+//	sellersnap_retries_total{job}                   retries of transient errors
+//	sellersnap_exports_in_flight{job}               exports running now
+//	sellersnap_panics_total{job}                    panics recovered
+//	sellersnap_ticks_coalesced_total{job}           schedule ticks merged into a queued pass
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	runs        *prometheus.CounterVec
+	rows        *prometheus.CounterVec
+	bytes       *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	lastSuccess *prometheus.GaugeVec
+	backlog     *prometheus.GaugeVec
+	oldest      *prometheus.GaugeVec
+	retries     *prometheus.CounterVec
+	inFlight    *prometheus.GaugeVec
+	panics      *prometheus.CounterVec
+	coalesced   *prometheus.CounterVec
+
+	mu       sync.Mutex
+	history  map[string][]Export // job → newest last
+	backlogs map[string]int
+}
+
+// Export is one finished export, for the status page.
+type Export struct {
+	Job      string
+	RunID    string
+	OrgID    string
+	Date     string
+	Rows     int64
+	Files    int
+	Duration time.Duration
+	Outcome  string // success or failure
+	Manifest string
+	Error    string
+	At       time.Time
+}
+
+// historySize is how many exports per job the status page keeps.
+const historySize = 20
+
+// NewMetrics registers the metrics, with Go and process collectors, in a
+// registry of their own.
+func NewMetrics() *Metrics {
+	m := &Metrics{Registry: prometheus.NewRegistry(), history: map[string][]Export{}, backlogs: map[string]int{}}
+	job := []string{"job"}
+	m.runs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_runs_total", Help: "Exports by outcome (success, failure, skipped)."}, []string{"job", "outcome"})
+	m.rows = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_rows_total", Help: "Rows written, per format."}, []string{"job", "format"})
+	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_bytes_total", Help: "Bytes written, per format."}, []string{"job", "format"})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "sellersnap_run_duration_seconds", Help: "Duration of successful exports.",
+		Buckets: prometheus.ExponentialBuckets(0.05, 2, 14)}, job)
+	m.lastSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_last_success_timestamp_seconds", Help: "Unix time of the last successful export."}, job)
+	m.backlog = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_backlog_runs", Help: "Units (runs or orgs) pending at the last look."}, job)
+	m.oldest = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_oldest_pending_run_age_seconds", Help: "Age of the oldest pending run (since its completed_at); 0 when none."}, job)
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_retries_total", Help: "Retries of transient errors."}, job)
+	m.inFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_exports_in_flight", Help: "Exports running now."}, job)
+	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_panics_total", Help: "Panics recovered in exports."}, job)
+	m.coalesced = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_ticks_coalesced_total", Help: "Schedule ticks merged into an already queued pass."}, job)
+	m.Registry.MustRegister(m.runs, m.rows, m.bytes, m.duration, m.lastSuccess, m.backlog, m.oldest,
+		m.retries, m.inFlight, m.panics, m.coalesced,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *Metrics) success(job string, man *Manifest, took time.Duration, at time.Time, manifestKey string) {
+	if m == nil {
+		return
+	}
+	m.runs.WithLabelValues(job, "success").Inc()
+	for _, f := range man.Files {
+		m.rows.WithLabelValues(job, f.Format).Add(float64(f.Rows))
+		m.bytes.WithLabelValues(job, f.Format).Add(float64(f.Bytes))
+	}
+	m.duration.WithLabelValues(job).Observe(took.Seconds())
+	m.lastSuccess.WithLabelValues(job).Set(float64(at.Unix()))
+	m.remember(Export{Job: job, RunID: man.RunID, OrgID: man.OrgID, Date: man.Date, Rows: man.Rows, Files: len(man.Files),
+		Duration: took, Outcome: "success", Manifest: manifestKey, At: at})
+}
+
+func (m *Metrics) failure(u unit, err error, at time.Time) {
+	if m == nil {
+		return
+	}
+	m.runs.WithLabelValues(u.job.Name, "failure").Inc()
+	e := Export{Job: u.job.Name, OrgID: u.orgID, Date: u.date, Outcome: "failure", Error: err.Error(), At: at}
+	if u.run != nil {
+		e.RunID = u.run.ID
+	}
+	m.remember(e)
+}
+
+func (m *Metrics) remember(e Export) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := append(m.history[e.Job], e)
+	if len(h) > historySize {
+		h = h[len(h)-historySize:]
+	}
+	m.history[e.Job] = h
+}
+
+// History returns the recent exports of job, newest first.
+func (m *Metrics) History(job string) []Export {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.history[job]
+	out := make([]Export, len(h))
+	for i, e := range h {
+		out[len(h)-1-i] = e
+	}
+	return out
+}
+
+// Backlog returns the number of units pending for job at the last look.
+func (m *Metrics) Backlog(job string) int {
+	if m == nil {
+		return 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.backlogs[job]
+}
+
+func (m *Metrics) setBacklog(job string, n int, oldest time.Duration) {
+	if m == nil {
+		return
+	}
+	m.backlog.WithLabelValues(job).Set(float64(n))
+	m.oldest.WithLabelValues(job).Set(max(oldest, 0).Seconds())
+	m.mu.Lock()
+	m.backlogs[job] = n
+	m.mu.Unlock()
+}
+
+func (m *Metrics) skipped(job string) {
+	if m != nil {
+		m.runs.WithLabelValues(job, "skipped").Inc()
+	}
+}
+
+func (m *Metrics) retried(job string) {
+	if m != nil {
+		m.retries.WithLabelValues(job).Inc()
+	}
+}
+
+func (m *Metrics) started(job string) func() {
+	if m == nil {
+		return func() {}
+	}
+	g := m.inFlight.WithLabelValues(job)
+	g.Inc()
+	return g.Dec
+}
+
+func (m *Metrics) panicked(job string) {
+	if m != nil {
+		m.panics.WithLabelValues(job).Inc()
+	}
+}
+
+func (m *Metrics) coalescedTick(job string) {
+	if m != nil {
+		m.coalesced.WithLabelValues(job).Inc()
+	}
+}
