@@ -5,8 +5,8 @@ import (
 	"context"
 	"errors"
 	"io"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
