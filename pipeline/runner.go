@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -435,4 +436,37 @@ func (l pgLocker) TryLock(ctx context.Context, key string) (Unlocker, bool, erro
 		return nil, ok, err
 	}
 	return lk, true, nil
+}
+
+// Recent returns the n newest manifests of job in its destination, newest
+// first (by the time the bucket stored them).
+func (r *Runner) Recent(ctx context.Context, job *config.Job, n int) ([]*Manifest, error) {
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := job.Template.String()
+	prefix := tmpl[:strings.IndexByte(tmpl+"{", '{')]
+	prefix = prefix[:strings.LastIndexByte(prefix, '/')+1]
+	objs, err := bucket.List(ctx, prefix, "/"+ManifestName)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(objs, func(a, b sinks.ObjectInfo) int { return b.ModTime.Compare(a.ModTime) })
+	var out []*Manifest
+	for _, o := range objs {
+		if len(out) == n {
+			break
+		}
+		data, err := bucket.ReadAll(ctx, o.Key)
+		if err != nil {
+			return nil, err
+		}
+		var m Manifest
+		if err := json.Unmarshal(data, &m); err != nil || m.Job != job.Name {
+			continue // another job's, or not ours
+		}
+		out = append(out, &m)
+	}
+	return out, nil
 }

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"net/url"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
@@ -114,6 +116,31 @@ func (b *Bucket) ReadAll(ctx context.Context, key string) ([]byte, error) {
 		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
 	return data, nil
+}
+
+// ObjectInfo describes a listed object.
+type ObjectInfo struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+}
+
+// List returns every object under prefix whose key ends with suffix.
+func (b *Bucket) List(ctx context.Context, prefix, suffix string) ([]ObjectInfo, error) {
+	var out []ObjectInfo
+	it := b.b.List(&blob.ListOptions{Prefix: prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		if !obj.IsDir && strings.HasSuffix(obj.Key, suffix) {
+			out = append(out, ObjectInfo{Key: obj.Key, Size: obj.Size, ModTime: obj.ModTime})
+		}
+	}
 }
 
 // Delete removes key; a missing key is not an error.

@@ -5,6 +5,7 @@
 //	sellersnap once     -config pipeline.yaml [-job NAME]
 //	sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD)
 //	sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
+//	sellersnap status   -config pipeline.yaml [-job NAME]
 //	sellersnap version
 //
 // Exit status: 0 success, 1 an export failed, 2 usage or configuration error.
@@ -21,11 +22,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path"
 	"regexp"
 	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 	_ "time/tzdata" // time zones work on machines without a zoneinfo database
 
@@ -100,6 +103,7 @@ const usage = `usage:
   sellersnap once     -config pipeline.yaml [-job NAME]
   sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD)
   sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
+  sellersnap status   -config pipeline.yaml [-job NAME]
   sellersnap version
 
 common flags: -log-format text|json, -log-level debug|info|warn|error
@@ -135,7 +139,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.StringVar(&o.date, "date", "", "snapshot date YYYY-MM-DD to write again (full jobs)")
 	case "run":
 		o.listen = fs.String("listen", "", "HTTP address for /healthz and /readyz (default: daemon.listen in the config)")
-	case "validate", "once":
+	case "validate", "once", "status":
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -216,6 +220,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "validate":
 		return validate(ctx, runner, jobs, stdout)
+	case "status":
+		return status(ctx, runner, jobs, stdout)
 	case "run":
 		listen := *cfg.Daemon.Listen
 		if *o.listen != "" {
@@ -269,6 +275,56 @@ func abortAfter(ctx context.Context, grace time.Duration, logger *slog.Logger) c
 		cancel()
 	})
 	return abort
+}
+
+// status prints, per job, the recent exports (from the manifests in the
+// bucket) and what is pending.
+func status(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer) error {
+	for i, j := range jobs {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		next := j.Cron.Next(time.Now().In(j.Location))
+		fmt.Fprintf(w, "job %s (%s), schedule %q %s, next %s\n", j.Name, j.Mode, j.Schedule, j.Timezone, next.Format(time.RFC3339))
+		recent, err := runner.Recent(ctx, j, 10)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  EXPORTED AT\tRUN / DATE\tORG\tROWS\tFILES\tMANIFEST")
+		for _, m := range recent {
+			what := m.RunID
+			if what == "" {
+				what = m.Date
+			}
+			key := ""
+			if len(m.Files) > 0 {
+				key = path.Dir(m.Files[0].Key) + "/" + pipeline.ManifestName
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\t%s\n", m.ExportedAt.Format(time.RFC3339), what, m.OrgID, m.Rows, len(m.Files), key)
+		}
+		if len(recent) == 0 {
+			fmt.Fprintln(tw, "  (no exports yet)")
+		}
+		tw.Flush()
+		plan, err := runner.Plan(ctx, j)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "  pending: %d\n", len(plan))
+		for k, p := range plan {
+			if k == 10 {
+				fmt.Fprintf(w, "  … and %d more\n", len(plan)-10)
+				break
+			}
+			what := p.RunID
+			if what == "" {
+				what = "org " + p.OrgID + " " + p.Date
+			}
+			fmt.Fprintf(w, "  - %s: %d rows\n", what, p.Rows)
+		}
+	}
+	return nil
 }
 
 func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer) error {

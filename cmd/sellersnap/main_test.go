@@ -4,10 +4,16 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/goleak"
@@ -16,6 +22,12 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// Re-executed by tests as the real program (see runProcess).
+	if args := os.Getenv("SELLERSNAP_TEST_MAIN"); args != "" {
+		os.Args = append([]string{"sellersnap"}, strings.Split(args, "\x1f")...)
+		main()
+		return
+	}
 	code := pgtest.Main(m)
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
@@ -80,6 +92,11 @@ func TestCommands(t *testing.T) {
 	code, _, stderr = cli(t, env, "once", "-config", cfg, "-job", "new-sellers")
 	if code != 0 || strings.Contains(stderr, "msg=exported") {
 		t.Errorf("second once: exit %d, exported again:\n%s", code, stderr)
+	}
+
+	code, stdout, stderr = cli(t, env, "status", "-config", cfg, "-job", "new-sellers")
+	if code != 0 || strings.Count(stdout, "sellers/new/org=") != 10 || !strings.Contains(stdout, "pending: 0") {
+		t.Errorf("status: exit %d\n%s%s", code, stdout, stderr)
 	}
 
 	var runID, failedID string
@@ -152,4 +169,115 @@ func TestDSNNeverPrinted(t *testing.T) {
 			}
 		}
 	}
+}
+
+// runProcess starts this test binary as "sellersnap args…" in a process of
+// its own.
+func runProcess(t *testing.T, env []string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), env...), "SELLERSNAP_TEST_MAIN="+strings.Join(args, "\x1f"))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return cmd, &out
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestRunStopsWithinGraceOnSIGTERM(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dbURL, `CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN true; END $$;
+		CREATE VIEW slow_sellers AS SELECT * FROM sellers WHERE slow(id)`)
+	out := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "p.yaml")
+	write := func(table string) {
+		yaml := fmt.Sprintf("source: {dsn: %q, sellers_table: %s}\ndaemon: {shutdown_grace: 1s}\njobs:\n  - {name: new-sellers, mode: per_run, schedule: '@yearly', destination: 'file://%s'}\n", dbURL, table, out)
+		if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("slow_sellers")
+	addr := freeAddr(t)
+	cmd, log := runProcess(t, nil, "run", "-config", cfg, "-listen", addr)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon did not come up:\n%s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // a slow export is in flight
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, log)
+	}
+	if took := time.Since(start); took > 8*time.Second {
+		t.Errorf("took %s to stop with a 1s grace", took)
+	}
+	if !strings.Contains(log.String(), "shutdown grace is over") {
+		t.Errorf("the export was not cancelled by the grace:\n%s", log)
+	}
+	checkNoOrphans(t, out)
+
+	// The next start (with the fast table) exports every run.
+	write("sellers")
+	addr = freeAddr(t)
+	cmd, log = runProcess(t, nil, "run", "-config", cfg, "-listen", addr)
+	deadline = time.Now().Add(30 * time.Second)
+	for countManifests(out) < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("runs not exported after restart:\n%s", log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGINT: %v\n%s", err, log)
+	}
+	checkNoOrphans(t, out)
+}
+
+func countManifests(dir string) int {
+	n := 0
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && d.Name() == "manifest.json" {
+			n++
+		}
+		return nil
+	})
+	return n
+}
+
+// checkNoOrphans fails for any file (temporary ones included) in a folder
+// without a manifest.
+func checkNoOrphans(t *testing.T, dir string) {
+	t.Helper()
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if _, err := os.Stat(filepath.Join(filepath.Dir(p), "manifest.json")); err != nil {
+			t.Errorf("left behind: %s", p)
+		}
+		return nil
+	})
 }
