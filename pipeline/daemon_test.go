@@ -63,6 +63,17 @@ func (r *records) errors() []map[string]string {
 // daemon starts a daemon on f's database and bucket; stop stops it
 // (soft, then abort after grace) and waits for Run to return.
 func (f *fixture) daemon(schedule, table string, notify bool, grace time.Duration) (rec *records, stop func()) {
+	f.t.Helper()
+	job := *f.job("new-sellers")
+	sched, err := config.ParseSchedule(schedule)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	job.Cron, job.Schedule = sched, schedule
+	return f.daemonFor([]*config.Job{&job}, table, notify, grace)
+}
+
+func (f *fixture) daemonFor(jobs []*config.Job, table string, notify bool, grace time.Duration) (rec *records, stop func()) {
 	t := f.t
 	t.Helper()
 	ctx := context.Background()
@@ -73,14 +84,9 @@ func (f *fixture) daemon(schedule, table string, notify bool, grace time.Duratio
 	rec = &records{}
 	runner := &pipeline.Runner{Source: src, Version: "test", Logger: slog.New(rec), Locker: pipeline.PostgresLocker(src),
 		Retry: pipeline.Backoff{Attempts: 3, Initial: 100 * time.Millisecond, Max: time.Second}}
-	job := *f.job("new-sellers")
-	sched, err := config.ParseSchedule(schedule)
-	if err != nil {
-		t.Fatal(err)
-	}
-	job.Cron, job.Schedule = sched, schedule
+	runner.Now = f.runner.Now
 	runner.Metrics = pipeline.NewMetrics()
-	d := &pipeline.Daemon{Runner: runner, Jobs: []*config.Job{&job}, Listen: "127.0.0.1:0"}
+	d := &pipeline.Daemon{Runner: runner, Jobs: jobs, Listen: "127.0.0.1:0"}
 	f.daemons = append(f.daemons, d)
 	if notify {
 		d.NotifyChannel = "collection_run_completed"
@@ -330,5 +336,46 @@ func TestTerminatedConnectionsRecover(t *testing.T) {
 		if _, ok := files[k[:strings.LastIndex(k, "/")]+"/manifest.json"]; !ok {
 			t.Errorf("a terminated export left %s", k)
 		}
+	}
+}
+
+func TestFullJobCatchup(t *testing.T) {
+	for _, tc := range []struct {
+		catchup string
+		dates   int
+	}{{"none", 0}, {"latest", 1}, {"all", 31}} {
+		t.Run(tc.catchup, func(t *testing.T) {
+			f := newFixture(t, "")
+			job := *f.job("full-nightly") // schedule 0 2 * * * UTC; the fixture's clock says 2026-11-22 12:00
+			job.Catchup = tc.catchup
+			_, stop := f.daemonFor([]*config.Job{&job}, "sellers", false, 5*time.Second)
+			want := tc.dates * pgtest.DemoOptions.Orgs
+			count := func() (n int, dates map[string]bool) {
+				dates = map[string]bool{}
+				for k := range f.files() {
+					if strings.HasPrefix(k, "sellers/full/") && strings.HasSuffix(k, "/manifest.json") {
+						n++
+						dates[k[strings.Index(k, "/date=")+6:][:10]] = true
+					}
+				}
+				return n, dates
+			}
+			if want == 0 {
+				time.Sleep(1500 * time.Millisecond)
+			} else {
+				waitFor(t, "catch-up snapshots", 60*time.Second, func() bool { n, _ := count(); return n == want })
+			}
+			stop()
+			n, dates := count()
+			if n != want {
+				t.Fatalf("%d snapshots, want %d", n, want)
+			}
+			if tc.dates >= 1 && !dates["2026-11-22"] {
+				t.Errorf("the latest slot's date is missing: %v", dates)
+			}
+			if tc.dates == 31 && (!dates["2026-10-23"] || dates["2026-10-22"]) {
+				t.Errorf("catchup all dates: %v", dates)
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package sources
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -33,8 +34,28 @@ func (p *Postgres) TryLock(ctx context.Context, key string) (*Lock, bool, error)
 		conn.Release()
 		return nil, false, nil
 	}
+	// A session lock only protects anything if later statements run in the
+	// same server session. Behind PgBouncer in transaction pooling mode
+	// they may not: check, in a statement of its own, that this session
+	// holds the lock.
+	var held bool
+	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+		AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0))`, "sellersnap:"+key).Scan(&held)
+	if err != nil || !held {
+		conn.Hijack().Close(context.WithoutCancel(ctx))
+		if err != nil {
+			return nil, false, fmt.Errorf("check lock %s: %w", key, err)
+		}
+		return nil, false, ErrLockNotHeld
+	}
 	return &Lock{conn: conn, key: key}, true, nil
 }
+
+// ErrLockNotHeld means an advisory lock just taken is not held by the
+// session that took it: statements are being spread over server sessions,
+// as PgBouncer does in transaction pooling mode, and advisory locks cannot
+// keep replicas apart. Connect directly, or with session pooling.
+var ErrLockNotHeld = errors.New("advisory lock is not held by this session: is the connection going through PgBouncer in transaction pooling mode? sellersnap needs session-level locks (connect directly or use session pooling)")
 
 // Unlock releases the lock and returns its connection to the pool.
 func (l *Lock) Unlock() {

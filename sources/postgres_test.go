@@ -312,3 +312,27 @@ func TestStatementTimeoutFires(t *testing.T) {
 		t.Fatalf("orgs=%v err=%v, want statement timeout", orgs, err)
 	}
 }
+
+func TestAdvisoryLocksExcludeOtherSessions(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	a, b := openSource(t, url, ""), openSource(t, url, "")
+	la, ok, err := a.TryLock(ctx, "run:j:1")
+	if err != nil || !ok {
+		t.Fatalf("first lock: %v %v", ok, err)
+	}
+	if _, ok, err := b.TryLock(ctx, "run:j:1"); err != nil || ok {
+		t.Fatalf("second session got a held lock: %v %v", ok, err)
+	}
+	if lb, ok, err := b.TryLock(ctx, "run:j:2"); err != nil || !ok {
+		t.Fatalf("another key: %v %v", ok, err)
+	} else {
+		lb.Unlock()
+	}
+	la.Unlock()
+	lb, ok, err := b.TryLock(ctx, "run:j:1")
+	if err != nil || !ok {
+		t.Fatalf("after unlock: %v %v", ok, err)
+	}
+	lb.Unlock()
+}

@@ -281,3 +281,79 @@ func checkNoOrphans(t *testing.T, dir string) {
 		return nil
 	})
 }
+
+func TestThreeDaemonProcesses(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	out := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "p.yaml")
+	yaml := fmt.Sprintf("source: {dsn: %q}\ndaemon: {shutdown_grace: 5s}\njobs:\n  - {name: new-sellers, mode: per_run, schedule: '* * * * * *', destination: 'file://%s'}\n", dbURL, out)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	type proc struct {
+		cmd *exec.Cmd
+		log *bytes.Buffer
+	}
+	var procs []proc
+	for i := 0; i < 3; i++ {
+		cmd, log := runProcess(t, nil, "run", "-config", cfg, "-listen", freeAddr(t), "-log-format", "json")
+		procs = append(procs, proc{cmd, log})
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for i := 0; i < 20; i++ {
+		_, err := conn.Exec(ctx, `WITH r AS (INSERT INTO collection_runs SELECT gen_random_uuid(), org_id, 'completed', now(), clock_timestamp()
+				FROM collection_runs LIMIT 1 RETURNING id, org_id)
+			INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+			SELECT gen_random_uuid(), r.org_id, 'n' || g, 'n' || g, 'ebay', 1, false, r.id, now() FROM r, generate_series(1, 25) g`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for countManifests(out) < 30 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 30 runs exported", countManifests(out))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	exports := map[string]int{}
+	busy := 0
+	for _, p := range procs {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		if err := p.cmd.Wait(); err != nil {
+			t.Errorf("exit: %v\n%s", err, p.log)
+		}
+		n := 0
+		for _, line := range strings.Split(p.log.String(), "\n") {
+			if strings.Contains(line, `"msg":"exported"`) {
+				i := strings.Index(line, `"run_id":"`)
+				exports[line[i+10:i+46]]++
+				n++
+			}
+			if strings.Contains(line, `"level":"ERROR"`) {
+				t.Errorf("error logged: %s", line)
+			}
+		}
+		if n > 0 {
+			busy++
+		}
+	}
+	if len(exports) != 30 {
+		t.Errorf("%d runs exported, want 30", len(exports))
+	}
+	for id, n := range exports {
+		if n != 1 {
+			t.Errorf("run %s exported %d times", id, n)
+		}
+	}
+	if busy < 2 {
+		t.Errorf("only %d of 3 processes exported anything", busy)
+	}
+	checkNoOrphans(t, out)
+}
