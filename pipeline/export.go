@@ -262,6 +262,9 @@ func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, f
 		return nil, err
 	}
 	f := fileOf(job, format)
+	if err := bucket.RemoveStaleTemp(ctx, key); err != nil {
+		return nil, err
+	}
 	obj, err := bucket.NewObject(ctx, key, f.contentType)
 	if err != nil {
 		return nil, err

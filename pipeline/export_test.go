@@ -679,3 +679,36 @@ func TestSelectOnlyRoleAndTimezoneDates(t *testing.T) {
 		t.Errorf("first run date %s, want 2026-02-28", res.Exported[0].Date)
 	}
 }
+
+func TestStaleTempFilesOfAKilledExportAreRemoved(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.job("new-sellers")
+	runs, err := f.src.CompletedRuns(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What fileblob leaves when the process dies mid-upload.
+	res, err := f.runner.RerunRun(ctx, job, runs[1].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := res.Exported[0].Files[2].Key
+	stale := filepath.Join(f.dir, filepath.FromSlash(key)) + ".18ea45230aab137f.tmp"
+	if err := os.WriteFile(stale, []byte("PAR1 partial"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(f.dir, filepath.FromSlash(key)) + ".keep"
+	if err := os.WriteFile(other, []byte("not ours"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.runner.RerunRun(ctx, job, runs[1].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("stale temp file still there: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("a file that is not a temp file of ours was removed: %v", err)
+	}
+}

@@ -180,6 +180,7 @@ func (m *Metrics) started(job string) func() {
 func (m *Metrics) panicked(job string) {
 	if m != nil {
 		m.panics.WithLabelValues(job).Inc()
+		m.runs.WithLabelValues(job, "failure").Inc()
 	}
 }
 

@@ -23,8 +23,9 @@ var ErrExists = errors.New("object already exists")
 // Bucket is a destination for snapshot files: any gocloud.dev bucket URL.
 // The drivers are linked in by the main package.
 type Bucket struct {
-	b   *blob.Bucket
-	url string
+	b      *blob.Bucket
+	url    string
+	scheme string
 }
 
 // OpenBucket opens the bucket at rawURL. A file:// URL may be relative
@@ -46,7 +47,7 @@ func OpenBucket(ctx context.Context, rawURL string) (*Bucket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", Redact(rawURL), err)
 	}
-	return &Bucket{b: b, url: Redact(u.String())}, nil
+	return &Bucket{b: b, url: Redact(u.String()), scheme: u.Scheme}, nil
 }
 
 func fileURL(u *url.URL) (*url.URL, error) {
@@ -141,6 +142,26 @@ func (b *Bucket) List(ctx context.Context, prefix, suffix string) ([]ObjectInfo,
 			out = append(out, ObjectInfo{Key: obj.Key, Size: obj.Size, ModTime: obj.ModTime})
 		}
 	}
+}
+
+// RemoveStaleTemp deletes the temporary files a killed process left next
+// to key in a file:// bucket ("key.<hex>.tmp", fileblob's naming). Other
+// drivers keep no such files; for them it does nothing. The caller must
+// make sure nobody is writing key.
+func (b *Bucket) RemoveStaleTemp(ctx context.Context, key string) error {
+	if b.scheme != "file" {
+		return nil
+	}
+	objs, err := b.List(ctx, key+".", ".tmp")
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		if err := b.Delete(ctx, o.Key); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Delete removes key; a missing key is not an error.
