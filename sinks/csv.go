@@ -24,12 +24,10 @@ type CSVOptions struct {
 // CSV writes records as RFC 4180 CSV: a header row, LF line ends, NULL as
 // an empty unquoted field, an empty string as "".
 type CSV struct {
-	w     io.Writer
+	out   textOut
 	opts  CSVOptions
-	buf   []byte
 	cols  []textCol
 	quote [256]bool
-	err   error
 }
 
 // NewCSV returns a CSV encoder that writes the header for schema at once.
@@ -44,29 +42,29 @@ func NewCSV(w io.Writer, schema *arrow.Schema, opts CSVOptions) (*CSV, error) {
 	case '"', '\r', '\n', '\'':
 		return nil, fmt.Errorf("csv: delimiter %q is not allowed", opts.Delimiter)
 	}
-	c := &CSV{w: w, opts: opts, buf: make([]byte, 0, flushAt+flushAt/4)}
+	c := &CSV{out: newTextOut(w, "csv"), opts: opts}
 	for _, b := range []byte{'"', '\r', '\n', opts.Delimiter} {
 		c.quote[b] = true
 	}
 	for i, f := range schema.Fields() {
 		if i > 0 {
-			c.buf = append(c.buf, opts.Delimiter)
+			c.out.buf = append(c.out.buf, opts.Delimiter)
 		}
-		c.buf = c.appendText(c.buf, f.Name)
+		c.out.buf = c.appendText(c.out.buf, f.Name)
 	}
-	c.buf = append(c.buf, '\n')
+	c.out.buf = append(c.out.buf, '\n')
 	return c, nil
 }
 
 // Write appends rec's rows.
 func (c *CSV) Write(rec arrow.Record) error {
-	if c.err != nil {
-		return c.err
+	if c.out.err != nil {
+		return c.out.err
 	}
 	c.cols = bindColumns(c.cols, rec)
 	rows := int(rec.NumRows())
-	buf := c.buf
 	for i := 0; i < rows; i++ {
+		buf := c.out.buf
 		for j := range c.cols {
 			col := &c.cols[j]
 			if j > 0 {
@@ -81,37 +79,16 @@ func (c *CSV) Write(rec arrow.Record) error {
 				buf = col.value(buf, i)
 			}
 		}
-		buf = append(buf, '\n')
-		if len(buf) >= flushAt {
-			if _, err := c.w.Write(buf); err != nil {
-				c.err = fmt.Errorf("csv: %w", err)
-				return c.err
-			}
-			buf = buf[:0]
+		c.out.buf = append(buf, '\n')
+		if err := c.out.maybeFlush(); err != nil {
+			return err
 		}
 	}
-	c.buf = buf
 	return nil
 }
 
 // Close writes what is buffered. It does not close the writer.
-func (c *CSV) Close() error {
-	if c.err == errClosed {
-		return nil
-	}
-	if c.err != nil {
-		return c.err
-	}
-	if len(c.buf) > 0 {
-		if _, err := c.w.Write(c.buf); err != nil {
-			c.err = fmt.Errorf("csv: %w", err)
-			return c.err
-		}
-		c.buf = c.buf[:0]
-	}
-	c.err = errClosed
-	return nil
-}
+func (c *CSV) Close() error { return c.out.close() }
 
 // formulaStart marks the first bytes that make a spreadsheet evaluate a cell.
 var formulaStart = [256]bool{'=': true, '+': true, '-': true, '@': true, '\t': true, '\r': true}

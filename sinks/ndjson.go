@@ -15,11 +15,9 @@ var errClosed = errors.New("encoder is closed")
 // dates as strings, no HTML escaping. Float NaN and infinities, which JSON
 // cannot hold, are written as null.
 type NDJSON struct {
-	w    io.Writer
-	buf  []byte
+	out  textOut
 	keys [][]byte // `{"name":` for the first column, `,"name":` after
 	cols []textCol
-	err  error
 }
 
 // NewNDJSON returns an NDJSON encoder for schema.
@@ -27,7 +25,7 @@ func NewNDJSON(w io.Writer, schema *arrow.Schema) (*NDJSON, error) {
 	if err := checkSchema(schema); err != nil {
 		return nil, fmt.Errorf("ndjson: %w", err)
 	}
-	e := &NDJSON{w: w, buf: make([]byte, 0, flushAt+flushAt/4)}
+	e := &NDJSON{out: newTextOut(w, "ndjson")}
 	for i, f := range schema.Fields() {
 		sep := byte(',')
 		if i == 0 {
@@ -41,13 +39,13 @@ func NewNDJSON(w io.Writer, schema *arrow.Schema) (*NDJSON, error) {
 
 // Write appends rec's rows.
 func (e *NDJSON) Write(rec arrow.Record) error {
-	if e.err != nil {
-		return e.err
+	if e.out.err != nil {
+		return e.out.err
 	}
 	e.cols = bindColumns(e.cols, rec)
 	rows := int(rec.NumRows())
-	buf := e.buf
 	for i := 0; i < rows; i++ {
+		buf := e.out.buf
 		for j := range e.cols {
 			col := &e.cols[j]
 			buf = append(buf, e.keys[j]...)
@@ -64,33 +62,59 @@ func (e *NDJSON) Write(rec arrow.Record) error {
 				buf = col.value(buf, i)
 			}
 		}
-		buf = append(buf, '}', '\n')
-		if len(buf) >= flushAt {
-			if _, err := e.w.Write(buf); err != nil {
-				e.err = fmt.Errorf("ndjson: %w", err)
-				return e.err
-			}
-			buf = buf[:0]
+		e.out.buf = append(buf, '}', '\n')
+		if err := e.out.maybeFlush(); err != nil {
+			return err
 		}
 	}
-	e.buf = buf
 	return nil
 }
 
 // Close writes what is buffered. It does not close the writer.
-func (e *NDJSON) Close() error {
-	if e.err == errClosed {
+func (e *NDJSON) Close() error { return e.out.close() }
+
+// textOut gathers encoded rows and writes them in large pieces; its first
+// error sticks.
+type textOut struct {
+	w      io.Writer
+	format string
+	buf    []byte
+	err    error
+}
+
+func newTextOut(w io.Writer, format string) textOut {
+	return textOut{w: w, format: format, buf: make([]byte, 0, flushAt+flushAt/4)}
+}
+
+func (o *textOut) maybeFlush() error {
+	if len(o.buf) < flushAt {
 		return nil
 	}
-	if e.err != nil {
-		return e.err
+	return o.flush()
+}
+
+func (o *textOut) flush() error {
+	if _, err := o.w.Write(o.buf); err != nil {
+		o.err = fmt.Errorf("%s: %w", o.format, err)
+		return o.err
 	}
-	if len(e.buf) > 0 {
-		if _, err := e.w.Write(e.buf); err != nil {
-			e.err = fmt.Errorf("ndjson: %w", err)
-			return e.err
+	o.buf = o.buf[:0]
+	return nil
+}
+
+// close flushes; after it every Write fails and close does nothing.
+func (o *textOut) close() error {
+	if o.err == errClosed {
+		return nil
+	}
+	if o.err != nil {
+		return o.err
+	}
+	if len(o.buf) > 0 {
+		if err := o.flush(); err != nil {
+			return err
 		}
 	}
-	e.err = errClosed
+	o.err = errClosed
 	return nil
 }

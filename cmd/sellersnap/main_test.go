@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"go.uber.org/goleak"
 
 	"github.com/sellersnap/sellersnap/internal/pgtest"
 )
@@ -28,14 +27,7 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	code := pgtest.Main(m)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(pgtest.Main(m))
 }
 
 // cli runs the command in-process and returns its exit code and output.

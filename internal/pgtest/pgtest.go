@@ -18,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
 
 	"github.com/sellersnap/sellersnap/internal/demodata"
 	"github.com/sellersnap/sellersnap/internal/pgtemp"
@@ -32,8 +33,8 @@ var (
 var DemoOptions = demodata.Options{Sellers: 3000, Runs: 12, Orgs: 3}
 
 // Main starts (or connects to) the server, prepares the template database,
-// runs the tests and stops the server. Use it as
-// `func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }`.
+// runs the tests, fails them if goroutines leaked (goleak), and stops the
+// server. Use it as `func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }`.
 func Main(m *testing.M) int {
 	ctx := context.Background()
 	if u := os.Getenv("DATABASE_URL"); u != "" {
@@ -53,7 +54,14 @@ func Main(m *testing.M) int {
 		return 1
 	}
 	defer dropDatabase(context.Background(), template)
-	return m.Run()
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "pgtest: goroutines leaked:", err)
+			code = 1
+		}
+	}
+	return code
 }
 
 func createTemplate(ctx context.Context) error {
