@@ -37,24 +37,28 @@ var DemoOptions = demodata.Options{Sellers: 3000, Runs: 12, Orgs: 3}
 // server. Use it as `func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }`.
 func Main(m *testing.M) int {
 	ctx := context.Background()
+	var srv *pgtemp.Server
 	if u := os.Getenv("DATABASE_URL"); u != "" {
 		adminURL = u
 	} else {
-		srv, err := pgtemp.Start(ctx, pgtemp.Options{})
-		if err != nil {
+		var err error
+		if srv, err = pgtemp.Start(ctx, pgtemp.Options{}); err != nil {
 			fmt.Fprintln(os.Stderr, "pgtest:", err)
 			return 1
 		}
-		defer srv.Stop()
 		adminURL = srv.URL("postgres")
 	}
 	template = "sellersnap_tmpl_" + randomSuffix()
+	code := 1
 	if err := createTemplate(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "pgtest:", err)
-		return 1
+	} else {
+		code = m.Run()
 	}
-	defer dropDatabase(context.Background(), template)
-	code := m.Run()
+	dropDatabase(ctx, template)
+	if srv != nil {
+		_ = srv.Stop()
+	}
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "pgtest: goroutines leaked:", err)
