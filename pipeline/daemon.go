@@ -47,6 +47,7 @@ type worker struct {
 	signal chan struct{} // capacity 1: a pending signal coalesces later ones
 	mu     sync.Mutex
 	slot   time.Time // full jobs: the newest slot not yet run
+	first  []string  // per_run jobs: runs named by notifications, exported first
 }
 
 // Run schedules the jobs until ctx is done, then waits for exports in
@@ -121,11 +122,15 @@ func (d *Daemon) startUp(w *worker) {
 	}
 }
 
-// fire asks w to run; slot is the schedule slot (full jobs).
-func (d *Daemon) fire(w *worker, slot time.Time, why string) {
+// fire asks w to run; slot is the schedule slot (full jobs), runID a run
+// to export before any other (per_run jobs), if not "".
+func (d *Daemon) fire(w *worker, slot time.Time, why string, runID ...string) {
 	w.mu.Lock()
 	if slot.After(w.slot) {
 		w.slot = slot
+	}
+	if len(w.first) < 1000 {
+		w.first = append(w.first, runID...)
 	}
 	w.mu.Unlock()
 	select {
@@ -203,6 +208,15 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 			}
 		}
 	} else {
+		w.mu.Lock()
+		first := w.first
+		w.first = nil
+		w.mu.Unlock()
+		for _, id := range first {
+			if _, err := d.Runner.ExportPending(ctx, job, id); err != nil && ctx.Err() == nil {
+				d.logger().Debug("notified run not exported first; the pass looks at every run", "job", job.Name, "run_id", id, "err", err)
+			}
+		}
 		_, err = d.Runner.Once(ctx, job)
 	}
 	if err != nil && ctx.Err() == nil {
@@ -276,17 +290,39 @@ func (d *Daemon) listen(ctx context.Context) {
 				break
 			}
 			d.logger().Debug("notified", "channel", d.NotifyChannel, "payload", payload)
-			d.firePerRun("notify")
+			var first []string
+			if isUUID(payload) {
+				first = append(first, payload)
+			}
+			d.firePerRun("notify", first...)
 		}
 	}
 }
 
-func (d *Daemon) firePerRun(why string) {
+func (d *Daemon) firePerRun(why string, runIDs ...string) {
 	for _, w := range d.workers {
 		if w.job.Mode == config.ModePerRun {
-			d.fire(w, time.Time{}, why)
+			d.fire(w, time.Time{}, why, runIDs...)
 		}
 	}
+}
+
+// isUUID reports whether s is a UUID in its canonical form.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, c := range s {
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'):
+			return false
+		}
+	}
+	return true
 }
 
 // Handler serves the status page (/), the manifests it links to, /metrics

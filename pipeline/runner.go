@@ -141,6 +141,29 @@ func (r *Runner) Once(ctx context.Context, job *config.Job) (Result, error) {
 	return r.exportRuns(ctx, job, units, false)
 }
 
+// ExportPending exports one run if it is completed and has no manifest
+// yet, as Once would, without looking at any other run. The daemon uses it
+// for the run a notification names.
+func (r *Runner) ExportPending(ctx context.Context, job *config.Job, runID string) (Result, error) {
+	run, err := r.Source.RunByID(ctx, runID)
+	if err != nil {
+		return Result{}, err
+	}
+	u := newRunUnit(job, run)
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return Result{}, err
+	}
+	key, err := u.manifestKey()
+	if err != nil {
+		return Result{}, err
+	}
+	if done, err := bucket.Exists(ctx, key); err != nil || done {
+		return Result{}, err
+	}
+	return r.exportRuns(ctx, job, []unit{u}, false)
+}
+
 // RerunRun exports one run again, whether or not it was exported before.
 // With the same database contents the data files are byte-identical.
 func (r *Runner) RerunRun(ctx context.Context, job *config.Job, runID string) (Result, error) {
