@@ -38,20 +38,32 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 // fixture is a database with demo data, a file:// bucket and a runner.
 type fixture struct {
-	t      *testing.T
-	dbURL  string
-	dir    string
-	cfg    *config.File
-	src    *sources.Postgres
-	runner *pipeline.Runner
-	mem    *memory.CheckedAllocator
+	t     *testing.T
+	dbURL string
+	dir   string // the file:// bucket's directory, "" for other buckets
+	dest  string // the destination URL
+	// readObject, when set, reads objects back instead of the bucket
+	// driver (for an emulator whose download path the driver cannot use).
+	readObject func(key string) ([]byte, error)
+	cfg        *config.File
+	src        *sources.Postgres
+	runner     *pipeline.Runner
+	mem        *memory.CheckedAllocator
 	// daemons started by f.daemon, in order
 	daemons []*pipeline.Daemon
 }
 
 func newFixture(t *testing.T, extraYAML string) *fixture {
 	t.Helper()
-	f := &fixture{t: t, dbURL: pgtest.NewDatabase(t), dir: t.TempDir()}
+	dir := t.TempDir()
+	return newFixtureAt(t, "file://"+dir, dir, extraYAML)
+}
+
+// newFixtureAt is newFixture writing to any bucket URL; dir is the
+// directory behind a file:// URL, else "".
+func newFixtureAt(t *testing.T, dest, dir, extraYAML string) *fixture {
+	t.Helper()
+	f := &fixture{t: t, dbURL: pgtest.NewDatabase(t), dir: dir, dest: dest}
 	f.load(extraYAML)
 	return f
 }
@@ -64,13 +76,13 @@ func (f *fixture) load(extraYAML string) {
 jobs:
   - name: new-sellers
     mode: per_run
-    destination: "file://%s"
+    destination: %q
     batch_rows: 64
 %s
   - name: full-nightly
     mode: full
-    destination: "file://%s"
-`, f.dbURL, f.dir, extraYAML, f.dir)
+    destination: %q
+`, f.dbURL, f.dest, extraYAML, f.dest)
 	cfg, err := config.Parse("test.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatal(err)
@@ -102,9 +114,33 @@ func (f *fixture) job(name string) *config.Job {
 	return j
 }
 
-// files returns every file under the bucket directory, by key.
+// files returns every object in the bucket, by key (temporary files of
+// a file:// bucket left out).
 func (f *fixture) files() map[string][]byte {
 	out := map[string][]byte{}
+	if f.dir == "" {
+		ctx := context.Background()
+		b, err := f.runner.Bucket(ctx, f.dest)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		objs, err := b.List(ctx, "", "")
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		read := func(key string) ([]byte, error) { return b.ReadAll(ctx, key) }
+		if f.readObject != nil {
+			read = f.readObject
+		}
+		for _, o := range objs {
+			data, err := read(o.Key)
+			if err != nil {
+				f.t.Fatal(err)
+			}
+			out[o.Key] = data
+		}
+		return out
+	}
 	err := filepath.WalkDir(f.dir, func(p string, d fs.DirEntry, err error) error {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil // a temporary file renamed or removed mid-walk

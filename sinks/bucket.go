@@ -119,6 +119,15 @@ func (b *Bucket) ReadAll(ctx context.Context, key string) ([]byte, error) {
 	return data, nil
 }
 
+// ContentType returns the content type stored with key.
+func (b *Bucket) ContentType(ctx context.Context, key string) (string, error) {
+	a, err := b.b.Attributes(ctx, key)
+	if err != nil {
+		return "", fmt.Errorf("attributes of %s: %w", key, err)
+	}
+	return a.ContentType, nil
+}
+
 // ObjectInfo describes a listed object.
 type ObjectInfo struct {
 	Key     string
