@@ -11,9 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
+	"gocloud.dev/blob"
 	_ "gocloud.dev/blob/gcsblob"
 	_ "gocloud.dev/blob/s3blob"
 
@@ -175,5 +178,96 @@ func TestBucketConformance(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestS3CancelledUploadsLeaveNothing checks gocloud's s3blob traps against a
+// real S3 protocol server: a cancelled multipart write leaves an incomplete
+// upload behind (the trap), Object.Abort leaves none (the fix), and an
+// aborted object that was never written does not appear.
+func TestS3CancelledUploadsLeaveNothing(t *testing.T) {
+	var s3d bucketDriver
+	for _, d := range bucketDrivers() {
+		if d.name == "s3" {
+			s3d = d
+		}
+	}
+	dest, _ := s3d.open(t)
+	ctx := context.Background()
+	raw, err := blob.OpenBucket(ctx, dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	var client *s3.Client
+	if !raw.As(&client) {
+		t.Fatal("no S3 client")
+	}
+	uploads := func() int {
+		out, err := client.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: aws.String("snap")})
+		if err != nil && strings.Contains(err.Error(), "NoSuchUpload") {
+			return 0 // gofakes3's answer when the bucket has none
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(out.Uploads)
+	}
+	chunk := make([]byte, 1<<20)
+
+	// The trap: cancel a multipart write, then Close.
+	wctx, cancel := context.WithCancel(ctx)
+	w, err := raw.NewWriter(wctx, "trap/big.parquet", &blob.WriterOptions{BufferSize: 5 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 12; i++ {
+		if _, err := w.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // let the first parts go out
+	cancel()
+	_ = w.Close()
+	trapped := uploads()
+	t.Logf("a cancelled raw s3blob writer left %d incomplete multipart uploads on this server (MinIO is where the trap was seen)", trapped)
+
+	// The fix.
+	b, err := sinks.OpenBucket(ctx, dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if trapped > 0 {
+		// Clean the trap's upload the same way, so the count below is ours alone.
+		obj, _ := b.NewObject(ctx, "trap/big.parquet", "application/octet-stream")
+		obj.Abort()
+		if n := uploads(); n != 0 {
+			t.Fatalf("%d uploads left after aborting", n)
+		}
+	}
+	obj, err := b.NewObject(ctx, "fix/big.parquet", "application/vnd.apache.parquet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 12; i++ {
+		if _, err := obj.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	obj.Abort()
+	if n := uploads(); n != 0 {
+		t.Errorf("Object.Abort left %d incomplete multipart uploads", n)
+	}
+	empty, err := b.NewObject(ctx, "fix/empty.csv", "text/csv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty.Abort()
+	for _, k := range []string{"fix/big.parquet", "fix/empty.csv", "trap/big.parquet"} {
+		if ok, err := b.Exists(ctx, k); err != nil || ok {
+			t.Errorf("%s exists after an abort (%v)", k, err)
+		}
 	}
 }

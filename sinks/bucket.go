@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
 )
@@ -23,9 +24,10 @@ var ErrExists = errors.New("object already exists")
 // Bucket is a destination for snapshot files: any gocloud.dev bucket URL.
 // The drivers are linked in by the main package.
 type Bucket struct {
-	b      *blob.Bucket
-	url    string
-	scheme string
+	b          *blob.Bucket
+	url        string
+	scheme     string
+	bucketName string // the URL's host: the S3 bucket
 }
 
 // OpenBucket opens the bucket at rawURL. A file:// URL may be relative
@@ -47,7 +49,7 @@ func OpenBucket(ctx context.Context, rawURL string) (*Bucket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", Redact(rawURL), err)
 	}
-	return &Bucket{b: b, url: Redact(u.String()), scheme: u.Scheme}, nil
+	return &Bucket{b: b, url: Redact(u.String()), scheme: u.Scheme, bucketName: u.Host}, nil
 }
 
 func fileURL(u *url.URL) (*url.URL, error) {
@@ -207,6 +209,7 @@ func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType s
 // Object is an upload in progress. Nothing is visible at its key until
 // Commit succeeds; Abort guarantees nothing ever is.
 type Object struct {
+	bucket *Bucket
 	key    string
 	w      *blob.Writer
 	cancel context.CancelFunc
@@ -223,7 +226,7 @@ func (b *Bucket) NewObject(ctx context.Context, key, contentType string) (*Objec
 		cancel()
 		return nil, fmt.Errorf("create %s: %w", key, err)
 	}
-	return &Object{key: key, w: w, cancel: cancel, h: sha256.New()}, nil
+	return &Object{bucket: b, key: key, w: w, cancel: cancel, h: sha256.New()}, nil
 }
 
 // Write uploads p.
@@ -268,10 +271,42 @@ func (o *Object) Abort() {
 	}
 	o.done = true
 	o.cancel()
-	defer func() {
-		// Some drivers' Close panics after a failed upload; the object is
-		// abandoned either way.
-		_ = recover()
+	func() {
+		defer func() {
+			// Some drivers' Close panics after a failed upload; the object
+			// is abandoned either way.
+			_ = recover()
+		}()
+		_ = o.w.Close()
 	}()
-	_ = o.w.Close()
+	o.bucket.abortMultipart(o.key)
+}
+
+// abortMultipart aborts the incomplete S3 multipart uploads of key. A
+// cancelled s3blob writer leaves its multipart upload behind (the abort
+// it attempts runs on the cancelled context), and the parts are stored,
+// and billed, until aborted. Only this process writes key (the export
+// holds the unit's lock), so every upload of key is ours. Best effort;
+// the AbortIncompleteMultipartUpload lifecycle rule (README) is the net.
+func (b *Bucket) abortMultipart(key string) {
+	if b.scheme != "s3" {
+		return
+	}
+	var client *s3.Client
+	if !b.b.As(&client) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	name := b.bucketName
+	out, err := client.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: &name, Prefix: &key})
+	if err != nil {
+		return
+	}
+	for _, u := range out.Uploads {
+		if u.Key == nil || *u.Key != key {
+			continue
+		}
+		_, _ = client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &name, Key: u.Key, UploadId: u.UploadId})
+	}
 }
