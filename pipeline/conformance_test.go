@@ -5,18 +5,26 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"net"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 	"gocloud.dev/blob"
+	_ "gocloud.dev/blob/azureblob"
 	_ "gocloud.dev/blob/gcsblob"
 	_ "gocloud.dev/blob/s3blob"
 
@@ -56,6 +64,19 @@ func bucketDrivers() []bucketDriver {
 			t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
 			t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 			return "s3://snap?region=us-east-1&use_path_style=true&endpoint=" + srv.URL, ""
+		}},
+		{name: "azure", ifNotExist: true, open: func(t *testing.T) (string, string) {
+			port := startAzurite(t)
+			conn := fmt.Sprintf("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=%s;BlobEndpoint=http://127.0.0.1:%d/devstoreaccount1;", azuriteKey, port)
+			client, err := azblob.NewClientFromConnectionString(conn, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := client.CreateContainer(context.Background(), "snap", nil); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("AZURE_STORAGE_CONNECTION_STRING", conn)
+			return "azblob://snap", ""
 		}},
 		{name: "gcs", ifNotExist: true, read: func(key string) ([]byte, error) {
 			// The storage client downloads through the XML API host, which
@@ -270,4 +291,56 @@ func TestS3CancelledUploadsLeaveNothing(t *testing.T) {
 			t.Errorf("%s exists after an abort (%v)", k, err)
 		}
 	}
+}
+
+// azuriteKey is Azurite's well-known development account key.
+const azuriteKey = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+// startAzurite runs Azurite's blob service on a free loopback port for the
+// test, or skips the test when it is not installed (.ci/run installs it:
+// npm install azurite, then azurite-blob on PATH or in AZURITE_BLOB).
+func startAzurite(t *testing.T) int {
+	t.Helper()
+	bin := os.Getenv("AZURITE_BLOB")
+	if bin == "" {
+		bin, _ = exec.LookPath("azurite-blob")
+	}
+	if bin == "" {
+		if home, err := os.UserHomeDir(); err == nil {
+			if p := filepath.Join(home, ".cache", "sellersnap-azurite", "node_modules", ".bin", "azurite-blob"); fileExists(p) {
+				bin = p
+			}
+		}
+	}
+	if bin == "" {
+		t.Skip("azurite-blob is not installed (npm install azurite); .ci/run installs it")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(bin, "--blobHost", "127.0.0.1", "--blobPort", strconv.Itoa(port), "--inMemoryPersistence",
+		"--skipApiVersionCheck", "--loose", "--silent")
+	cmd.Dir = t.TempDir() // azurite writes its debug and extent files in the working directory
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			return port
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("azurite did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

@@ -192,11 +192,24 @@ type PutOptions struct {
 }
 
 // Put writes a small object in one piece.
-func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType string, opts *PutOptions) error {
+func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType string, opts *PutOptions) (err error) {
 	wo := &blob.WriterOptions{ContentType: contentType}
 	if opts != nil {
 		wo.IfNotExist = opts.IfNotExist
 	}
+	defer func() {
+		// azureblob's Writer.Close panics (nil pointer) when the upload
+		// fails, a failed IfNotExist precondition included.
+		if p := recover(); p != nil {
+			if wo.IfNotExist {
+				if ok, _ := b.b.Exists(ctx, key); ok {
+					err = fmt.Errorf("write %s: %w", key, ErrExists)
+					return
+				}
+			}
+			err = fmt.Errorf("write %s: upload failed (driver panicked: %v)", key, p)
+		}
+	}()
 	if err := b.b.WriteAll(ctx, key, data, wo); err != nil {
 		if gcerrors.Code(err) == gcerrors.FailedPrecondition {
 			return fmt.Errorf("write %s: %w", key, ErrExists)
@@ -250,12 +263,19 @@ func (o *Object) Size() int64 { return o.n }
 func (o *Object) SHA256() string { return hex.EncodeToString(o.h.Sum(nil)) }
 
 // Commit finishes the upload and makes the object visible at its key.
-func (o *Object) Commit() error {
+func (o *Object) Commit() (err error) {
 	if o.done {
 		return fmt.Errorf("commit %s: already finished", o.key)
 	}
 	o.done = true
 	defer o.cancel()
+	defer func() {
+		// azureblob's Writer.Close panics (nil pointer) when the upload
+		// failed: report it as the failed commit it is.
+		if p := recover(); p != nil {
+			err = fmt.Errorf("commit %s: upload failed (driver panicked: %v)", o.key, p)
+		}
+	}()
 	if err := o.w.Close(); err != nil {
 		return fmt.Errorf("commit %s: %w", o.key, err)
 	}
