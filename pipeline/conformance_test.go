@@ -6,14 +6,19 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,6 +34,7 @@ import (
 	_ "gocloud.dev/blob/s3blob"
 
 	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
 )
@@ -343,4 +349,140 @@ func startAzurite(t *testing.T) int {
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// faultyProxy forwards to an S3 server but answers the first failures
+// requests of each kind (method + whether it is a multipart call) with the
+// next status of codes, or resets the connection for status 0.
+type faultyProxy struct {
+	target   *url.URL
+	codes    []int
+	failures int
+	mu       sync.Mutex
+	seen     map[string]int
+	injected int
+}
+
+func (p *faultyProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	kind := r.Method
+	switch q := r.URL.Query(); {
+	case q.Has("uploads"):
+		kind += " CreateMultipartUpload"
+	case q.Has("partNumber"):
+		kind += " UploadPart"
+	case q.Has("uploadId") && r.Method == http.MethodPost:
+		kind += " CompleteMultipartUpload"
+	}
+	p.mu.Lock()
+	n := p.seen[kind]
+	p.seen[kind]++
+	fail := r.Method != http.MethodGet && r.Method != http.MethodHead && n < p.failures
+	var code int
+	if fail {
+		code = p.codes[p.injected%len(p.codes)]
+		p.injected++
+	}
+	p.mu.Unlock()
+	if fail {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if code == 0 {
+			if hj, ok := w.(http.Hijacker); ok {
+				if c, _, err := hj.Hijack(); err == nil {
+					c.Close() // connection reset
+					return
+				}
+			}
+			code = http.StatusBadGateway
+		}
+		w.Header().Set("Retry-After", "0")
+		http.Error(w, "<Error><Code>InternalError</Code><Message>injected</Message></Error>", code)
+		return
+	}
+	httputil.NewSingleHostReverseProxy(p.target).ServeHTTP(w, r)
+}
+
+// TestS3ServerFaults puts a fault-injecting proxy between the exporter and
+// the S3 server: a few 500/503/429/resets on every kind of write are
+// retried away (exactly one object per key, checksums match); faults on
+// every write fail the run with nothing published.
+func TestS3ServerFaults(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		failures int
+		wantOK   bool
+	}{{"transient", 1, true}, {"persistent", 1 << 30, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			backend := s3mem.New()
+			if err := backend.CreateBucket("snap"); err != nil {
+				t.Fatal(err)
+			}
+			s3srv := httptest.NewServer(gofakes3.New(backend).Server())
+			defer s3srv.Close()
+			target, _ := url.Parse(s3srv.URL)
+			proxy := &faultyProxy{target: target, codes: []int{500, 503, 429, 0}, failures: tc.failures, seen: map[string]int{}}
+			psrv := httptest.NewServer(proxy)
+			defer psrv.Close()
+			t.Setenv("AWS_ACCESS_KEY_ID", "test")
+			t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+			t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+			t.Setenv("AWS_MAX_ATTEMPTS", "2") // the SDK's own retries, then the exporter's
+			dest := "s3://snap?region=us-east-1&use_path_style=true&endpoint=" + psrv.URL
+			// Large enough for multipart (gocloud v0.47 switches at 16 MiB): ~21 MB of NDJSON.
+			f := newFixtureAt(t, dest, "", "    formats: [ndjson, parquet]\n")
+			insertRun(t, f.dbURL, f.anyOrg(), 100000, false)
+			f.runner.Retry = pipeline.Backoff{Attempts: 2, Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
+			var res pipeline.Result
+			var err error
+			if tc.wantOK {
+				res, err = f.runner.Once(context.Background(), f.job("new-sellers"))
+			} else {
+				runs, _ := f.src.CompletedRuns(context.Background())
+				res, err = f.runner.RerunRun(context.Background(), f.job("new-sellers"), runs[len(runs)-1].ID) // the big one
+			}
+			files := f.files()
+			if tc.wantOK {
+				if err != nil || len(res.Exported) != 11 {
+					t.Fatalf("with transient faults: %d exported, %v", len(res.Exported), err)
+				}
+				for _, m := range res.Exported {
+					for _, mf := range m.Files {
+						sum := sha256.Sum256(files[mf.Key])
+						if hex.EncodeToString(sum[:]) != mf.SHA256 {
+							t.Errorf("%s: checksum differs", mf.Key)
+						}
+					}
+				}
+				if len(files) != 11*3 {
+					t.Errorf("%d objects, want 33", len(files))
+				}
+				if proxy.injected == 0 {
+					t.Error("no fault was injected")
+				}
+				var sizes []int64
+				for _, m := range res.Exported {
+					for _, mf := range m.Files {
+						if mf.Bytes > 1<<20 {
+							sizes = append(sizes, mf.Bytes)
+						}
+					}
+				}
+				t.Logf("injected %d faults over %v; large objects %v", proxy.injected, proxy.seen, sizes)
+				return
+			}
+			if err == nil || len(res.Exported) != 0 {
+				t.Fatalf("with persistent faults: %d exported, err %v", len(res.Exported), err)
+			}
+			if len(files) != 0 {
+				t.Errorf("a failed run left %v", keysOf(files))
+			}
+		})
+	}
+}
+
+func keysOf(m map[string][]byte) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }

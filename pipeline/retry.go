@@ -8,8 +8,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/jackc/pgx/v5/pgconn"
 	"gocloud.dev/gcerrors"
+	"google.golang.org/api/googleapi"
 )
 
 // Backoff bounds the retries of transient errors within one export:
@@ -42,8 +44,8 @@ func (r *Runner) retry(ctx context.Context, job string, what []any, f func() err
 
 // transient reports whether err may go away on its own: lost or refused
 // connections, serialization failures and deadlocks, a server shutting
-// down, bucket throttling and 5xx. Missing columns, permissions and bad
-// data are permanent.
+// down, bucket throttling (429) and 5xx. Missing columns, permissions and
+// bad data are permanent.
 func transient(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, errExportedElsewhere) {
 		return false
@@ -75,5 +77,19 @@ func transient(err error) bool {
 	case gcerrors.ResourceExhausted, gcerrors.Internal, gcerrors.DeadlineExceeded:
 		return true
 	}
-	return false
+	// Bucket errors the driver could not classify (gcerrors.Unknown): an
+	// S3 UploadPart answered 429 or 503 arrives this way.
+	status := 0
+	var awsErr interface{ HTTPStatusCode() int }
+	var gcsErr *googleapi.Error
+	var azErr *azcore.ResponseError
+	switch {
+	case errors.As(err, &awsErr):
+		status = awsErr.HTTPStatusCode()
+	case errors.As(err, &gcsErr):
+		status = gcsErr.Code
+	case errors.As(err, &azErr):
+		status = azErr.StatusCode
+	}
+	return status == 429 || status == 408 || status >= 500
 }

@@ -231,10 +231,21 @@ type Object struct {
 	done   bool
 }
 
+// Upload buffering per object: parts of PartSize, at most PartConcurrency
+// in flight, so an object being written holds at most about
+// PartSize × (PartConcurrency + 1) bytes (S3 and Azure; 5 MiB is S3's
+// smallest part). Three formats of one run: ~45 MiB at most, reached only
+// when the network is slower than the encoders.
+const (
+	PartSize        = 5 << 20
+	PartConcurrency = 2
+)
+
 // NewObject starts an upload to key. The caller must Commit or Abort it.
 func (b *Bucket) NewObject(ctx context.Context, key, contentType string) (*Object, error) {
 	wctx, cancel := context.WithCancel(ctx)
-	w, err := b.b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType})
+	w, err := b.b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType,
+		BufferSize: PartSize, MaxConcurrency: PartConcurrency})
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("create %s: %w", key, err)
