@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -223,6 +224,7 @@ func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType s
 // Commit succeeds; Abort guarantees nothing ever is.
 type Object struct {
 	bucket *Bucket
+	file   *os.File // file:// buckets: the temporary file, synced before commit
 	key    string
 	w      *blob.Writer
 	cancel context.CancelFunc
@@ -244,13 +246,22 @@ const (
 // NewObject starts an upload to key. The caller must Commit or Abort it.
 func (b *Bucket) NewObject(ctx context.Context, key, contentType string) (*Object, error) {
 	wctx, cancel := context.WithCancel(ctx)
+	o := &Object{bucket: b, key: key, cancel: cancel, h: sha256.New()}
 	w, err := b.b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType,
-		BufferSize: PartSize, MaxConcurrency: PartConcurrency})
+		BufferSize: PartSize, MaxConcurrency: PartConcurrency,
+		BeforeWrite: func(as func(any) bool) error {
+			var f *os.File
+			if as(&f) {
+				o.file = f
+			}
+			return nil
+		}})
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("create %s: %w", key, err)
 	}
-	return &Object{bucket: b, key: key, w: w, cancel: cancel, h: sha256.New()}, nil
+	o.w = w
+	return o, nil
 }
 
 // Write uploads p.
@@ -287,10 +298,34 @@ func (o *Object) Commit() (err error) {
 			err = fmt.Errorf("commit %s: upload failed (driver panicked: %v)", o.key, p)
 		}
 	}()
+	if o.file != nil {
+		// fileblob renames without syncing: a power cut after the rename
+		// could leave an empty or torn file at the final key. Sync the data
+		// before the rename and the directory after it.
+		if err := o.file.Sync(); err != nil {
+			o.cancel()
+			_ = o.w.Close()
+			return fmt.Errorf("commit %s: sync: %w", o.key, err)
+		}
+	}
 	if err := o.w.Close(); err != nil {
 		return fmt.Errorf("commit %s: %w", o.key, err)
 	}
+	if o.file != nil {
+		if err := syncDir(filepath.Dir(o.file.Name())); err != nil {
+			return fmt.Errorf("commit %s: sync directory: %w", o.key, err)
+		}
+	}
 	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // Abort cancels the upload: the writer's context is cancelled before Close,
