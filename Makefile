@@ -7,7 +7,7 @@ TESTFLAGS ?=
 BENCH_SELLERS ?= 1000000
 BENCH_REPS    ?= 5
 
-.PHONY: all build demo test bench check vet lint fmt clean
+.PHONY: all build demo test test-minio bench check vet lint fmt clean
 
 all: build
 
@@ -28,6 +28,11 @@ bench: build
 # The whole suite against a real PostgreSQL (DATABASE_URL, or a throwaway cluster).
 test: vet
 	$(GO) test -race -count=1 $(TESTFLAGS) ./...
+
+# The bucket conformance tests against a real S3 server (versitygw, built once
+# into ~/.cache; or SELLERSNAP_TEST_S3_ENDPOINT for a MinIO of yours). Not in make test.
+test-minio:
+	./scripts/test-s3.sh
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
