@@ -38,6 +38,8 @@ import (
 	_ "gocloud.dev/blob/memblob"
 	_ "gocloud.dev/blob/s3blob"
 
+	"gocloud.dev/gcerrors"
+
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sources"
@@ -336,10 +338,10 @@ func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, 
 		}
 		probe := staticPrefix(j.Template.String()) + ".sellersnap-probe-" + randomHex()
 		if err := bucket.Put(ctx, probe, []byte("probe"), "text/plain", nil); err != nil {
-			return fmt.Errorf("job %s: destination %s is not writable: %w", j.Name, bucket.URL(), err)
+			return fmt.Errorf("job %s: cannot write to %s under %q%s: %w", j.Name, bucket.URL(), staticPrefix(j.Template.String()), permissionHint(err, "write"), err)
 		}
 		if err := bucket.Delete(ctx, probe); err != nil {
-			return fmt.Errorf("job %s: destination %s: %w", j.Name, bucket.URL(), err)
+			return fmt.Errorf("job %s: wrote a probe object to %s but cannot delete it%s: %w", j.Name, bucket.URL(), permissionHint(err, "delete"), err)
 		}
 		next := j.Cron.Next(time.Now().In(j.Location))
 		fmt.Fprintf(w, "\njob %s (%s), schedule %q %s, next %s\n  destination %s (writable)\n  columns %s\n  formats %s\n",
@@ -365,6 +367,21 @@ func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, 
 		}
 	}
 	return nil
+}
+
+// permissionHint names, in an operator's words, the permission a bucket
+// error is about.
+func permissionHint(err error, op string) string {
+	switch gcerrors.Code(err) {
+	case gcerrors.PermissionDenied:
+		if op == "delete" {
+			return " (the credentials lack delete permission: s3:DeleteObject, storage.objects.delete, or an Azure role with blob delete; sellersnap deletes files of failed exports)"
+		}
+		return " (the credentials lack write permission: s3:PutObject, storage.objects.create, or the Storage Blob Data Contributor role)"
+	case gcerrors.NotFound:
+		return " (the bucket or container does not exist: sellersnap does not create it)"
+	}
+	return ""
 }
 
 func columnList(j *config.Job) string {
