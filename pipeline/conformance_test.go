@@ -382,6 +382,8 @@ type faultyProxy struct {
 	mu       sync.Mutex
 	seen     map[string]int
 	injected int
+	inFlight map[string]int // kind → requests being served now
+	maxIn    map[string]int // kind → most at once
 }
 
 func (p *faultyProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -395,6 +397,16 @@ func (p *faultyProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kind += " CompleteMultipartUpload"
 	}
 	p.mu.Lock()
+	if p.inFlight == nil {
+		p.inFlight, p.maxIn = map[string]int{}, map[string]int{}
+	}
+	p.inFlight[kind]++
+	p.maxIn[kind] = max(p.maxIn[kind], p.inFlight[kind])
+	defer func() {
+		p.mu.Lock()
+		p.inFlight[kind]--
+		p.mu.Unlock()
+	}()
 	n := p.seen[kind]
 	p.seen[kind]++
 	fail := r.Method != http.MethodGet && r.Method != http.MethodHead && n < p.failures
@@ -559,4 +571,53 @@ func BenchmarkS3Upload(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestS3UploadMemoryIsBounded checks the bound on what one object holds:
+// parts of sinks.PartSize, at most sinks.PartConcurrency in flight (the
+// transfer manager's defaults are 8 MiB parts, 5 at a time).
+func TestS3UploadMemoryIsBounded(t *testing.T) {
+	backend := s3mem.New()
+	if err := backend.CreateBucket("snap"); err != nil {
+		t.Fatal(err)
+	}
+	s3srv := httptest.NewServer(gofakes3.New(backend).Server())
+	defer s3srv.Close()
+	target, _ := url.Parse(s3srv.URL)
+	proxy := &faultyProxy{target: target, codes: []int{500}, failures: 0, seen: map[string]int{}}
+	psrv := httptest.NewServer(proxy)
+	defer psrv.Close()
+	t.Setenv("AWS_ACCESS_KEY_ID", "test")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	ctx := context.Background()
+	b, err := sinks.OpenBucket(ctx, "s3://snap?region=us-east-1&use_path_style=true&endpoint="+psrv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	o, err := b.NewObject(ctx, "big.ndjson", "application/x-ndjson")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 40 << 20
+	chunk := make([]byte, 1<<20)
+	for n := 0; n < size; n += len(chunk) {
+		if _, err := o.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := o.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	proxy.mu.Lock()
+	defer proxy.mu.Unlock()
+	parts, most := proxy.seen["PUT UploadPart"], proxy.maxIn["PUT UploadPart"]
+	if want := (size + sinks.PartSize - 1) / sinks.PartSize; parts != want {
+		t.Errorf("%d parts for %d MiB, want %d of %d MiB", parts, size>>20, want, sinks.PartSize>>20)
+	}
+	if most > sinks.PartConcurrency {
+		t.Errorf("%d parts in flight at once, want at most %d", most, sinks.PartConcurrency)
+	}
+	t.Logf("%d parts, at most %d at once", parts, most)
 }
