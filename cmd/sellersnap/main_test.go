@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
 	"github.com/sellersnap/sellersnap/internal/pgtest"
 )
@@ -348,4 +351,21 @@ func TestThreeDaemonProcesses(t *testing.T) {
 		t.Errorf("only %d of 3 processes exported anything", busy)
 	}
 	checkNoOrphans(t, out)
+}
+
+func TestValidateSaysWhatIsWrongWithTheBucket(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	backend := s3mem.New() // no bucket created
+	srv := httptest.NewServer(gofakes3.New(backend).Server())
+	defer srv.Close()
+	env := map[string]string{"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_EC2_METADATA_DISABLED": "true"}
+	cfg := filepath.Join(t.TempDir(), "p.yaml")
+	yaml := fmt.Sprintf("source: {dsn: %q}\njobs:\n  - {name: a, mode: per_run, destination: 's3://missing?region=us-east-1&use_path_style=true&endpoint=%s'}\n", dbURL, srv.URL)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := cli(t, env, "validate", "-config", cfg)
+	if code != 1 || !strings.Contains(stderr, `cannot write to s3://missing`) || !strings.Contains(stderr, "does not exist: sellersnap does not create it") {
+		t.Errorf("exit %d:\n%s", code, stderr)
+	}
 }
