@@ -261,7 +261,6 @@ func testS3CancelledUploads(t *testing.T, s3d bucketDriver) {
 		}
 		return len(out.Uploads)
 	}
-	chunk := make([]byte, 1<<20)
 
 	// The trap: cancel a multipart write, then Close.
 	wctx, cancel := context.WithCancel(ctx)
@@ -269,11 +268,7 @@ func testS3CancelledUploads(t *testing.T, s3d bucketDriver) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 24; i++ { // 24 MiB: past the 16 MiB multipart threshold
-		if _, err := w.Write(chunk); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeMiB(t, w, 24)                 // past the 16 MiB multipart threshold
 	time.Sleep(200 * time.Millisecond) // let the first parts go out
 	cancel()
 	_ = w.Close()
@@ -298,11 +293,7 @@ func testS3CancelledUploads(t *testing.T, s3d bucketDriver) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 24; i++ { // 24 MiB: past the 16 MiB multipart threshold
-		if _, err := obj.Write(chunk); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeMiB(t, obj, 24) // past the 16 MiB multipart threshold
 	time.Sleep(200 * time.Millisecond)
 	obj.Abort()
 	if n := uploads(); n != 0 {
@@ -601,12 +592,7 @@ func TestS3UploadMemoryIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	const size = 40 << 20
-	chunk := make([]byte, 1<<20)
-	for n := 0; n < size; n += len(chunk) {
-		if _, err := o.Write(chunk); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeMiB(t, o, size>>20)
 	if err := o.Commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -620,4 +606,15 @@ func TestS3UploadMemoryIsBounded(t *testing.T) {
 		t.Errorf("%d parts in flight at once, want at most %d", most, sinks.PartConcurrency)
 	}
 	t.Logf("%d parts, at most %d at once", parts, most)
+}
+
+// writeMiB writes n MiB of zeros to w.
+func writeMiB(t *testing.T, w io.Writer, n int) {
+	t.Helper()
+	chunk := make([]byte, 1<<20)
+	for i := 0; i < n; i++ {
+		if _, err := w.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

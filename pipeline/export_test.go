@@ -114,6 +114,16 @@ func (f *fixture) job(name string) *config.Job {
 	return j
 }
 
+// once runs Once for job and returns its result and the bucket's objects.
+func (f *fixture) once(job string) (pipeline.Result, map[string][]byte) {
+	f.t.Helper()
+	res, err := f.runner.Once(context.Background(), f.job(job))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return res, f.files()
+}
+
 // files returns every object in the bucket, by key (temporary files of
 // a file:// bucket left out).
 func (f *fixture) files() map[string][]byte {
@@ -327,12 +337,7 @@ func TestRerunIsByteIdentical(t *testing.T) {
 
 func TestEmptyRun(t *testing.T) {
 	f := newFixture(t, "")
-	ctx := context.Background()
-	res, err := f.runner.Once(ctx, f.job("new-sellers"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := f.files()
+	res, files := f.once("new-sellers")
 	var empty *pipeline.Manifest
 	for _, m := range res.Exported {
 		if m.Rows == 0 {
@@ -399,12 +404,7 @@ func TestFullSnapshotPerOrg(t *testing.T) {
 
 func TestRenameAndFlaggedFilter(t *testing.T) {
 	f := newFixture(t, "    flagged: true\n    columns: [display_name, {name: created_at, as: discovered_at}, {name: id, as: seller_id}]\n    formats: [ndjson]\n")
-	ctx := context.Background()
-	res, err := f.runner.Once(ctx, f.job("new-sellers"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := f.files()
+	res, files := f.once("new-sellers")
 	var total int64
 	for _, m := range res.Exported {
 		total += m.Rows
@@ -417,6 +417,7 @@ func TestRenameAndFlaggedFilter(t *testing.T) {
 			}
 		}
 	}
+	ctx := context.Background()
 	conn, _ := pgx.Connect(ctx, f.dbURL)
 	defer conn.Close(ctx)
 	var want int64

@@ -119,8 +119,6 @@ type Result struct {
 	// Skipped is how many units another process was exporting (locked)
 	// or had just exported.
 	Skipped int
-	// Pending is how many units were pending when the call began.
-	Pending int
 }
 
 // Once exports what job has pending: for a per_run job every completed run
@@ -243,7 +241,7 @@ func (r *Runner) pendingRuns(ctx context.Context, job *config.Job) ([]unit, erro
 // Unless force, a unit whose manifest exists once its lock is held is
 // skipped, and the manifest is written create-only.
 func (r *Runner) exportRuns(ctx context.Context, job *config.Job, units []unit, force bool) (Result, error) {
-	res := Result{Pending: len(units)}
+	var res Result
 	if len(units) == 0 {
 		return res, nil
 	}
@@ -359,7 +357,6 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 				continue
 			}
 		}
-		res.Pending++
 		m, err := r.exportUnit(ctx, snap, bucket, u, force)
 		if errors.Is(err, errExportedElsewhere) {
 			res.Skipped++

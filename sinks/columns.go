@@ -2,6 +2,7 @@ package sinks
 
 import (
 	"fmt"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -87,12 +88,7 @@ func bindColumns(cols []textCol, rec arrow.Record) []textCol {
 
 func finite(f float64) bool { return f-f == 0 }
 
-func appendInt(dst []byte, v int64) []byte {
-	if v >= 0 && v < 10 {
-		return append(dst, byte('0'+v))
-	}
-	return fmtInt(dst, v)
-}
+func appendInt(dst []byte, v int64) []byte { return strconv.AppendInt(dst, v, 10) }
 
 // jsonSafe marks ASCII bytes that stand for themselves inside a JSON string.
 var jsonSafe = func() (t [utf8.RuneSelf]bool) {

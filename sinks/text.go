@@ -140,5 +140,3 @@ func appendFloat(dst []byte, f float64, bitSize int) []byte {
 	}
 	return strconv.AppendFloat(dst, f, 'g', -1, bitSize)
 }
-
-func fmtInt(dst []byte, v int64) []byte { return strconv.AppendInt(dst, v, 10) }

@@ -92,7 +92,6 @@ type Reader struct {
 	done   bool
 	closed bool
 	rows   int64
-	runID  string
 }
 
 // Sellers runs q inside the snapshot and returns a Reader over its rows.
@@ -146,7 +145,7 @@ func (s *Snapshot) Sellers(ctx context.Context, q Query, opts ReadOptions) (*Rea
 	for i, c := range cols {
 		c.bind(bld.Field(i))
 	}
-	return &Reader{rr: rr, schema: schema, bld: bld, cols: cols, opts: opts, runID: q.RunID}, nil
+	return &Reader{rr: rr, schema: schema, bld: bld, cols: cols, opts: opts}, nil
 }
 
 // Schema is the Arrow schema of every record, with the source column names.

@@ -52,7 +52,8 @@ var version = ""
 
 // gcPercent is the garbage collector's target unless GOGC is set: an
 // export's heap is mostly short-lived batches, and collecting at 50% growth
-// instead of 100% cut peak RSS by ~20% at about 2% of the time in make bench.
+// instead of 100% cut peak RSS from ~130 to ~110 MiB (1M rows, all three
+// formats), costing 0–7% of the time in noisy runs.
 const gcPercent = 50
 
 func main() {
