@@ -181,7 +181,7 @@ type NDJSON struct {
 type Parquet struct {
 	// Compression: zstd, snappy, gzip, brotli or none. Default zstd.
 	Compression string `yaml:"compression"`
-	// RowGroupRows is the most rows per row group. Default 131072.
+	// RowGroupRows is the most rows per row group. Default 65536.
 	RowGroupRows int64 `yaml:"row_group_rows"`
 }
 

@@ -19,7 +19,7 @@ type zstdCodec struct {
 
 var zstdEncoders sync.Map // level → *zstd.Encoder
 
-const zstdWindow = 2 << 20
+const zstdWindow = 512 << 10
 
 func (zstdCodec) EncodeLevel(dst, src []byte, level int) []byte {
 	return zstdEncoder(level).EncodeAll(src, dst[:0])
@@ -33,8 +33,9 @@ func zstdEncoder(level int) *zstd.Encoder {
 	if level != compress.DefaultCompressionLevel {
 		l = zstd.EncoderLevelFromZstd(level)
 	}
-	// Pages are about a megabyte (the default data page size), so a larger
-	// window buys nothing and costs its history buffer in every encoder.
+	// Data pages are DataPageSize (128 KiB) and dictionary pages at most
+	// 1 MiB, so a larger window buys little and costs its history buffer
+	// in every encoder (measured: 2 MiB → 512 KiB saved ~3 MiB of heap).
 	enc, err := zstd.NewWriter(nil, zstd.WithZeroFrames(true), zstd.WithEncoderLevel(l),
 		zstd.WithWindowSize(zstdWindow), zstd.WithLowerEncoderMem(true))
 	if err != nil {

@@ -51,10 +51,11 @@ var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-
 var version = ""
 
 // gcPercent is the garbage collector's target unless GOGC is set: an
-// export's heap is mostly short-lived batches, and collecting at 50% growth
-// instead of 100% cut peak RSS from ~130 to ~110 MiB (1M rows, all three
-// formats), costing 0–7% of the time in noisy runs.
-const gcPercent = 50
+// export's heap is mostly short-lived batches over ~35 MB live (Parquet's
+// open row group), so peak heap is live × (1 + gcPercent/100). 35 instead
+// of 100 cut peak RSS from ~145 to ~99 MiB (1M rows, Parquet), costing
+// ~4% of the wall time (docs/benchmarks.md).
+const gcPercent = 35
 
 func main() {
 	if os.Getenv("GOGC") == "" {

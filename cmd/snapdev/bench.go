@@ -39,7 +39,7 @@ type sample struct {
 
 // bench loads (once, cached under cacheDir) N sellers of one org over 20
 // runs, then alternates baseline and sellersnap runs reps times.
-func bench(ctx context.Context, bin string, n, reps int, cacheDir string) error {
+func bench(ctx context.Context, bin string, n, reps int, cacheDir string, hold bool) error {
 	dir := filepath.Join(cacheDir, fmt.Sprintf("bench-pg-%d", n))
 	srv, err := pgtemp.Start(ctx, pgtemp.Options{Dir: dir})
 	if err != nil {
@@ -83,6 +83,11 @@ func bench(ctx context.Context, bin string, n, reps int, cacheDir string) error 
 	cfgPath := filepath.Join(work, "bench.yaml")
 	if err := os.WriteFile(cfgPath, []byte(benchConfig(dbURL, filepath.Join(work, "out"))), 0o644); err != nil {
 		return err
+	}
+	if hold {
+		fmt.Printf("DATABASE_URL=%s\nconfig: %s (jobs full-csv, full-ndjson, full-parquet, full-all, run-all; run %s)\nCtrl-C stops it.\n", dbURL, cfgPath, runID)
+		<-ctx.Done()
+		return nil
 	}
 	cols := demodata.SellerColumns
 	sqlFor := func(q sources.Query) string {

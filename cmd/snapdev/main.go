@@ -5,6 +5,7 @@
 //	snapdev demo -bin bin/sellersnap [-config pipeline.yaml] [-out ./snapshots] [-sellers N -runs M -orgs K]
 //	snapdev pg   [-sellers N …]   # start a loaded server, print DATABASE_URL, wait for Ctrl-C
 //	snapdev bench -bin bin/sellersnap [-sellers 1000000] [-reps 5]   # sellersnap vs psql \copy (FORMAT binary)
+//	snapdev bench -hold [-sellers N]   # only the loaded bench cluster and its config, for profiling
 package main
 
 import (
@@ -51,11 +52,12 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&opts.Orgs, "orgs", 3, "demo orgs")
 	reps := fs.Int("reps", 5, "bench: repetitions of each case")
 	cache := fs.String("cache", ".cache", "bench: where the loaded cluster is kept between runs")
+	hold := fs.Bool("hold", false, "bench: only start the loaded cluster, write the bench config, print both and wait for Ctrl-C (for profiling)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
 	if args[0] == "bench" {
-		return bench(ctx, *bin, opts.Sellers, *reps, *cache)
+		return bench(ctx, *bin, opts.Sellers, *reps, *cache, *hold)
 	}
 	srv, err := pgtemp.Start(ctx, pgtemp.Options{})
 	if err != nil {
