@@ -7,7 +7,7 @@ TESTFLAGS ?=
 BENCH_SELLERS ?= 1000000
 BENCH_REPS    ?= 5
 
-.PHONY: all build demo test test-minio bench check vet lint fmt clean
+.PHONY: all build demo test test-faults test-minio bench check vet lint fmt clean
 
 all: build
 
@@ -25,9 +25,15 @@ demo: build
 bench: build
 	./bin/snapdev bench -bin ./bin/sellersnap -sellers $(BENCH_SELLERS) -reps $(BENCH_REPS)
 
-# The whole suite against a real PostgreSQL (DATABASE_URL, or a throwaway cluster).
+# The whole suite against a real PostgreSQL (DATABASE_URL, or a throwaway cluster),
+# except the slow process-fault tests (see test-faults).
 test: vet
-	$(GO) test -race -count=1 $(TESTFLAGS) ./...
+	$(GO) test -race -short -count=1 $(TESTFLAGS) ./...
+
+# Real sellersnap processes killed (SIGKILL at 14 points), a PostgreSQL restarted
+# under the daemon, a stalled or slow network, a full disk. ~2 minutes; CI runs it.
+test-faults:
+	$(GO) test -race -count=1 -run '^TestFault' $(TESTFLAGS) ./cmd/sellersnap
 
 # The bucket conformance tests against a real S3 server (versitygw, built once
 # into ~/.cache; or SELLERSNAP_TEST_S3_ENDPOINT for a MinIO of yours). Not in make test.

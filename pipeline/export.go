@@ -13,6 +13,7 @@ import (
 	"github.com/apache/arrow/go/v17/arrow/memory"
 
 	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/internal/failpoint"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
 )
@@ -208,7 +209,11 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		return nil, err
 	}
 	var committed []string
-	for _, o := range outs {
+	failpoint.Hit("before-commit")
+	for i, o := range outs {
+		if i > 0 {
+			failpoint.Hit("between-commits")
+		}
 		if err := o.obj.Commit(); err != nil {
 			r.unpublish(ctx, bucket, append(committed, mkey))
 			return nil, err
@@ -223,6 +228,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	if err != nil {
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
+	failpoint.Hit("before-manifest")
 	if err := bucket.Put(ctx, mkey, data, "application/json", &sinks.PutOptions{IfNotExist: !force}); err != nil {
 		if errors.Is(err, sinks.ErrExists) {
 			r.logger().Warn("another process published this export first; its manifest stands",

@@ -11,6 +11,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/jackc/pgx/v5/pgconn"
 	"gocloud.dev/gcerrors"
+
+	"github.com/sellersnap/sellersnap/sources"
 	"google.golang.org/api/googleapi"
 )
 
@@ -70,7 +72,8 @@ func transient(err error) bool {
 		return true
 	}
 	var connectErr *pgconn.ConnectError
-	if errors.As(err, &connectErr) {
+	var stalled *sources.StalledError
+	if errors.As(err, &connectErr) || errors.As(err, &stalled) {
 		return true
 	}
 	switch gcerrors.Code(err) {

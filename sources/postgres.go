@@ -86,6 +86,15 @@ type Run struct {
 // readBufferSize is how much one read from a database connection may take.
 const readBufferSize = 256 << 10
 
+// DefaultConnectTimeout bounds connecting unless the DSN's
+// connect_timeout says otherwise.
+const DefaultConnectTimeout = 30 * time.Second
+
+// clientSlack is how long after statement_timeout the client stops waiting
+// for a statement itself: the server's timeout fires first and reports
+// itself, unless the network between the two has stalled.
+const clientSlack = 5 * time.Second
+
 // Postgres is a pool of read-only connections to the collector's database.
 type Postgres struct {
 	pool *pgxpool.Pool
@@ -101,6 +110,11 @@ func Open(ctx context.Context, cfg Config) (*Postgres, error) {
 		return nil, errors.New("parse database connection string: invalid DSN (check source.dsn / DATABASE_URL)")
 	}
 	pc.MaxConns = cfg.MaxConns
+	if pc.ConnConfig.ConnectTimeout == 0 {
+		// A server that accepts TCP but never answers (a dead proxy, a
+		// stalled network) would otherwise hang the export for good.
+		pc.ConnConfig.ConnectTimeout = DefaultConnectTimeout
+	}
 	pc.ConnConfig.RuntimeParams["application_name"] = "sellersnap"
 	pc.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
 	pc.ConnConfig.RuntimeParams["client_encoding"] = "UTF8"
@@ -328,18 +342,23 @@ type Snapshot struct {
 // Snapshot begins a read-only snapshot transaction on a dedicated
 // connection. The caller must Close it.
 func (p *Postgres) Snapshot(ctx context.Context) (*Snapshot, error) {
-	conn, err := p.pool.Acquire(ctx)
+	bctx, cancel := bound(ctx, p.cfg)
+	defer cancel()
+	conn, err := p.pool.Acquire(bctx)
 	if err != nil {
-		return nil, fmt.Errorf("acquire connection: %w", err)
+		return nil, fmt.Errorf("acquire connection: %w", stalled(bctx, err))
 	}
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	tx, err := conn.BeginTx(bctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		conn.Release()
-		return nil, fmt.Errorf("begin snapshot: %w", err)
+		return nil, fmt.Errorf("begin snapshot: %w", stalled(bctx, err))
 	}
 	s := &Snapshot{conn: conn, tx: tx, cfg: p.cfg}
-	if err := s.init(ctx); err != nil {
+	if err := s.init(bctx); err != nil {
 		s.Close(ctx)
+		if se := stalled(bctx, nil); se != nil {
+			err = fmt.Errorf("begin snapshot: %w", se)
+		}
 		return nil, err
 	}
 	return s, nil
@@ -369,6 +388,25 @@ func (s *Snapshot) init(ctx context.Context) error {
 	return nil
 }
 
+// bound returns ctx limited to the statement timeout plus clientSlack, so
+// that a statement whose replies stop arriving fails instead of hanging.
+func bound(ctx context.Context, cfg Config) (context.Context, context.CancelFunc) {
+	if cfg.StatementTimeout <= 0 {
+		return ctx, func() {}
+	}
+	d := cfg.StatementTimeout + clientSlack
+	return context.WithTimeoutCause(ctx, d, &StalledError{Timeout: d})
+}
+
+// StalledError is the cause of a statement given up by the client: its
+// reply, or the server's own statement_timeout error, did not arrive in
+// time.
+type StalledError struct{ Timeout time.Duration }
+
+func (e *StalledError) Error() string {
+	return fmt.Sprintf("gave up on the database after %s (statement_timeout + %s) without its reply: network or server slow or stalled", e.Timeout, clientSlack)
+}
+
 // Time is the snapshot's transaction start time (the server's now()).
 func (s *Snapshot) Time() time.Time { return s.time }
 
@@ -385,6 +423,8 @@ func (s *Snapshot) Close(ctx context.Context) {
 // Orgs lists the orgs that have live sellers matching f, "" standing for
 // sellers without an org, in a fixed order.
 func (s *Snapshot) Orgs(ctx context.Context, f Filter) ([]string, error) {
+	ctx, cancel := bound(ctx, s.cfg)
+	defer cancel()
 	q := fmt.Sprintf(`SELECT DISTINCT coalesce(org_id::text, '') FROM %s WHERE deleted_at IS NULL`,
 		pgx.Identifier{s.cfg.Schema, s.cfg.SellersTable}.Sanitize())
 	var args []any

@@ -84,6 +84,8 @@ func (q Query) SQL(schema, table string) (string, []string, []uint32) {
 // Reader streams the result of a Query as Arrow records. It is not safe
 // for concurrent use.
 type Reader struct {
+	ctx    context.Context
+	cancel context.CancelFunc
 	rr     *pgconn.ResultReader
 	schema *arrow.Schema
 	bld    *array.RecordBuilder
@@ -116,6 +118,7 @@ func (s *Snapshot) Sellers(ctx context.Context, q Query, opts ReadOptions) (*Rea
 	for i := range formats {
 		formats[i] = pgtype.BinaryFormatCode
 	}
+	ctx, cancel := bound(ctx, s.cfg)
 	rr := s.conn.Conn().PgConn().ExecParams(ctx, sql, values, oids, nil, formats)
 	fds := rr.FieldDescriptions()
 	if fds == nil {
@@ -123,6 +126,8 @@ func (s *Snapshot) Sellers(ctx context.Context, q Query, opts ReadOptions) (*Rea
 		if err == nil {
 			err = errors.New("no row description")
 		}
+		err = stalled(ctx, err)
+		cancel()
 		return nil, fmt.Errorf("query sellers: %w", err)
 	}
 	fields := make([]arrow.Field, len(q.Columns))
@@ -135,6 +140,7 @@ func (s *Snapshot) Sellers(ctx context.Context, q Query, opts ReadOptions) (*Rea
 		c, err := newColumn(name, fds[i].DataTypeOID, fds[i].TypeModifier, nullable)
 		if err != nil {
 			rr.Close()
+			cancel()
 			return nil, err
 		}
 		cols[i] = c
@@ -145,7 +151,16 @@ func (s *Snapshot) Sellers(ctx context.Context, q Query, opts ReadOptions) (*Rea
 	for i, c := range cols {
 		c.bind(bld.Field(i))
 	}
-	return &Reader{rr: rr, schema: schema, bld: bld, cols: cols, opts: opts}, nil
+	return &Reader{ctx: ctx, cancel: cancel, rr: rr, schema: schema, bld: bld, cols: cols, opts: opts}, nil
+}
+
+// stalled replaces err by the StalledError that caused it, if any.
+func stalled(ctx context.Context, err error) error {
+	var se *StalledError
+	if cause := context.Cause(ctx); errors.As(cause, &se) {
+		return se
+	}
+	return err
 }
 
 // Schema is the Arrow schema of every record, with the source column names.
@@ -185,7 +200,7 @@ func (r *Reader) Next() (arrow.Record, error) {
 		_, err := r.rr.Close()
 		r.closed = true
 		if err != nil {
-			return nil, fmt.Errorf("query sellers: %w", err)
+			return nil, fmt.Errorf("query sellers: %w", stalled(r.ctx, err))
 		}
 		if n == 0 {
 			return nil, io.EOF
@@ -239,6 +254,7 @@ func (r *Reader) Close() error {
 		r.closed = true
 		_, err = r.rr.Close()
 	}
+	r.cancel()
 	r.bld.Release()
 	return err
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,6 +27,12 @@ import (
 func TestMain(m *testing.M) {
 	// Re-executed by tests as the real program (see runProcess).
 	if args := os.Getenv("SELLERSNAP_TEST_MAIN"); args != "" {
+		if v := os.Getenv("SELLERSNAP_TEST_FSIZE"); v != "" { // a disk that fills up
+			n, _ := strconv.ParseUint(v, 10, 64)
+			if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: n, Max: n}); err != nil {
+				panic(err)
+			}
+		}
 		os.Args = append([]string{"sellersnap"}, strings.Split(args, "\x1f")...)
 		main()
 		return

@@ -34,6 +34,9 @@ type Options struct {
 	// data, and Stop leaves the directory in place. For benchmark data
 	// that takes minutes to load.
 	Dir string
+	// Port is the TCP port to listen on; 0 picks a free one. Set it with
+	// Dir to restart a cluster where its clients expect it.
+	Port int
 }
 
 // Server is a running throwaway cluster.
@@ -99,7 +102,10 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		}
 	}
 
-	port, err := freePort()
+	port, err := opts.Port, error(nil)
+	if port == 0 {
+		port, err = freePort()
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,8 @@
+// Package failpoint lets fault tests stop a real sellersnap process at a
+// named point of an export, where a random kill would rarely land (between
+// two data file commits, after the last one and before the manifest).
+//
+// SELLERSNAP_FAILPOINT=name[:N] makes the process SIGKILL itself the Nth
+// time (default the first) it reaches the point called name. Without the
+// variable, Hit is a map lookup on a nil map.
+package failpoint

@@ -1,0 +1,49 @@
+package failpoint
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+)
+
+var (
+	mu     sync.Mutex
+	armed  map[string]int // point → hits left before the kill
+	parsed sync.Once
+)
+
+func parse() {
+	v := os.Getenv("SELLERSNAP_FAILPOINT")
+	if v == "" {
+		return
+	}
+	name, n := v, 1
+	if i := strings.LastIndexByte(v, ':'); i > 0 {
+		if k, err := strconv.Atoi(v[i+1:]); err == nil && k > 0 {
+			name, n = v[:i], k
+		}
+	}
+	armed = map[string]int{name: n}
+}
+
+// Hit marks that the process reached point name.
+func Hit(name string) {
+	parsed.Do(parse)
+	if armed == nil {
+		return
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	left, ok := armed[name]
+	if !ok {
+		return
+	}
+	if left--; left > 0 {
+		armed[name] = left
+		return
+	}
+	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {} // the signal is on its way
+}
