@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -278,10 +279,18 @@ func Load(path string) (*File, error) {
 }
 
 // Parse is Load for data already read; name is used in errors.
+var yamlLine = regexp.MustCompile(`^line (\d+): `)
+
 func Parse(name string, data []byte) (*File, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, &FieldError{File: name, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
+		// yaml.v3 says "yaml: line 5: did not find …": file:line like the rest.
+		msg, line := strings.TrimPrefix(err.Error(), "yaml: "), 0
+		if m := yamlLine.FindStringSubmatch(msg); m != nil {
+			line, _ = strconv.Atoi(m[1])
+			msg = msg[len(m[0]):]
+		}
+		return nil, &FieldError{File: name, Line: line, Msg: msg}
 	}
 	if len(doc.Content) == 0 {
 		return nil, &FieldError{File: name, Msg: "the file is empty"}

@@ -1,6 +1,8 @@
 package config_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -71,52 +73,55 @@ func TestDefaultsAndExpansion(t *testing.T) {
 	}
 }
 
+// TestErrorsNameFieldAndLine loads every file in testdata/invalid: each
+// is one kind of operator mistake, and its trailing "# want:" lines are
+// what the error must say ({file} is the file's path).
 func TestErrorsNameFieldAndLine(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		yaml string
-		want []string // each must appear in the error
-	}{
-		{"unknown top key", base + "extra: 1\n", []string{"p.yaml:6: extra: unknown key"}},
-		{"unknown job key", base + "    shedule: '* * * * *'\n", []string{"p.yaml:6: jobs[0].shedule: unknown key \"shedule\""}},
-		{"wrong type", base + "    batch_rows: many\n", []string{"p.yaml:6: jobs[0].batch_rows: want a whole number, got \"many\""}},
-		{"bool type", base + "    flagged: maybe\n", []string{"p.yaml:6: jobs[0].flagged: want a boolean"}},
-		{"bad cron", base + "    schedule: '61 * * * *'\n", []string{"p.yaml:6: jobs[0].schedule: invalid cron expression"}},
-		{"never fires", base + "    schedule: '0 0 31 2 *'\n", []string{"p.yaml:6: jobs[0].schedule: cron expression \"0 0 31 2 *\" never fires"}},
-		{"bad tz", base + "    timezone: Mars/Olympus\n", []string{"p.yaml:6: jobs[0].timezone: unknown time zone \"Mars/Olympus\""}},
-		{"unknown format", base + "    formats: [csv, xlsx]\n", []string{"p.yaml:6: jobs[0].formats[1]: unknown format \"xlsx\""}},
-		{"duplicate format", base + "    formats: [csv, csv]\n", []string{"jobs[0].formats[1]: format \"csv\" is listed twice"}},
-		{"unknown mode", strings.Replace(base, "per_run", "hourly", 1), []string{"p.yaml:5: jobs[0].mode: unknown mode \"hourly\""}},
-		{"duplicate job", base + "  - name: j\n    mode: full\n", []string{"p.yaml:6: jobs[1].name: duplicate job name \"j\" (also jobs[0], line 4)"}},
-		{"bad placeholder", base + "    path: a/{run_id}/{nope}.{ext}\n", []string{"jobs[0].path: unknown placeholder {nope}"}},
-		{"no run in path", base + "    path: a/{org_id}/x.{ext}\n", []string{"jobs[0].path: a per_run path needs {run_id}"}},
-		{"no ext", base + "    path: a/{run_id}/x\n", []string{"jobs[0].path: the file name must contain {ext}"}},
-		{"bad bucket", base + "    destination: ftp://x\n", []string{"jobs[0].destination: unknown bucket scheme \"ftp\""}},
-		{"bad compression", base + "    csv: {compression: rar}\n", []string{"jobs[0].csv.compression: unknown compression \"rar\""}},
-		{"bad delimiter", base + "    csv: {delimiter: '\"'}\n", []string{"jobs[0].csv.delimiter"}},
-		{"duplicate output", base + "    columns: [a, {name: b, as: a}]\n", []string{"jobs[0].columns[1]: output column \"a\" appears twice"}},
-		{"column key", base + "    columns: [{name: a, rename: b}]\n", []string{"jobs[0].columns[0]: unknown key \"rename\""}},
-		{"duplicate key", base + "    mode: full\n", []string{"p.yaml:6: jobs[0].mode: duplicate key (first set on line 5)"}},
-		{"bad duration", "source: {dsn: x, statement_timeout: forever}\njobs: [{name: j, mode: full}]\n", []string{"p.yaml:1: source.statement_timeout: want a duration"}},
-		{"unset dsn var", "source: {dsn: '${SELLERSNAP_TEST_UNSET}'}\njobs: [{name: j, mode: full}]\n", []string{"source.dsn: is empty: environment variable SELLERSNAP_TEST_UNSET is not set"}},
-		{"no jobs", "source: {dsn: x}\n", []string{"jobs: at least one job is required"}},
-		{"bad job name", strings.Replace(base, "name: j", "name: 'Bad Name'", 1), []string{"jobs[0].name: \"Bad Name\""}},
-		{"batch range", base + "    batch_rows: -1\n", []string{"jobs[0].batch_rows: must be between"}},
-		{"syntax", base + "    columns: [a\n", []string{"p.yaml: "}},
-		{"several at once", base + "    timezone: Nowhere\n    formats: [tsv]\n", []string{"jobs[0].timezone", "jobs[0].formats[0]"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := config.Parse("p.yaml", []byte(tc.yaml))
+	t.Setenv("SELLERSNAP_TEST_UNSET", "")
+	os.Unsetenv("SELLERSNAP_TEST_UNSET")
+	files, err := filepath.Glob("testdata/invalid/*.yaml")
+	if err != nil || len(files) < 20 {
+		t.Fatalf("%d invalid configs (%v)", len(files), err)
+	}
+	for _, path := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(path), ".yaml"), func(t *testing.T) {
+			wants := invalidWants(t, path)
+			_, err := config.Load(path)
 			if err == nil {
 				t.Fatal("no error")
 			}
-			for _, w := range tc.want {
+			for _, w := range wants {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error:\n%v\nwant it to contain:\n%s", err, w)
 				}
 			}
 		})
 	}
+	for _, path := range []string{"testdata/no-such-file.yaml", "testdata"} {
+		_, err := config.Load(path)
+		if err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("Load(%q) = %v, want an error naming the file", path, err)
+		}
+	}
+}
+
+// invalidWants returns the "# want:" lines of an invalid config.
+func invalidWants(t *testing.T, path string) []string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wants []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if w, ok := strings.CutPrefix(line, "# want: "); ok {
+			wants = append(wants, strings.ReplaceAll(w, "{file}", path))
+		}
+	}
+	if len(wants) == 0 {
+		t.Fatalf("%s has no # want: line", path)
+	}
+	return wants
 }
 
 func TestDSNNeverInErrors(t *testing.T) {

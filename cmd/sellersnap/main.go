@@ -90,7 +90,11 @@ func exitCode(err error, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sellersnap: %v\n\n%s", err, usage)
 		return 2
 	case errors.As(err, &ce):
-		fmt.Fprintf(stderr, "sellersnap: configuration error:\n%s\n", indent(err.Error()))
+		if msg := err.Error(); strings.Contains(msg, "\n") {
+			fmt.Fprintf(stderr, "sellersnap: configuration errors:\n%s\n", indent(msg))
+		} else {
+			fmt.Fprintf(stderr, "sellersnap: configuration error: %s\n", msg)
+		}
 		return 2
 	default:
 		fmt.Fprintf(stderr, "sellersnap: %v\n", err)

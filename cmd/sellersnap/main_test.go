@@ -150,6 +150,33 @@ func TestConfigErrorsExit2NamingFieldAndLine(t *testing.T) {
 			}
 		})
 	}
+	// Every mistake of the config catalogue: exit 2, one message naming
+	// the file, line and field.
+	files, _ := filepath.Glob("../../config/testdata/invalid/*.yaml")
+	if len(files) < 20 {
+		t.Fatalf("%d invalid configs", len(files))
+	}
+	for _, path := range files {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, _, stderr := cli(t, nil, "validate", "-config", path)
+		if code != 2 {
+			t.Errorf("%s: exit %d, want 2:\n%s", path, code, stderr)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if w, ok := strings.CutPrefix(line, "# want: "); ok && !strings.Contains(stderr, strings.ReplaceAll(w, "{file}", path)) {
+				t.Errorf("%s: stderr does not say %q:\n%s", path, w, stderr)
+			}
+		}
+		if n := strings.Count(strings.TrimSpace(stderr), "\n"); n > 0 && !strings.Contains(path, "several") {
+			t.Errorf("%s: %d lines, want one message:\n%s", path, n+1, stderr)
+		}
+	}
+	if code, _, stderr := cli(t, nil, "validate", "-config", "no-such.yaml"); code != 2 || !strings.Contains(stderr, "no-such.yaml") {
+		t.Errorf("unreadable file: exit %d:\n%s", code, stderr)
+	}
 	if code, _, _ := cli(t, nil, "frobnicate"); code != 2 {
 		t.Errorf("unknown command: exit %d", code)
 	}
