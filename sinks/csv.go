@@ -14,6 +14,7 @@ const flushAt = 256 << 10
 // CSVOptions tune the CSV encoder.
 type CSVOptions struct {
 	// FormulaGuard prefixes text cells that start with = + - @ TAB or CR
+	// (or a fullwidth ＝ ＋ － ＠)
 	// with a single quote, so spreadsheets do not run them as formulas
 	// (OWASP "CSV injection"). It applies to text columns and the header.
 	FormulaGuard bool
@@ -93,8 +94,22 @@ func (c *CSV) Close() error { return c.out.close() }
 // formulaStart marks the first bytes that make a spreadsheet evaluate a cell.
 var formulaStart = [256]bool{'=': true, '+': true, '-': true, '@': true, '\t': true, '\r': true}
 
+// fullwidthFormulaStart reports whether s starts with a fullwidth ＝ ＋ －
+// or ＠ (U+FF1D, U+FF0B, U+FF0D, U+FF20), which spreadsheets with East
+// Asian input settings also take for the start of a formula.
+func fullwidthFormulaStart(s string) bool {
+	if len(s) < 3 || s[0] != 0xEF {
+		return false
+	}
+	switch s[:3] {
+	case "\uFF1D", "\uFF0B", "\uFF0D", "\uFF20":
+		return true
+	}
+	return false
+}
+
 func (c *CSV) appendText(dst []byte, s string) []byte {
-	guard := c.opts.FormulaGuard && len(s) > 0 && formulaStart[s[0]]
+	guard := c.opts.FormulaGuard && len(s) > 0 && (formulaStart[s[0]] || fullwidthFormulaStart(s))
 	quote := len(s) == 0 || s[0] == ' ' || s[len(s)-1] == ' '
 	if !quote {
 		for i := 0; i < len(s); i++ {

@@ -185,7 +185,7 @@ func TestCSVGolden(t *testing.T) {
 			for i, rw := range rows {
 				got := records[i+1][0]
 				want := rw.name
-				if tc.opts.FormulaGuard && want != "" && strings.ContainsRune("=+-@\t\r", rune(want[0])) {
+				if tc.opts.FormulaGuard && want != "" && (strings.ContainsRune("=+-@\t\r", rune(want[0])) || strings.ContainsAny(want[:min(3, len(want))], "＝＋－＠")) {
 					want = "'" + want
 				}
 				if got != want && !(strings.Contains(want, "\r") && strings.ReplaceAll(want, "\r\n", "\n") == got) {

@@ -144,6 +144,12 @@ var Hostile = []string{
 	"\u2028line separator\u2029",
 	"'already quoted",
 	`""`,
+	// OWASP CSV injection: payloads that try to escape the cell with
+	// quotes and separators, and a fullwidth equals sign.
+	`=1+2";=1+2`,
+	`=1+2'" ;,=1+2`,
+	"＝1+1",
+	"a,=1+1",
 }
 
 // Load creates the schema in the database conn points at and inserts the
