@@ -192,32 +192,43 @@ func (p *Postgres) RunByID(ctx context.Context, id string) (Run, error) {
 	return r, nil
 }
 
-// Column describes one column of a table, from information_schema.
+// Column describes one column of a table, from the catalog.
 type Column struct {
 	Name     string
-	Type     string // udt_name: text, int4, numeric, timestamptz, …
+	Type     string // the (base) type's name: text, int4, numeric, timestamptz, …
 	Nullable bool
+	// Readable says whether the role may SELECT the column.
+	Readable bool
 }
 
-// Columns returns the columns of table (in the configured schema) that the
-// role can see, in table order. A missing table is an error naming it.
+// Columns returns the columns of table (in the configured schema), in
+// table order, including those the role may not read (information_schema
+// hides them, which would report a missing grant as a missing column). A
+// missing table is an error naming it.
 func (p *Postgres) Columns(ctx context.Context, table string) ([]Column, error) {
-	rows, err := p.pool.Query(ctx, `SELECT column_name, udt_name, is_nullable = 'YES'
-		FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position`,
+	rows, err := p.pool.Query(ctx, `SELECT a.attname, CASE WHEN t.typtype = 'd' THEN bt.typname ELSE t.typname END, NOT a.attnotnull,
+			has_schema_privilege(n.oid, 'USAGE') AND has_column_privilege(c.oid, a.attnum, 'SELECT')
+		FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+		JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+		LEFT JOIN pg_catalog.pg_type bt ON bt.oid = t.typbasetype
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+		ORDER BY a.attnum`,
 		p.cfg.Schema, table)
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s.%s: %w", p.cfg.Schema, table, err)
 	}
 	cols, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Column, error) {
 		var c Column
-		err := row.Scan(&c.Name, &c.Type, &c.Nullable)
+		err := row.Scan(&c.Name, &c.Type, &c.Nullable, &c.Readable)
 		return c, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s.%s: %w", p.cfg.Schema, table, err)
 	}
 	if len(cols) == 0 {
-		return nil, fmt.Errorf("table %s.%s does not exist or the role cannot read it", p.cfg.Schema, table)
+		return nil, fmt.Errorf("table %s.%s does not exist", p.cfg.Schema, table)
 	}
 	return cols, nil
 }
@@ -252,12 +263,52 @@ func (p *Postgres) Check(ctx context.Context, export []string) error {
 	missing(p.cfg.RunsTable, runCols, RequiredRunColumns, "runs table")
 	missing(p.cfg.SellersTable, sellerCols, RequiredSellerColumns, "sellers table")
 	missing(p.cfg.SellersTable, sellerCols, export, "columns")
+	if err := p.checkGrants(ctx, p.cfg.RunsTable, runCols, RequiredRunColumns); err != nil {
+		errs = append(errs, err)
+	}
+	if err := p.checkGrants(ctx, p.cfg.SellersTable, sellerCols, append(slices.Clone(RequiredSellerColumns), export...)); err != nil {
+		errs = append(errs, err)
+	}
 	for _, c := range sellerCols {
 		if slices.Contains(export, c.Name) && !SupportedType(c.Type) {
 			errs = append(errs, fmt.Errorf("columns: column %q has type %s, which sellersnap cannot export (supported: %s)", c.Name, c.Type, strings.Join(supportedTypes, ", ")))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkGrants returns an error carrying the GRANT statement that would let
+// the role read the columns of table it needs, or nil.
+func (p *Postgres) checkGrants(ctx context.Context, table string, cols []Column, need []string) error {
+	var denied []string
+	all := true
+	for _, c := range cols {
+		if !c.Readable {
+			if slices.Contains(need, c.Name) {
+				denied = append(denied, pgx.Identifier{c.Name}.Sanitize())
+			}
+		} else {
+			all = false
+		}
+	}
+	if len(denied) == 0 {
+		return nil
+	}
+	var role string
+	if err := p.pool.QueryRow(ctx, `SELECT current_user`).Scan(&role); err != nil {
+		return fmt.Errorf("read current role: %w", err)
+	}
+	qt, qr := pgx.Identifier{p.cfg.Schema, table}.Sanitize(), pgx.Identifier{role}.Sanitize()
+	var schemaOK bool
+	if err := p.pool.QueryRow(ctx, `SELECT has_schema_privilege($1, 'USAGE')`, p.cfg.Schema).Scan(&schemaOK); err == nil && !schemaOK {
+		return fmt.Errorf("role %s may not use schema %s: GRANT USAGE ON SCHEMA %s TO %s, and SELECT on its tables",
+			role, p.cfg.Schema, pgx.Identifier{p.cfg.Schema}.Sanitize(), qr)
+	}
+	if all {
+		return fmt.Errorf("role %s may not read %s.%s: GRANT SELECT ON %s TO %s", role, p.cfg.Schema, table, qt, qr)
+	}
+	return fmt.Errorf("role %s may not read columns of %s.%s it needs: GRANT SELECT (%s) ON %s TO %s",
+		role, p.cfg.Schema, table, strings.Join(denied, ", "), qt, qr)
 }
 
 func columnNames(cols []Column) string {

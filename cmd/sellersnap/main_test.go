@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -185,18 +187,54 @@ func TestConfigErrorsExit2NamingFieldAndLine(t *testing.T) {
 	}
 }
 
+// TestDSNNeverPrinted runs every command, and the daemon with its status
+// page, metrics and probes, with a password in the DSN (good, unreachable,
+// unparsable, rejected). Pass: the password appears in none of the output.
 func TestDSNNeverPrinted(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
 	dsn := withPassword(t, dbURL)
 	bad := strings.Replace(dsn, "127.0.0.1:", "127.0.0.1:1", 1) // a port nothing listens on
-	for _, d := range []string{dsn, bad, "postgres://u:hunter2secret@[::1"} {
-		env := map[string]string{"DATABASE_URL": d, "SELLERSNAP_BUCKET": "mem://"}
-		for _, cmd := range []string{"validate", "once"} {
-			_, stdout, stderr := cli(t, env, cmd, "-config", filepath.Join("..", "..", "pipeline.yaml"), "-log-level", "debug")
-			if strings.Contains(stdout+stderr, "hunter2secret") {
-				t.Errorf("%s printed the password:\n%s%s", cmd, stdout, stderr)
-			}
+	rejected := strings.Replace(dsn, "postgres:hunter2secret@", "no_such_role:hunter2secret@", 1)
+	cfg := filepath.Join("..", "..", "pipeline.yaml")
+	leaked := func(what, out string) {
+		t.Helper()
+		if strings.Contains(out, "hunter2secret") {
+			t.Errorf("%s printed the password:\n%s", what, out)
 		}
+	}
+	for _, d := range []string{dsn, bad, rejected, "postgres://u:hunter2secret@[::1", "host=127.0.0.1 password=hunter2secret port=notaport"} {
+		env := map[string]string{"DATABASE_URL": d, "SELLERSNAP_BUCKET": "mem://"}
+		for _, cmd := range []string{"validate", "once", "status"} {
+			_, stdout, stderr := cli(t, env, cmd, "-config", cfg, "-log-level", "debug")
+			leaked(cmd, stdout+stderr)
+		}
+	}
+
+	// The daemon: logs, status page, manifest view, metrics, probes.
+	out := t.TempDir()
+	addr := freeAddr(t)
+	cmd, log := runProcess(t, []string{"DATABASE_URL=" + dsn, "SELLERSNAP_BUCKET=file://" + out},
+		"run", "-config", cfg, "-listen", addr, "-log-level", "debug")
+	waitHealthy(t, addr, log)
+	for deadline := time.Now().Add(30 * time.Second); countManifests(out) == 0 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, path := range []string{"/", "/metrics", "/healthz", "/readyz", "/manifest?job=new-sellers"} {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		leaked("GET "+path, string(body))
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("daemon: %v\n%s", err, log)
+	}
+	leaked("the daemon's log", log.String())
+	if !strings.Contains(log.String(), "exported") {
+		t.Errorf("the daemon exported nothing, so its output proves little:\n%s", log)
 	}
 }
 
@@ -402,4 +440,119 @@ func TestValidateSaysWhatIsWrongWithTheBucket(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, `cannot write to s3://missing`) || !strings.Contains(stderr, "does not exist: sellersnap does not create it") {
 		t.Errorf("exit %d:\n%s", code, stderr)
 	}
+}
+
+// TestMissingGrantsAndTablesAreNamed runs validate and once as roles that
+// lack a table or a column grant, and against a missing table. Pass: exit
+// 2 (a setup mistake, for validate and once alike), and the message names
+// the grant to run.
+func TestMissingGrantsAndTablesAreNamed(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dbURL, `CREATE ROLE snap_partial LOGIN; CREATE ROLE snap_noruns LOGIN;
+		GRANT USAGE ON SCHEMA public TO snap_partial, snap_noruns;
+		GRANT SELECT ON collection_runs TO snap_partial;
+		GRANT SELECT (id, org_id, display_name, first_seen_run_id, created_at, deleted_at, flagged) ON sellers TO snap_partial;
+		GRANT SELECT ON sellers TO snap_noruns`)
+	as := func(role string) string { return strings.Replace(dbURL, "postgres://postgres@", "postgres://"+role+"@", 1) }
+	out := t.TempDir()
+	for _, tc := range []struct {
+		name, dsn, extra string
+		want             []string
+	}{
+		{"column grant", as("snap_partial"), "", []string{`role snap_partial may not read columns of public.sellers it needs: GRANT SELECT (`, `"platform_id"`, `) ON "public"."sellers" TO "snap_partial"`}},
+		{"table grant", as("snap_noruns"), "", []string{`role snap_noruns may not read public.collection_runs: GRANT SELECT ON "public"."collection_runs" TO "snap_noruns"`}},
+		{"missing table", dbURL, ", sellers_table: sellerz", []string{`table public.sellerz does not exist`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := filepath.Join(t.TempDir(), "p.yaml")
+			yaml := fmt.Sprintf("source: {dsn: %q%s}\njobs:\n  - {name: new, mode: per_run, destination: 'file://%s'}\n", tc.dsn, tc.extra, out)
+			if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for _, cmd := range []string{"validate", "once"} {
+				wantCode := 2
+				code, stdout, stderr := cli(t, nil, cmd, "-config", cfg)
+				for _, w := range tc.want {
+					if code != wantCode || !strings.Contains(stderr, w) {
+						t.Errorf("%s: exit %d (want %d), output lacks %q:\n%s%s", cmd, code, wantCode, w, stdout, stderr)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestIdentifiersAreQuotedNotInjected configures a schema, tables and a
+// column whose names hold quotes, semicolons, spaces and capitals, and
+// names that try SQL injection. Pass: the odd but real names export (all
+// rows); the injections are reported as missing tables or columns and every
+// table is still there.
+func TestIdentifiersAreQuotedNotInjected(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dbURL, `CREATE SCHEMA "Odd ""Schema"";";
+		CREATE TABLE "Odd ""Schema"";"."Sellers; DROP" AS SELECT * FROM sellers;
+		ALTER TABLE "Odd ""Schema"";"."Sellers; DROP" RENAME COLUMN display_name TO "Display ""Name""";
+		CREATE TABLE "Odd ""Schema"";"."Runs--" AS SELECT * FROM collection_runs`)
+	out := t.TempDir()
+	write := func(source, columns string) string {
+		cfg := filepath.Join(t.TempDir(), "p.yaml")
+		yaml := fmt.Sprintf("source: {dsn: %q, %s}\njobs:\n  - {name: new, mode: per_run, destination: 'file://%s', formats: [csv], columns: %s}\n", dbURL, source, out, columns)
+		if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	odd := write(`schema: 'Odd "Schema";', sellers_table: 'Sellers; DROP', runs_table: 'Runs--'`, `[id, 'Display "Name"', created_at]`)
+	if code, stdout, stderr := cli(t, nil, "once", "-config", odd); code != 0 {
+		t.Fatalf("odd identifiers: exit %d\n%s%s", code, stdout, stderr)
+	}
+	var want int
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id WHERE r.status = 'completed' AND s.deleted_at IS NULL`).Scan(&want); err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	_ = filepath.WalkDir(out, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && strings.HasSuffix(p, ".csv") {
+			b, _ := os.ReadFile(p)
+			if !strings.HasPrefix(string(b), `id,"Display ""Name""",created_at`) {
+				t.Errorf("%s header: %.60q", p, b)
+			}
+			got += countCSVRecords(t, b) - 1
+		}
+		return nil
+	})
+	if got != want {
+		t.Errorf("exported %d rows through the odd names, want %d", got, want)
+	}
+
+	for _, tc := range []struct{ source, columns, want string }{
+		{`sellers_table: 'sellers"; DROP TABLE collection_runs; --'`, `[id]`, `table public.sellers"; DROP TABLE collection_runs; -- does not exist`},
+		{`runs_table: "collection_runs; DROP TABLE sellers"`, `[id]`, `table public.collection_runs; DROP TABLE sellers does not exist`},
+		{`schema: "public\"; DROP TABLE sellers; --"`, `[id]`, `does not exist`},
+		{``, `[id, 'display_name"; DROP TABLE sellers; --']`, `column "display_name\"; DROP TABLE sellers; --" does not exist`},
+	} {
+		code, stdout, stderr := cli(t, nil, "once", "-config", write(tc.source, tc.columns))
+		if code != 2 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%s %s: exit %d, want 2 and %q:\n%s%s", tc.source, tc.columns, code, tc.want, stdout, stderr)
+		}
+	}
+	var tables int
+	if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_tables WHERE tablename IN ('sellers', 'collection_runs')`).Scan(&tables); err != nil || tables != 2 {
+		t.Errorf("tables left: %d (%v)", tables, err)
+	}
+}
+
+// countCSVRecords counts records with a strict RFC 4180 reader.
+func countCSVRecords(t *testing.T, b []byte) int {
+	t.Helper()
+	recs, err := csv.NewReader(bytes.NewReader(b)).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(recs)
 }
