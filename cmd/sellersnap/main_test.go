@@ -453,7 +453,9 @@ func TestMissingGrantsAndTablesAreNamed(t *testing.T) {
 		GRANT SELECT ON collection_runs TO snap_partial;
 		GRANT SELECT (id, org_id, display_name, first_seen_run_id, created_at, deleted_at, flagged) ON sellers TO snap_partial;
 		GRANT SELECT ON sellers TO snap_noruns`)
-	as := func(role string) string { return strings.Replace(dbURL, "postgres://postgres@", "postgres://"+role+"@", 1) }
+	as := func(role string) string {
+		return strings.Replace(dbURL, "postgres://postgres@", "postgres://"+role+"@", 1)
+	}
 	out := t.TempDir()
 	for _, tc := range []struct {
 		name, dsn, extra string
