@@ -662,3 +662,68 @@ func gunzipIf(t *testing.T, key string, b []byte) []byte {
 	}
 	return out
 }
+
+// TestFaultTerminatedBackendPerFormat terminates the export's backend
+// (pg_terminate_backend) while it streams a run, for each format alone.
+// Pass: `rerun` exits 1 with the server's reason, no object and no
+// manifest exist; the next attempt succeeds and is byte-identical to a
+// clean export.
+func TestFaultTerminatedBackendPerFormat(t *testing.T) {
+	skipShort(t)
+	dbURL := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dbURL, `CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN true; END $$;
+		CREATE VIEW slow_sellers AS SELECT * FROM sellers WHERE slow(id)`)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var runID string
+	if err := conn.QueryRow(ctx, `SELECT s.first_seen_run_id::text FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id
+		WHERE r.status = 'completed' AND s.deleted_at IS NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1`).Scan(&runID); err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []string{"csv", "ndjson", "parquet"} {
+		t.Run(format, func(t *testing.T) {
+			cfg := filepath.Join(t.TempDir(), "p.yaml")
+			yaml := fmt.Sprintf("source: {dsn: %q, sellers_table: slow_sellers}\ndaemon: {retry: {attempts: 1}}\njobs:\n  - {name: new, mode: per_run, destination: 'file://${OUT}', formats: [%s]}\n", dbURL, format)
+			if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			rerun := func(out string) (*exec.Cmd, *bytes.Buffer) {
+				return runProcess(t, []string{"OUT=" + out}, "rerun", "-config", cfg, "-job", "new", "-run", runID)
+			}
+			clean := t.TempDir()
+			if cmd, log := rerun(clean); cmd.Wait() != nil {
+				t.Fatalf("clean export:\n%s", log)
+			}
+
+			dir := t.TempDir()
+			cmd, log := rerun(dir)
+			for deadline := time.Now().Add(20 * time.Second); ; {
+				var n int
+				if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'sellersnap' AND state = 'active' AND query LIKE '%slow_sellers%'`).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				if n > 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the export's query never showed up")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err := cmd.Wait(); cmd.ProcessState.ExitCode() != 1 || !strings.Contains(log.String(), "terminating connection due to administrator command") {
+				t.Fatalf("exit %d (%v), want 1 naming the termination:\n%s", cmd.ProcessState.ExitCode(), err, log)
+			}
+			if got := readTree(t, dir); len(got.files)+len(got.manifests)+len(got.temps) != 0 {
+				t.Fatalf("left behind: %d files, %d manifests, %d temporary", len(got.files), len(got.manifests), len(got.temps))
+			}
+			if cmd, log := rerun(dir); cmd.Wait() != nil {
+				t.Fatalf("next attempt:\n%s", log)
+			}
+			sameTree(t, readTree(t, dir), readTree(t, clean))
+		})
+	}
+}
