@@ -7,7 +7,7 @@ TESTFLAGS ?=
 BENCH_SELLERS ?= 1000000
 BENCH_REPS    ?= 5
 
-.PHONY: all build demo test test-faults test-minio bench check vet lint fmt clean
+.PHONY: all build demo test test-faults fuzz test-minio bench check vet lint fmt clean
 
 all: build
 
@@ -34,6 +34,14 @@ test: vet
 # under the daemon, a stalled or slow network, a full disk. ~2 minutes; CI runs it.
 test-faults:
 	$(GO) test -race -count=1 -run '^TestFault' $(TESTFLAGS) ./cmd/sellersnap
+
+# Each fuzz target for FUZZTIME (new failing inputs land in testdata/fuzz; CI runs this).
+FUZZTIME ?= 15s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzCSV$$' -fuzztime $(FUZZTIME) ./sinks
+	$(GO) test -run '^$$' -fuzz '^FuzzNDJSON$$' -fuzztime $(FUZZTIME) ./sinks
+	$(GO) test -run '^$$' -fuzz '^FuzzExecute$$' -fuzztime $(FUZZTIME) ./internal/keys
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config
 
 # The bucket conformance tests against a real S3 server (versitygw, built once
 # into ~/.cache; or SELLERSNAP_TEST_S3_ENDPOINT for a MinIO of yours). Not in make test.
