@@ -739,3 +739,65 @@ func TestStaleTempFilesOfAKilledExportAreRemoved(t *testing.T) {
 		t.Errorf("a file that is not a temp file of ours was removed: %v", err)
 	}
 }
+
+// TestOneRowAllNulls exports a run whose only seller has NULL in every
+// nullable column. Pass: one row in every format, NULL written as NULL
+// (empty unquoted CSV field, JSON null, Parquet null), no other values.
+func TestOneRowAllNulls(t *testing.T) {
+	f := newFixture(t, "")
+	runID := "00000000-0000-4000-8000-00000000a11e"
+	pgtest.Exec(t, f.dbURL, `INSERT INTO collection_runs (id, org_id, status, started_at, completed_at)
+			SELECT $1, org_id, 'completed', now() - interval '1 hour', now() FROM collection_runs LIMIT 1;
+		`, runID)
+	pgtest.Exec(t, f.dbURL, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+			SELECT gen_random_uuid(), org_id, 'Only', 'only', 'ebay', 1, false, id, '2026-03-01T00:00:00Z' FROM collection_runs WHERE id = $1`, runID)
+	res, files := f.once("new-sellers")
+	var m *pipeline.Manifest
+	for _, e := range res.Exported {
+		if e.RunID == runID {
+			m = e
+		}
+	}
+	if m == nil || m.Rows != 1 {
+		t.Fatalf("run not exported with one row: %+v", m)
+	}
+	for _, mf := range m.Files {
+		data := files[mf.Key]
+		switch mf.Format {
+		case "csv":
+			want := strings.Join(config.DefaultColumns, ",") + "\nOnly,only,ebay,,1,,,false,2026-03-01T00:00:00.000000Z\n"
+			if string(data) != want {
+				t.Errorf("CSV:\n%q\nwant\n%q", data, want)
+			}
+		case "ndjson":
+			want := `{"display_name":"Only","normalized_name":"only","platform":"ebay","platform_id":null,"times_seen":1,"feedback_percent":null,"feedback_count":null,"flagged":false,"created_at":"2026-03-01T00:00:00.000000Z"}` + "\n"
+			if string(data) != want {
+				t.Errorf("NDJSON:\n%s\nwant\n%s", data, want)
+			}
+		case "parquet":
+			pf, err := file.NewParquetReader(bytes.NewReader(data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rg := pf.MetaData().RowGroups[0]
+			for i, name := range config.DefaultColumns {
+				st, err := pf.MetaData().RowGroup(0).ColumnChunk(i)
+				if err != nil {
+					t.Fatal(err)
+				}
+				stats, err := st.Statistics()
+				if err != nil || stats == nil {
+					t.Fatalf("%s: no statistics (%v)", name, err)
+				}
+				wantNull := map[string]bool{"platform_id": true, "feedback_percent": true, "feedback_count": true}[name]
+				if (stats.NullCount() == 1) != wantNull {
+					t.Errorf("%s: %d nulls", name, stats.NullCount())
+				}
+			}
+			if pf.NumRows() != 1 || rg.NumRows != 1 {
+				t.Errorf("Parquet: %d rows", pf.NumRows())
+			}
+			pf.Close()
+		}
+	}
+}
