@@ -7,7 +7,7 @@ TESTFLAGS ?=
 BENCH_SELLERS ?= 1000000
 BENCH_REPS    ?= 5
 
-.PHONY: all build demo test test-faults fuzz test-minio bench check vet lint fmt clean
+.PHONY: all build demo test test-faults fuzz verify-readers test-minio bench check vet lint fmt clean
 
 all: build
 
@@ -34,6 +34,12 @@ test: vet
 # under the daemon, a stalled or slow network, a full disk. ~2 minutes; CI runs it.
 test-faults:
 	$(GO) test -race -count=1 -run '^TestFault' $(TESTFLAGS) ./cmd/sellersnap
+
+# Exports the demo data and reads every file back with readers nobody here wrote
+# (DuckDB via cgo, parquet-go), and runs the DuckDB recipes of docs/reading.md.
+# Its own module (verify/), so the main module stays free of cgo. Needs a C++ toolchain.
+verify-readers:
+	cd verify && CGO_ENABLED=1 $(GO) test -count=1 -v ./...
 
 # Each fuzz target for FUZZTIME (new failing inputs land in testdata/fuzz; CI runs this).
 FUZZTIME ?= 15s

@@ -273,7 +273,7 @@ func TestOnceExportsEveryCompletedRunExactly(t *testing.T) {
 			for r := range want {
 				for c := range want[r] {
 					w := want[r][c]
-					if mf.Format == "csv" && w != nil && slices.Contains(textColumns, c) && *w != "" && strings.ContainsRune("=+-@\t\r", rune((*w)[0])) {
+					if mf.Format == "csv" && w != nil && slices.Contains(textColumns, c) && *w != "" && (strings.ContainsRune("=+-@\t\r", rune((*w)[0])) || strings.ContainsRune("＝＋－＠", []rune(*w)[0])) {
 						guarded := "'" + *w
 						w = &guarded
 					}
