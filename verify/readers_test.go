@@ -14,6 +14,7 @@ import (
 
 	_ "github.com/duckdb/duckdb-go/v2"
 	"github.com/jackc/pgx/v5"
+	"github.com/parquet-go/parquet-go"
 
 	"github.com/sellersnap/sellersnap/internal/pgtest"
 )
@@ -343,6 +344,38 @@ func TestDuckDBInfersTheTypes(t *testing.T) {
 		t.Errorf("flagged: csv %s, ndjson %s, want BOOLEAN", csv["flagged"], nd["flagged"])
 	}
 	t.Logf("DuckDB's types, no options (run %s, %d rows):\n%s", m.RunID, m.Rows, table.String())
+
+	// docs/reading.md's type table says the same.
+	doc, err := os.ReadFile("../docs/reading.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	byType := map[string]string{"`uuid`": "id", "`text`": "display_name", "`int4`": "times_seen",
+		"`numeric(5,2)`": "feedback_percent", "`bool`": "flagged", "`timestamptz`": "created_at"}
+	seen := 0
+	for _, line := range strings.Split(string(doc), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) != 7 {
+			continue
+		}
+		col, ok := byType[strings.TrimSpace(cells[1])]
+		if !ok {
+			continue
+		}
+		seen++
+		if d := strings.TrimSpace(cells[3]); d != pq[col] {
+			t.Errorf("docs/reading.md: read_parquet %s is %q, DuckDB says %q", col, d, pq[col])
+		}
+		if d := strings.TrimSpace(cells[4]); !strings.Contains(d, csv[col]) {
+			t.Errorf("docs/reading.md: read_csv_auto %s is %q, DuckDB says %q", col, d, csv[col])
+		}
+		if d := strings.TrimSpace(cells[5]); !strings.Contains(d, nd[col]) {
+			t.Errorf("docs/reading.md: read_json_auto %s is %q, DuckDB says %q", col, d, nd[col])
+		}
+	}
+	if seen != len(byType) {
+		t.Errorf("docs/reading.md's type table has %d of %d rows", seen, len(byType))
+	}
 }
 
 // TestHivePartitionsAndManifestGating reads a whole job prefix at once:
@@ -453,5 +486,45 @@ func TestReadingRecipesRun(t *testing.T) {
 			t.Errorf("recipe %s returned no rows", name)
 		}
 		t.Logf("recipe %s: %d rows", name, len(got))
+	}
+}
+
+// TestParquetGoSeesTheLogicalTypes opens every Parquet file with
+// parquet-go and checks the footer's physical and logical types.
+func TestParquetGoSeesTheLogicalTypes(t *testing.T) {
+	e := newExport(t)
+	want := map[string]string{
+		"id": "BYTE_ARRAY STRING", "org_id": "BYTE_ARRAY STRING", "display_name": "BYTE_ARRAY STRING",
+		"normalized_name": "BYTE_ARRAY STRING", "platform": "BYTE_ARRAY STRING", "platform_id": "BYTE_ARRAY STRING",
+		"feedback_score": "INT32 INT(32,true)", "feedback_percent": "INT32 DECIMAL(5,2)",
+		"feedback_count": "INT32 INT(32,true)", "times_seen": "INT32 INT(32,true)", "flagged": "BOOLEAN ",
+		"first_seen_run_id": "BYTE_ARRAY STRING",
+		"created_at":        "INT64 TIMESTAMP(isAdjustedToUTC=true,unit=MICROS)", "updated_at": "INT64 TIMESTAMP(isAdjustedToUTC=true,unit=MICROS)",
+	}
+	for _, m := range e.manifests {
+		p := e.path(m.file("parquet"))
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, _ := f.Stat()
+		pf, err := parquet.OpenFile(f, st.Size())
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if pf.NumRows() != m.Rows {
+			t.Errorf("%s: %d rows, manifest %d", p, pf.NumRows(), m.Rows)
+		}
+		got := map[string]string{}
+		for _, el := range pf.Metadata().Schema[1:] {
+			lt := el.LogicalType.String()
+			got[el.Name] = fmt.Sprintf("%v %s", el.Type.V, lt)
+		}
+		for c, w := range want {
+			if got[c] != w {
+				t.Errorf("%s column %s: %q, want %q", filepath.Base(p), c, got[c], w)
+			}
+		}
+		f.Close()
 	}
 }
