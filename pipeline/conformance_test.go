@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -163,9 +164,26 @@ func TestBucketConformance(t *testing.T) {
 				if _, ok := files[path.Dir(m.Files[0].Key)+"/manifest.json"]; !ok {
 					t.Errorf("no manifest beside %s", m.Files[0].Key)
 				}
+				if b, ok := files[path.Dir(m.Files[0].Key)+"/"+pipeline.SuccessName]; !ok || len(b) != 0 {
+					t.Errorf("no empty _SUCCESS beside %s", m.Files[0].Key)
+				}
 			}
-			if n := len(files); n != 10*4 {
-				t.Errorf("%d objects, want 40 (3 files and a manifest per run)", n)
+			// latest.json per org names the manifest of its newest run.
+			newest := map[string]*pipeline.Manifest{}
+			for _, m := range res.Exported {
+				if n := newest[m.OrgID]; n == nil || m.Snapshot.RunCompletedAt.After(*n.Snapshot.RunCompletedAt) {
+					newest[m.OrgID] = m
+				}
+			}
+			for org, m := range newest {
+				var l pipeline.Latest
+				b := files["sellers/new/org="+org+"/latest.json"]
+				if err := json.Unmarshal(b, &l); err != nil || l.RunID != m.RunID || l.Manifest != path.Dir(m.Files[0].Key)+"/manifest.json" {
+					t.Errorf("org %s: latest.json %s (%v), want run %s", org, b, err, m.RunID)
+				}
+			}
+			if n := len(files); n != 10*5+len(newest) {
+				t.Errorf("%d objects, want %d (3 files, a manifest and _SUCCESS per run, latest.json per org)", n, 10*5+len(newest))
 			}
 
 			// Create-only writes (the manifest fence): a second writer loses.
@@ -213,7 +231,7 @@ func TestBucketConformance(t *testing.T) {
 				}
 				after := f.files()
 				for k, v := range after {
-					if len(v) == 0 && !strings.HasSuffix(k, ".ndjson") {
+					if len(v) == 0 && !strings.HasSuffix(k, ".ndjson") && path.Base(k) != pipeline.SuccessName {
 						t.Errorf("%s: zero-byte object %s", name, k)
 					}
 					if _, old := before[k]; !old {
@@ -476,8 +494,9 @@ func TestS3ServerFaults(t *testing.T) {
 						}
 					}
 				}
-				if len(files) != 11*3 {
-					t.Errorf("%d objects, want 33", len(files))
+				// 11 runs × (2 data files, manifest, _SUCCESS), latest.json per org.
+				if len(files) != 11*4+3 {
+					t.Errorf("%d objects, want 47", len(files))
 				}
 				if proxy.injected == 0 {
 					t.Error("no fault was injected")

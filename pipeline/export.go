@@ -228,6 +228,12 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	if err != nil {
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
+	// _SUCCESS: the data files are whole (Hadoop/Spark convention).
+	skey := path.Join(path.Dir(mkey), SuccessName)
+	if err := bucket.Put(ctx, skey, nil, "application/octet-stream", nil); err != nil {
+		r.unpublish(ctx, bucket, append(committed, mkey))
+		return nil, err
+	}
 	failpoint.Hit("before-manifest")
 	if err := bucket.Put(ctx, mkey, data, "application/json", &sinks.PutOptions{IfNotExist: !force}); err != nil {
 		if errors.Is(err, sinks.ErrExists) {
@@ -237,8 +243,14 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		}
 		// An older manifest (a rerun) would now describe files that were
 		// replaced: remove it, so the unit shows as pending.
-		r.unpublish(ctx, bucket, []string{mkey})
+		r.unpublish(ctx, bucket, []string{skey, mkey})
 		return nil, err
+	}
+	// The pointer is a convenience: a failure leaves the export published
+	// and the pointer at the previous export until the next one.
+	if err := r.updateLatest(ctx, bucket, u, mkey, m); err != nil {
+		r.Metrics.latestFailed(job.Name)
+		r.logger().Error("could not update latest.json", append(u.logAttrs(), "err", err)...)
 	}
 	elapsed := time.Since(start)
 	r.Metrics.success(job.Name, m, elapsed, r.now(), mkey)

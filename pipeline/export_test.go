@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -464,6 +465,12 @@ func TestFailureMidStreamLeavesNothing(t *testing.T) {
 			delete(files, mf.Key)
 		}
 		delete(files, filepath.ToSlash(filepath.Join(filepath.Dir(m.Files[0].Key), "manifest.json")))
+		delete(files, filepath.ToSlash(filepath.Join(filepath.Dir(m.Files[0].Key), pipeline.SuccessName)))
+	}
+	for k := range files {
+		if path.Base(k) == pipeline.LatestName {
+			delete(files, k)
+		}
 	}
 	if len(files) != 0 {
 		t.Errorf("the failed run left objects behind: %v", keys(files))
@@ -799,5 +806,55 @@ func TestOneRowAllNulls(t *testing.T) {
 			}
 			pf.Close()
 		}
+	}
+}
+
+// TestLatestPointsAtTheNewestCompleteExport: latest.json per org names the
+// newest run's manifest, a rerun of an older run leaves it, and with a path
+// that has no {org_id} folder the pointers go under latest/org=….json.
+func TestLatestPointsAtTheNewestCompleteExport(t *testing.T) {
+	for _, tc := range []struct {
+		name, extra string
+		key         func(org string) string
+	}{
+		{"org folder", "", func(org string) string { return "sellers/new/org=" + org + "/latest.json" }},
+		{"no org folder", "    path: exports/{job}/{run_id}/sellers.{ext}", func(org string) string { return "exports/latest/org=" + org + ".json" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, tc.extra)
+			res, _ := f.once("new-sellers")
+			newest := map[string]*pipeline.Manifest{}
+			oldest := map[string]*pipeline.Manifest{}
+			for _, m := range res.Exported {
+				if n := newest[m.OrgID]; n == nil || m.Snapshot.RunCompletedAt.After(*n.Snapshot.RunCompletedAt) {
+					newest[m.OrgID] = m
+				}
+				if o := oldest[m.OrgID]; o == nil || m.Snapshot.RunCompletedAt.Before(*o.Snapshot.RunCompletedAt) {
+					oldest[m.OrgID] = m
+				}
+			}
+			check := func(when string) {
+				files := f.files()
+				for org, m := range newest {
+					var l pipeline.Latest
+					if err := json.Unmarshal(files[tc.key(org)], &l); err != nil {
+						t.Fatalf("%s: %s: %v", when, tc.key(org), err)
+					}
+					if l.RunID != m.RunID || l.Rows != m.Rows {
+						t.Errorf("%s: %s names run %s, want the newest %s", when, tc.key(org), l.RunID, m.RunID)
+					}
+					if _, ok := files[l.Manifest]; !ok {
+						t.Errorf("%s: %s names %s, which does not exist", when, tc.key(org), l.Manifest)
+					}
+				}
+			}
+			check("after once")
+			for _, m := range oldest {
+				if _, err := f.runner.RerunRun(context.Background(), f.job("new-sellers"), m.RunID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			check("after rerunning the oldest runs")
+		})
 	}
 }

@@ -22,6 +22,7 @@ import (
 //	sellersnap_exports_in_flight{job}               exports running now
 //	sellersnap_panics_total{job}                    panics recovered
 //	sellersnap_ticks_coalesced_total{job}           schedule ticks merged into a queued pass
+//	sellersnap_latest_failures_total{job}           latest.json pointers that could not be updated
 type Metrics struct {
 	Registry *prometheus.Registry
 
@@ -36,6 +37,7 @@ type Metrics struct {
 	inFlight    *prometheus.GaugeVec
 	panics      *prometheus.CounterVec
 	coalesced   *prometheus.CounterVec
+	latestFails *prometheus.CounterVec
 
 	mu       sync.Mutex
 	history  map[string][]Export // job → newest last
@@ -77,10 +79,18 @@ func NewMetrics() *Metrics {
 	m.inFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_exports_in_flight", Help: "Exports running now."}, job)
 	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_panics_total", Help: "Panics recovered in exports."}, job)
 	m.coalesced = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_ticks_coalesced_total", Help: "Schedule ticks merged into an already queued pass."}, job)
+	m.latestFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_latest_failures_total", Help: "latest.json pointers that could not be updated (the export itself succeeded)."}, job)
 	m.Registry.MustRegister(m.runs, m.rows, m.bytes, m.duration, m.lastSuccess, m.backlog, m.oldest,
-		m.retries, m.inFlight, m.panics, m.coalesced,
+		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+func (m *Metrics) latestFailed(job string) {
+	if m == nil {
+		return
+	}
+	m.latestFails.WithLabelValues(job).Inc()
 }
 
 func (m *Metrics) success(job string, man *Manifest, took time.Duration, at time.Time, manifestKey string) {

@@ -60,6 +60,7 @@ func loadDemo(t *testing.T, sellers, runs int) string {
 type tree struct {
 	files     map[string][]byte
 	manifests map[string]manifestView
+	latest    map[string]string // latest.json key → the manifest it names
 	temps     []string
 }
 
@@ -75,7 +76,7 @@ type manifestView struct {
 
 func readTree(t *testing.T, dir string) tree {
 	t.Helper()
-	tr := tree{files: map[string][]byte{}, manifests: map[string]manifestView{}}
+	tr := tree{files: map[string][]byte{}, manifests: map[string]manifestView{}, latest: map[string]string{}}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -89,6 +90,14 @@ func readTree(t *testing.T, dir string) tree {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			return err
+		}
+		if d.Name() == "latest.json" {
+			var l struct{ Manifest string }
+			if err := json.Unmarshal(b, &l); err != nil {
+				return fmt.Errorf("%s: %w", key, err)
+			}
+			tr.latest[key] = l.Manifest
+			return nil
 		}
 		if d.Name() == "manifest.json" {
 			var m manifestView
@@ -121,6 +130,11 @@ func checkPublished(t *testing.T, got, ref tree) {
 			}
 		}
 	}
+	for k, mk := range got.latest {
+		if _, ok := got.manifests[mk]; !ok {
+			t.Errorf("%s names %s, which does not exist", k, mk)
+		}
+	}
 	for k, b := range got.files {
 		want, ok := ref.files[k]
 		if !ok {
@@ -147,6 +161,11 @@ func sameTree(t *testing.T, got, ref tree) {
 		rj, _ := json.Marshal(m)
 		if !bytes.Equal(gj, rj) {
 			t.Errorf("manifest %s lists other files:\n got %s\nwant %s", mk, gj, rj)
+		}
+	}
+	for k, mk := range ref.latest {
+		if got.latest[k] != mk {
+			t.Errorf("%s names %q, want %q", k, got.latest[k], mk)
 		}
 	}
 	if len(got.temps) > 0 {
@@ -624,7 +643,7 @@ func TestRowsChangedDuringAnExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, d := readTree(t, before), readTree(t, during)
-	if len(b.files) != 3 {
+	if len(b.files) != 4 { // three formats and _SUCCESS
 		t.Fatalf("%d files before", len(b.files))
 	}
 	for k, want := range b.files {

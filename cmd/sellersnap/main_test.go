@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -335,11 +336,21 @@ func countManifests(dir string) int {
 }
 
 // checkNoOrphans fails for any file (temporary ones included) in a folder
-// without a manifest.
+// without a manifest, and for a latest.json naming a missing manifest.
 func checkNoOrphans(t *testing.T, dir string) {
 	t.Helper()
 	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
+			return nil
+		}
+		if d.Name() == "latest.json" {
+			var l struct{ Manifest string }
+			b, _ := os.ReadFile(p)
+			if err := json.Unmarshal(b, &l); err != nil {
+				t.Errorf("%s: %v", p, err)
+			} else if _, err := os.Stat(filepath.Join(dir, filepath.FromSlash(l.Manifest))); err != nil {
+				t.Errorf("%s names a missing manifest %s", p, l.Manifest)
+			}
 			return nil
 		}
 		if _, err := os.Stat(filepath.Join(filepath.Dir(p), "manifest.json")); err != nil {

@@ -1,0 +1,107 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path"
+	"strings"
+	"time"
+
+	"gocloud.dev/gcerrors"
+
+	"github.com/sellersnap/sellersnap/internal/keys"
+	"github.com/sellersnap/sellersnap/sinks"
+)
+
+// SuccessName is the empty marker written beside a manifest, for tools
+// that follow the Hadoop/Spark convention. It is written after the data
+// files and before the manifest: it says the files are whole; the manifest
+// says the export is published.
+const SuccessName = "_SUCCESS"
+
+// LatestName is the pointer to the newest complete export of a job and
+// org.
+const LatestName = "latest.json"
+
+// Latest is the content of latest.json.
+type Latest struct {
+	LatestVersion int    `json:"latest_version"`
+	Job           string `json:"job"`
+	Mode          string `json:"mode"`
+	OrgID         string `json:"org_id"`
+	RunID         string `json:"run_id,omitempty"`
+	Date          string `json:"date"`
+	// Manifest is the key of the newest complete export's manifest.
+	Manifest       string     `json:"manifest"`
+	Rows           int64      `json:"rows"`
+	RunCompletedAt *time.Time `json:"run_completed_at,omitempty"`
+	ExportedAt     time.Time  `json:"exported_at"`
+}
+
+// newer reports whether l describes a newer export than old: a run that
+// completed later (per_run), a later date (full); ties by run id, then by
+// export time.
+func (l *Latest) newer(old *Latest) bool {
+	if l.RunCompletedAt != nil && old.RunCompletedAt != nil && !l.RunCompletedAt.Equal(*old.RunCompletedAt) {
+		return l.RunCompletedAt.After(*old.RunCompletedAt)
+	}
+	if l.Date != old.Date {
+		return l.Date > old.Date
+	}
+	if l.RunID != old.RunID {
+		return l.RunID > old.RunID
+	}
+	return !l.ExportedAt.Before(old.ExportedAt)
+}
+
+// latestKey is where the unit's latest.json lives: in the folder of the
+// path's first segment holding {org_id} (sellers/new/org=…/latest.json),
+// or, without one, under the static prefix as latest/org=….json.
+func (u unit) latestKey(manifestKey string) string {
+	tmpl := strings.Split(u.job.Template.String(), "/")
+	tmpl = tmpl[:len(tmpl)-1] // the folders
+	rendered := strings.Split(manifestKey, "/") // Escape never adds a '/'
+	for i, seg := range tmpl {
+		if strings.Contains(seg, "{org_id}") {
+			return path.Join(path.Join(rendered[:i+1]...), LatestName)
+		}
+	}
+	var prefix []string
+	for _, seg := range tmpl {
+		if strings.Contains(seg, "{") {
+			break
+		}
+		prefix = append(prefix, seg)
+	}
+	return path.Join(append(prefix, "latest", "org="+keys.Escape(u.values["org_id"])+".json")...)
+}
+
+// updateLatest points the unit's latest.json at m unless it already names
+// a newer export. It runs after the manifest exists, so the pointer never
+// names an incomplete export. Two processes finishing exports of the same
+// org at once may leave the older of the two; the next export corrects it.
+func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit, mkey string, m *Manifest) error {
+	key := u.latestKey(mkey)
+	l := &Latest{LatestVersion: 1, Job: m.Job, Mode: m.Mode, OrgID: m.OrgID, RunID: m.RunID, Date: m.Date,
+		Manifest: mkey, Rows: m.Rows, RunCompletedAt: m.Snapshot.RunCompletedAt, ExportedAt: m.ExportedAt}
+	old, err := bucket.ReadAll(ctx, key)
+	switch {
+	case gcerrors.Code(err) == gcerrors.NotFound:
+	case err != nil:
+		return fmt.Errorf("read %s: %w", key, err)
+	default:
+		var prev Latest
+		if json.Unmarshal(old, &prev) == nil && prev.Manifest != mkey && !l.newer(&prev) {
+			return nil
+		}
+	}
+	data, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := bucket.Put(ctx, key, append(data, '\n'), "application/json", nil); err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	return nil
+}
