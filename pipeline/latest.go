@@ -60,7 +60,7 @@ func (l *Latest) newer(old *Latest) bool {
 // or, without one, under the static prefix as latest/org=….json.
 func (u unit) latestKey(manifestKey string) string {
 	tmpl := strings.Split(u.job.Template.String(), "/")
-	tmpl = tmpl[:len(tmpl)-1] // the folders
+	tmpl = tmpl[:len(tmpl)-1]                   // the folders
 	rendered := strings.Split(manifestKey, "/") // Escape never adds a '/'
 	for i, seg := range tmpl {
 		if strings.Contains(seg, "{org_id}") {
