@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"path"
 	"context"
 	"encoding/json"
 	"errors"
@@ -378,11 +379,14 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 
 // Planned is one unit Once would export now.
 type Planned struct {
-	RunID string // per_run jobs
-	OrgID string
-	Date  string
-	Rows  int64
-	Keys  []string // data files, then the manifest
+	RunID string `json:"run_id,omitempty"` // per_run jobs
+	OrgID string `json:"org_id"`
+	Date  string `json:"date"`
+	Rows  int64  `json:"rows"`
+	// Keys are every key the export writes, in order: data files,
+	// _SUCCESS, the manifest, latest.json (written unless it names a
+	// newer export).
+	Keys []string `json:"keys"`
 }
 
 // Plan says what Once would export now, without writing anything.
@@ -438,7 +442,7 @@ func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
 			p.Keys = append(p.Keys, k)
 		}
 		mk, _ := u.manifestKey()
-		p.Keys = append(p.Keys, mk)
+		p.Keys = append(p.Keys, path.Join(path.Dir(mk), SuccessName), mk, u.latestKey(mk))
 		plan = append(plan, p)
 	}
 	return plan, nil

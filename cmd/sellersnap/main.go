@@ -15,6 +15,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -42,6 +43,7 @@ import (
 
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/pipeline"
+	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
 )
 
@@ -108,6 +110,7 @@ func indent(s string) string {
 
 const usage = `usage:
   sellersnap validate -config pipeline.yaml
+  sellersnap plan     -config pipeline.yaml [-job NAME] [-json]
   sellersnap once     -config pipeline.yaml [-job NAME]
   sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD)
   sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
@@ -119,6 +122,7 @@ exit status: 0 success, 1 an export failed, 2 usage or configuration error
 `
 
 type options struct {
+	json                                        bool
 	config, job, run, date, logFormat, logLevel string
 	listen                                      *string
 	cpuProfile, memProfile                      string
@@ -147,6 +151,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.StringVar(&o.date, "date", "", "snapshot date YYYY-MM-DD to write again (full jobs)")
 	case "run":
 		o.listen = fs.String("listen", "", "HTTP address for /healthz and /readyz (default: daemon.listen in the config)")
+	case "plan":
+		fs.BoolVar(&o.json, "json", false, "print the plan as JSON")
 	case "validate", "once", "status":
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
@@ -228,6 +234,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "validate":
 		return validate(ctx, runner, jobs, stdout)
+	case "plan":
+		return plan(ctx, runner, jobs, stdout, o.json)
 	case "status":
 		return status(ctx, runner, jobs, stdout)
 	case "run":
@@ -352,27 +360,67 @@ func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, 
 		next := j.Cron.Next(time.Now().In(j.Location))
 		fmt.Fprintf(w, "\njob %s (%s), schedule %q %s, next %s\n  destination %s (writable)\n  columns %s\n  formats %s\n",
 			j.Name, j.Mode, j.Schedule, j.Timezone, next.Format(time.RFC3339), bucket.URL(), columnList(j), strings.Join(j.Formats, ", "))
-		plan, err := runner.Plan(ctx, j)
+		p, err := runner.Plan(ctx, j)
 		if err != nil {
 			return err
 		}
-		what := "pending runs"
-		if j.Mode == config.ModeFull {
-			what = "orgs pending for today's snapshot"
-		}
-		fmt.Fprintf(w, "  %s: %d\n", what, len(plan))
-		for _, p := range plan {
-			if p.RunID != "" {
-				fmt.Fprintf(w, "  - run %s org %s date %s: %d rows\n", p.RunID, p.OrgID, p.Date, p.Rows)
-			} else {
-				fmt.Fprintf(w, "  - org %s date %s: %d rows\n", p.OrgID, p.Date, p.Rows)
-			}
-			for _, k := range p.Keys {
-				fmt.Fprintf(w, "      %s\n", k)
-			}
-		}
+		printPlan(w, j, p)
 	}
 	return nil
+}
+
+// plan prints what `once` would do now, writing nothing: per job, each
+// pending run (or org, for full jobs), its row count and every key.
+func plan(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer, asJSON bool) error {
+	type jobPlan struct {
+		Job     string             `json:"job"`
+		Mode    string             `json:"mode"`
+		Bucket  string             `json:"bucket"`
+		Pending []pipeline.Planned `json:"pending"`
+	}
+	var all []jobPlan
+	for _, j := range jobs {
+		p, err := runner.Plan(ctx, j)
+		if err != nil {
+			return fmt.Errorf("job %s: %w", j.Name, err)
+		}
+		if p == nil {
+			p = []pipeline.Planned{}
+		}
+		all = append(all, jobPlan{Job: j.Name, Mode: j.Mode, Bucket: sinks.Redact(j.Destination), Pending: p})
+		if !asJSON {
+			fmt.Fprintf(w, "job %s (%s) → %s\n", j.Name, j.Mode, sinks.Redact(j.Destination))
+			printPlan(w, j, p)
+		}
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(all)
+	}
+	return nil
+}
+
+func printPlan(w io.Writer, j *config.Job, plan []pipeline.Planned) {
+	what := "pending runs"
+	if j.Mode == config.ModeFull {
+		what = "orgs pending for today's snapshot"
+	}
+	var rows int64
+	for _, p := range plan {
+		rows += p.Rows
+	}
+	fmt.Fprintf(w, "  %s: %d (%d rows)\n", what, len(plan), rows)
+	for _, p := range plan {
+		if p.RunID != "" {
+			fmt.Fprintf(w, "  - run %s org %s date %s: %d rows\n", p.RunID, p.OrgID, p.Date, p.Rows)
+		} else {
+			fmt.Fprintf(w, "  - org %s date %s: %d rows\n", p.OrgID, p.Date, p.Rows)
+		}
+		for _, k := range p.Keys {
+			fmt.Fprintf(w, "      %s\n", k)
+		}
+	}
 }
 
 // permissionHint names, in an operator's words, the permission a bucket

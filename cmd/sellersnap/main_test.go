@@ -569,3 +569,76 @@ func countCSVRecords(t *testing.T, b []byte) int {
 	}
 	return len(recs)
 }
+
+// TestPlanWritesNothingAndNamesEveryKey runs plan (text and JSON) on a
+// fresh bucket, then once. Pass: plan writes nothing; the keys once writes
+// are exactly the keys plan listed, and the row counts match the manifests.
+func TestPlanWritesNothingAndNamesEveryKey(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	out := t.TempDir()
+	env := map[string]string{"DATABASE_URL": dbURL, "SELLERSNAP_BUCKET": "file://" + out}
+	cfg := filepath.Join("..", "..", "pipeline.yaml")
+	code, text, stderr := cli(t, env, "plan", "-config", cfg, "-job", "new-sellers")
+	if code != 0 || !strings.Contains(text, "pending runs: ") {
+		t.Fatalf("plan: exit %d\n%s%s", code, text, stderr)
+	}
+	code, js, stderr := cli(t, env, "plan", "-config", cfg, "-job", "new-sellers", "-json")
+	if code != 0 {
+		t.Fatalf("plan -json: exit %d\n%s", code, stderr)
+	}
+	var plans []struct {
+		Job     string
+		Pending []struct {
+			RunID string `json:"run_id"`
+			Rows  int64
+			Keys  []string
+		}
+	}
+	if err := json.Unmarshal([]byte(js), &plans); err != nil || len(plans) != 1 || len(plans[0].Pending) == 0 {
+		t.Fatalf("plan -json: %v\n%s", err, js)
+	}
+	if n := len(readTreeKeys(t, out)); n != 0 {
+		t.Fatalf("plan wrote %d objects", n)
+	}
+	if code, _, stderr := cli(t, env, "once", "-config", cfg, "-job", "new-sellers"); code != 0 {
+		t.Fatalf("once: %d\n%s", code, stderr)
+	}
+	written := readTreeKeys(t, out)
+	planned := map[string]bool{}
+	for _, p := range plans[0].Pending {
+		for _, k := range p.Keys {
+			planned[k] = true
+			if !strings.Contains(text, k) {
+				t.Errorf("the text plan does not list %s", k)
+			}
+		}
+		var m struct{ Rows int64 }
+		b, err := os.ReadFile(filepath.Join(out, p.Keys[len(p.Keys)-2]))
+		if err != nil || json.Unmarshal(b, &m) != nil || m.Rows != p.Rows {
+			t.Errorf("run %s: planned %d rows, manifest %s (%v)", p.RunID, p.Rows, b, err)
+		}
+	}
+	for k := range written {
+		if !planned[k] {
+			t.Errorf("once wrote %s, which plan did not list", k)
+		}
+	}
+	for k := range planned {
+		if !written[k] {
+			t.Errorf("plan listed %s, which once did not write", k)
+		}
+	}
+}
+
+func readTreeKeys(t *testing.T, dir string) map[string]bool {
+	t.Helper()
+	keys := map[string]bool{}
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(dir, p)
+			keys[filepath.ToSlash(rel)] = true
+		}
+		return nil
+	})
+	return keys
+}
