@@ -1,12 +1,12 @@
 package pipeline
 
 import (
-	"path"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"slices"
 	"strings"
 	"sync"
