@@ -150,6 +150,11 @@ type Job struct {
 	// one), all (every one back to the newest exported, at most 31), or
 	// none. Default latest.
 	Catchup string `yaml:"catchup"`
+	// MaskKeyEnv names the environment variable that holds the key of
+	// masked columns (never the YAML). Default SELLERSNAP_MASK_KEY.
+	MaskKeyEnv string `yaml:"mask_key_env"`
+	// MaskKey is the key read from MaskKeyEnv when a column is masked.
+	MaskKey []byte `yaml:"-"`
 	// BatchRows is the most rows per Arrow record batch. Default 2048.
 	BatchRows int     `yaml:"batch_rows"`
 	CSV       CSV     `yaml:"csv"`
@@ -190,16 +195,32 @@ type Parquet struct {
 type Column struct {
 	Name string `yaml:"name"`
 	As   string `yaml:"as"`
+	// Mask replaces each value by its keyed hash: "hmac-sha256" writes the
+	// lowercase hex HMAC-SHA256 of the value under the job's mask key, so
+	// equal values stay joinable without being readable. Text columns only.
+	Mask string `yaml:"mask"`
+	// Redact writes NULL for every value (the column stays in the schema).
+	Redact bool `yaml:"redact"`
 }
 
-// UnmarshalYAML accepts "display_name" or {name: created_at, as: discovered_at}.
+// MaskHMACSHA256 is the one supported Column.Mask.
+const MaskHMACSHA256 = "hmac-sha256"
+
+// DefaultMaskKeyEnv is the environment variable holding the mask key
+// unless a job names another.
+const DefaultMaskKeyEnv = "SELLERSNAP_MASK_KEY"
+
+// minMaskKey is the shortest accepted mask key, in bytes.
+const minMaskKey = 16
+
+// UnmarshalYAML accepts "display_name" or {name: created_at, as: discovered_at, mask: hmac-sha256, redact: true}.
 func (c *Column) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind == yaml.ScalarNode {
 		c.Name = n.Value
 		return nil
 	}
 	if n.Kind != yaml.MappingNode {
-		return errors.New("want a column name or {name: …, as: …}")
+		return errors.New("want a column name or {name: …, as: …, mask: …, redact: …}")
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
@@ -211,8 +232,18 @@ func (c *Column) UnmarshalYAML(n *yaml.Node) error {
 			c.Name = v.Value
 		case "as":
 			c.As = v.Value
+		case "mask":
+			c.Mask = v.Value
+		case "redact":
+			switch v.Value {
+			case "true":
+				c.Redact = true
+			case "false":
+			default:
+				return fmt.Errorf("redact: want true or false, got %q", v.Value)
+			}
 		default:
-			return fmt.Errorf("unknown key %q (known keys: name, as)", k.Value)
+			return fmt.Errorf("unknown key %q (known keys: name, as, mask, redact)", k.Value)
 		}
 	}
 	return nil
@@ -499,6 +530,25 @@ func (f *File) validateJob(j *Job, p string) []error {
 			bad(cp, "output column %q appears twice (also columns[%d])", out, first)
 		}
 		outputs[out] = i
+		switch {
+		case c.Mask != "" && c.Mask != MaskHMACSHA256:
+			bad(cp, "mask: unknown mask %q: want %s", c.Mask, MaskHMACSHA256)
+		case c.Mask != "" && c.Redact:
+			bad(cp, "mask and redact exclude each other")
+		case c.Mask != "" && j.MaskKey == nil:
+			j.MaskKeyEnv = cmp.Or(j.MaskKeyEnv, DefaultMaskKeyEnv)
+			key := os.Getenv(j.MaskKeyEnv)
+			switch {
+			case key == "":
+				bad(cp, "mask: environment variable %s (the mask key) is not set; the key is never read from the file", j.MaskKeyEnv)
+				j.MaskKey = []byte{}
+			case len(key) < minMaskKey:
+				bad(cp, "mask: the mask key in %s is %d bytes; use at least %d (e.g. openssl rand -hex 32)", j.MaskKeyEnv, len(key), minMaskKey)
+				j.MaskKey = []byte{}
+			default:
+				j.MaskKey = []byte(key)
+			}
+		}
 	}
 
 	switch {

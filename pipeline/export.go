@@ -148,6 +148,10 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	}
 	defer rd.Close()
 	schema := outputSchema(job, rd.Schema())
+	tfs, err := transforms(job, rd.Schema(), r.allocator())
+	if err != nil {
+		return nil, err
+	}
 
 	var outs []*output
 	defer func() {
@@ -175,7 +179,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		r.logger().Info("exporting", append(u.logAttrs(), "rows", rows, "elapsed", el.Round(time.Second),
 			"rows_per_sec", int64(float64(rows)/max(el.Seconds(), 1e-9)))...)
 	}
-	if err := runStages(ctx, cancel, rd, schema, stageSinks, every, progress); err != nil {
+	if err := runStages(ctx, cancel, rd, schema, tfs, stageSinks, every, progress); err != nil {
 		return nil, err
 	}
 
@@ -200,7 +204,14 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		}
 	}
 	for i, f := range schema.Fields() {
-		m.Columns = append(m.Columns, ManifestColumn{Name: f.Name, Source: job.Columns[i].Name, Type: f.Type.String(), Nullable: f.Nullable})
+		mc := ManifestColumn{Name: f.Name, Source: job.Columns[i].Name, Type: f.Type.String(), Nullable: f.Nullable}
+		switch c := job.Columns[i]; {
+		case c.Redact:
+			mc.Transform = "redact"
+		case c.Mask != "":
+			mc.Transform = "mask:" + c.Mask
+		}
+		m.Columns = append(m.Columns, mc)
 	}
 
 	// Publish: every data file, then the manifest, last.
@@ -331,6 +342,9 @@ func outputSchema(job *config.Job, src *arrow.Schema) *arrow.Schema {
 	fields := make([]arrow.Field, src.NumFields())
 	for i, f := range src.Fields() {
 		f.Name = job.Columns[i].Output()
+		if job.Columns[i].Redact {
+			f.Nullable = true
+		}
 		fields[i] = f
 	}
 	return arrow.NewSchema(fields, nil)

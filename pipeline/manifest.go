@@ -47,6 +47,9 @@ type ManifestColumn struct {
 	Source   string `json:"source"`
 	Type     string `json:"type"`
 	Nullable bool   `json:"nullable"`
+	// Transform is "mask:hmac-sha256" or "redact" when the values are not
+	// the source's.
+	Transform string `json:"transform,omitempty"`
 }
 
 // ManifestFile is one data file.

@@ -46,7 +46,7 @@ type sink struct {
 //
 // progress, if not nil, is called with the rows read so far at most once
 // per every.
-func runStages(ctx context.Context, cancel context.CancelCauseFunc, rd RecordReader, schema *arrow.Schema, sinks []*sink, every time.Duration, progress func(rows int64)) error {
+func runStages(ctx context.Context, cancel context.CancelCauseFunc, rd RecordReader, schema *arrow.Schema, tfs []columnTransform, sinks []*sink, every time.Duration, progress func(rows int64)) error {
 	var g errgroup.Group
 	fail := func(err error) error {
 		cancel(err)
@@ -91,7 +91,7 @@ func runStages(ctx context.Context, cancel context.CancelCauseFunc, rd RecordRea
 			}
 		}()
 		for rec := range extracted {
-			out, err := project(rec, schema)
+			out, err := project(rec, schema, tfs)
 			rec.Release()
 			if err != nil {
 				return fail(err)
@@ -146,8 +146,9 @@ func runStages(ctx context.Context, cancel context.CancelCauseFunc, rd RecordRea
 }
 
 // project is the transform stage: it gives rec the output schema (renamed
-// columns). Columns are shared, not copied.
-func project(rec arrow.Record, schema *arrow.Schema) (arrow.Record, error) {
+// columns) and applies the column transforms (tfs may be nil; masked and
+// redacted columns). Other columns are shared, not copied.
+func project(rec arrow.Record, schema *arrow.Schema, tfs []columnTransform) (arrow.Record, error) {
 	if int(rec.NumCols()) != schema.NumFields() {
 		return nil, fmt.Errorf("transform: record has %d columns, schema %d", rec.NumCols(), schema.NumFields())
 	}
@@ -156,5 +157,28 @@ func project(rec arrow.Record, schema *arrow.Schema) (arrow.Record, error) {
 			return nil, fmt.Errorf("transform: column %q is %s, schema says %s", f.Name, rec.Column(i).DataType(), f.Type)
 		}
 	}
-	return array.NewRecord(schema, rec.Columns(), rec.NumRows()), nil
+	cols := rec.Columns()
+	var made []arrow.Array
+	for i, tf := range tfs {
+		if tf == nil {
+			continue
+		}
+		if len(made) == 0 {
+			cols = append([]arrow.Array(nil), cols...)
+		}
+		a, err := tf(cols[i])
+		if err != nil {
+			for _, m := range made {
+				m.Release()
+			}
+			return nil, fmt.Errorf("transform: column %q: %w", schema.Field(i).Name, err)
+		}
+		cols[i] = a
+		made = append(made, a)
+	}
+	out := array.NewRecord(schema, cols, rec.NumRows())
+	for _, m := range made {
+		m.Release() // the record holds its own reference
+	}
+	return out, nil
 }

@@ -121,7 +121,7 @@ func TestStages(t *testing.T) {
 				writers = tc.writers()
 			}
 			ss := newSinks(t, writers...)
-			err := runStages(ctx, cancel, rd, stageSchema, ss, time.Hour, nil)
+			err := runStages(ctx, cancel, rd, stageSchema, nil, ss, time.Hour, nil)
 			switch {
 			case tc.want != nil:
 				if !errors.Is(err, tc.want) {
@@ -155,7 +155,7 @@ func TestProjectRejectsMismatchedRecords(t *testing.T) {
 	rec, _ := rd.Next()
 	defer rec.Release()
 	other := arrow.NewSchema([]arrow.Field{{Name: "n", Type: arrow.PrimitiveTypes.Int32}, {Name: "s", Type: arrow.BinaryTypes.String}}, nil)
-	if _, err := project(rec, other); err == nil {
+	if _, err := project(rec, other, nil); err == nil {
 		t.Fatal("type mismatch accepted")
 	}
 }

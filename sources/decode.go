@@ -24,6 +24,12 @@ var supportedTypes = []string{"text", "varchar", "bpchar", "name", "uuid", "json
 // SupportedType reports whether a column of this udt_name can be exported.
 func SupportedType(udt string) bool { return slices.Contains(supportedTypes, udt) }
 
+// TextType reports whether a column of this type name is exported as text
+// (Arrow utf8) whatever its contents: the types a mask applies to.
+func TextType(udt string) bool {
+	return slices.Contains([]string{"text", "varchar", "bpchar", "name", "uuid", "json", "jsonb"}, udt)
+}
+
 // MaxDecimalPrecision is the largest numeric precision exported as an Arrow
 // decimal; wider numerics are exported as exact text.
 const MaxDecimalPrecision = 38

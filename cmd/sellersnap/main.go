@@ -12,6 +12,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -102,6 +103,29 @@ func exitCode(err error, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sellersnap: %v\n", err)
 		return 1
 	}
+}
+
+// checkMasks fails for a masked column that is not text.
+func checkMasks(ctx context.Context, src *sources.Postgres, cfg *config.File, i int) error {
+	j := cfg.Jobs[i]
+	var cols []sources.Column
+	for k, c := range j.Columns {
+		if c.Mask == "" {
+			continue
+		}
+		if cols == nil {
+			var err error
+			if cols, err = src.Columns(ctx, cmp.Or(cfg.Source.SellersTable, sources.DefaultSellersTable)); err != nil {
+				return err
+			}
+		}
+		for _, sc := range cols {
+			if sc.Name == c.Name && !sources.TextType(sc.Type) {
+				return &configError{cfg.Errorf(fmt.Sprintf("jobs[%d].columns[%d]", i, k), "mask: column %q is %s; mask applies to text columns (redact works on any)", c.Name, sc.Type)}
+			}
+		}
+	}
+	return nil
 }
 
 func indent(s string) string {
@@ -223,6 +247,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for i, j := range cfg.Jobs {
 		if err := src.Check(ctx, j.SourceColumns()); err != nil {
 			return &configError{cfg.Errorf(fmt.Sprintf("jobs[%d].columns", i), "%v", err)}
+		}
+		if err := checkMasks(ctx, src, cfg, i); err != nil {
+			return err
 		}
 	}
 	runner := &pipeline.Runner{Source: src, Version: toolVersion(), Logger: logger,

@@ -642,3 +642,32 @@ func readTreeKeys(t *testing.T, dir string) map[string]bool {
 	})
 	return keys
 }
+
+// TestMaskNeedsTextAndAKey: validate rejects a mask on a non-text column
+// and a masked job without its key in the environment (exit 2, naming the
+// column and the variable).
+func TestMaskNeedsTextAndAKey(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	out := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "p.yaml")
+	write := func(cols string) {
+		yaml := fmt.Sprintf("source: {dsn: %q}\njobs:\n  - {name: new, mode: per_run, destination: 'file://%s', columns: %s}\n", dbURL, out, cols)
+		if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("SELLERSNAP_MASK_KEY", "")
+	write("[display_name, {name: platform_id, mask: hmac-sha256}]")
+	if code, _, stderr := cli(t, nil, "validate", "-config", cfg); code != 2 || !strings.Contains(stderr, "p.yaml:3: jobs[0].columns[1]: mask: environment variable SELLERSNAP_MASK_KEY (the mask key) is not set") {
+		t.Errorf("no key: exit %d\n%s", code, stderr)
+	}
+	t.Setenv("SELLERSNAP_MASK_KEY", "0123456789abcdef0123456789abcdef")
+	write("[display_name, {name: times_seen, mask: hmac-sha256}]")
+	if code, _, stderr := cli(t, nil, "validate", "-config", cfg); code != 2 || !strings.Contains(stderr, `jobs[0].columns[1]: mask: column "times_seen" is int4; mask applies to text columns`) {
+		t.Errorf("int column: exit %d\n%s", code, stderr)
+	}
+	write("[display_name, {name: platform_id, mask: hmac-sha256}, {name: times_seen, redact: true}]")
+	if code, stdout, stderr := cli(t, nil, "once", "-config", cfg); code != 0 || strings.Contains(stdout+stderr, "0123456789abcdef0123456789abcdef") {
+		t.Errorf("once: exit %d (or the key was printed)\n%s%s", code, stdout, stderr)
+	}
+}
