@@ -150,6 +150,11 @@ type Job struct {
 	// one), all (every one back to the newest exported, at most 31), or
 	// none. Default latest.
 	Catchup string `yaml:"catchup"`
+	// OnSchemaChange says what an export does when the output schema
+	// (column names, types, nullability, transforms) differs from the
+	// job's schema.json: fail (default) or evolve (export, record the new
+	// schema).
+	OnSchemaChange string `yaml:"on_schema_change"`
 	// MaskKeyEnv names the environment variable that holds the key of
 	// masked columns (never the YAML). Default SELLERSNAP_MASK_KEY.
 	MaskKeyEnv string `yaml:"mask_key_env"`
@@ -202,6 +207,12 @@ type Column struct {
 	// Redact writes NULL for every value (the column stays in the schema).
 	Redact bool `yaml:"redact"`
 }
+
+// Job.OnSchemaChange values.
+const (
+	SchemaFail   = "fail"
+	SchemaEvolve = "evolve"
+)
 
 // MaskHMACSHA256 is the one supported Column.Mask.
 const MaskHMACSHA256 = "hmac-sha256"
@@ -451,6 +462,12 @@ func (f *File) validateJob(j *Job, p string) []error {
 		bad(p+".catchup", "applies to full jobs only: per_run jobs always export every pending run")
 	case j.Catchup != "" && j.Catchup != CatchupLatest && j.Catchup != CatchupAll && j.Catchup != CatchupNone:
 		bad(p+".catchup", "unknown catchup %q: want latest, all or none", j.Catchup)
+	}
+
+	switch j.OnSchemaChange = cmp.Or(j.OnSchemaChange, SchemaFail); j.OnSchemaChange {
+	case SchemaFail, SchemaEvolve:
+	default:
+		bad(p+".on_schema_change", "unknown value %q: want fail or evolve", j.OnSchemaChange)
 	}
 
 	j.Timezone = cmp.Or(j.Timezone, DefaultTimezone)

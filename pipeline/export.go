@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -152,6 +153,15 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	if err != nil {
 		return nil, err
 	}
+	mcols := manifestColumns(job, schema)
+	current, err := readSchema(ctx, bucket, job)
+	if err != nil {
+		return nil, err
+	}
+	schemaChange, err := checkSchema(job, current, schemaColumns(mcols), schemaKey(job))
+	if err != nil {
+		return nil, err
+	}
 
 	var outs []*output
 	defer func() {
@@ -203,15 +213,11 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 			m.Snapshot.RunStartedAt = &s
 		}
 	}
-	for i, f := range schema.Fields() {
-		mc := ManifestColumn{Name: f.Name, Source: job.Columns[i].Name, Type: f.Type.String(), Nullable: f.Nullable}
-		switch c := job.Columns[i]; {
-		case c.Redact:
-			mc.Transform = "redact"
-		case c.Mask != "":
-			mc.Transform = "mask:" + c.Mask
-		}
-		m.Columns = append(m.Columns, mc)
+	m.Columns = mcols
+	m.SchemaFingerprint = fingerprint(schemaColumns(mcols))
+	m.SchemaChange = schemaChange
+	if schemaChange != nil {
+		r.logger().Warn("the output schema changed (on_schema_change: evolve)", append(u.logAttrs(), "change", strings.Join(schemaChange, "; "))...)
 	}
 
 	// Publish: every data file, then the manifest, last.
@@ -256,6 +262,9 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		// replaced: remove it, so the unit shows as pending.
 		r.unpublish(ctx, bucket, []string{skey, mkey})
 		return nil, err
+	}
+	if err := recordSchema(ctx, bucket, job, current, m, mkey); err != nil {
+		r.logger().Error("could not write schema.json; the next export retries", append(u.logAttrs(), "err", err)...)
 	}
 	// The pointer is a convenience: a failure leaves the export published
 	// and the pointer at the previous export until the next one.
@@ -348,6 +357,22 @@ func outputSchema(job *config.Job, src *arrow.Schema) *arrow.Schema {
 		fields[i] = f
 	}
 	return arrow.NewSchema(fields, nil)
+}
+
+// manifestColumns describes the output columns for the manifest.
+func manifestColumns(job *config.Job, schema *arrow.Schema) []ManifestColumn {
+	cols := make([]ManifestColumn, schema.NumFields())
+	for i, f := range schema.Fields() {
+		mc := ManifestColumn{Name: f.Name, Source: job.Columns[i].Name, Type: f.Type.String(), Nullable: f.Nullable}
+		switch c := job.Columns[i]; {
+		case c.Redact:
+			mc.Transform = "redact"
+		case c.Mask != "":
+			mc.Transform = "mask:" + c.Mask
+		}
+		cols[i] = mc
+	}
+	return cols
 }
 
 func manifestOptions(job *config.Job) ManifestOptions {

@@ -953,3 +953,53 @@ func TestMaskAndRedact(t *testing.T) {
 		t.Fatal("nothing checked")
 	}
 }
+
+// TestSchemaChangeFailsOrEvolves changes a column's type between runs.
+// Pass: with on_schema_change: fail the new run is not exported and the
+// error shows the diff; with evolve it is, its manifest carries the new
+// fingerprint and the change, and schema.json records the history.
+func TestSchemaChangeFailsOrEvolves(t *testing.T) {
+	f := newFixture(t, "")
+	res, files := f.once("new-sellers")
+	var first pipeline.JobSchema
+	if err := json.Unmarshal(files["sellers/new/schema.json"], &first); err != nil {
+		t.Fatalf("schema.json after the first export: %v", err)
+	}
+	if first.Fingerprint == "" || first.Fingerprint != res.Exported[0].SchemaFingerprint || len(first.History) != 0 {
+		t.Fatalf("schema.json %+v, manifest fingerprint %s", first, res.Exported[0].SchemaFingerprint)
+	}
+	// The collector widens a column, then completes another run.
+	pgtest.Exec(t, f.dbURL, `ALTER TABLE sellers ALTER COLUMN feedback_percent TYPE numeric(6,2);
+		INSERT INTO collection_runs (id, org_id, status, started_at, completed_at)
+			SELECT '00000000-0000-4000-8000-0000000000aa', org_id, 'completed', now() - interval '1 hour', now() FROM collection_runs LIMIT 1;
+		UPDATE sellers SET first_seen_run_id = '00000000-0000-4000-8000-0000000000aa'
+			WHERE id IN (SELECT s.id FROM sellers s JOIN collection_runs r ON r.id = '00000000-0000-4000-8000-0000000000aa' AND s.org_id = r.org_id LIMIT 3)`)
+	f.load("") // new connections see the new type
+	res, err := f.runner.Once(context.Background(), f.job("new-sellers"))
+	var sce *pipeline.SchemaChangeError
+	if !errors.As(err, &sce) || len(res.Exported) != 0 || !strings.Contains(err.Error(), "~ feedback_percent: decimal(5, 2) → decimal(6, 2)") {
+		t.Fatalf("fail: exported %d, err %v", len(res.Exported), err)
+	}
+	for k := range f.files() {
+		if strings.Contains(k, "0000000000aa") {
+			t.Errorf("the failed export wrote %s", k)
+		}
+	}
+
+	f.load("    on_schema_change: evolve")
+	res, err = f.runner.Once(context.Background(), f.job("new-sellers"))
+	if err != nil || len(res.Exported) != 1 {
+		t.Fatalf("evolve: exported %d, err %v", len(res.Exported), err)
+	}
+	m := res.Exported[0]
+	if m.SchemaFingerprint == first.Fingerprint || len(m.SchemaChange) != 1 {
+		t.Errorf("evolved manifest: fingerprint %s, change %v", m.SchemaFingerprint, m.SchemaChange)
+	}
+	var next pipeline.JobSchema
+	if err := json.Unmarshal(f.files()["sellers/new/schema.json"], &next); err != nil {
+		t.Fatal(err)
+	}
+	if next.Fingerprint != m.SchemaFingerprint || len(next.History) != 1 || next.History[0].Fingerprint != first.Fingerprint || len(next.History[0].Change) != 1 {
+		t.Errorf("schema.json after evolving: %+v", next)
+	}
+}

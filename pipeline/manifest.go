@@ -30,7 +30,13 @@ type Manifest struct {
 	Date    string           `json:"date"`
 	Rows    int64            `json:"rows"`
 	Columns []ManifestColumn `json:"columns"`
-	Files   []ManifestFile   `json:"files"`
+	// SchemaFingerprint identifies the output schema (names, types,
+	// nullability, transforms); schema.json holds the job's current one.
+	SchemaFingerprint string `json:"schema_fingerprint"`
+	// SchemaChange lists how the schema changed from the job's previous
+	// one, when this export evolved it.
+	SchemaChange []string       `json:"schema_change,omitempty"`
+	Files        []ManifestFile `json:"files"`
 	// Snapshot says which database state the files hold.
 	Snapshot   ManifestSnapshot `json:"snapshot"`
 	ExportedAt time.Time        `json:"exported_at"`

@@ -445,6 +445,17 @@ func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
 		p.Keys = append(p.Keys, path.Join(path.Dir(mk), SuccessName), mk, u.latestKey(mk))
 		plan = append(plan, p)
 	}
+	if len(plan) > 0 {
+		bucket, err := r.Bucket(ctx, job.Destination)
+		if err != nil {
+			return nil, err
+		}
+		if ok, err := bucket.Exists(ctx, schemaKey(job)); err != nil {
+			return nil, err
+		} else if !ok {
+			plan[0].Keys = append(plan[0].Keys, schemaKey(job)) // the first export records the schema
+		}
+	}
 	return plan, nil
 }
 
