@@ -150,6 +150,13 @@ type Job struct {
 	// one), all (every one back to the newest exported, at most 31), or
 	// none. Default latest.
 	Catchup string `yaml:"catchup"`
+	// MaxRowsPerFile and MaxBytesPerFile split a unit's output into
+	// numbered parts (…_part-0001.parquet): a part ends once it holds
+	// MaxRowsPerFile rows, or at the first batch boundary (Parquet: row
+	// group) after MaxBytesPerFile bytes. Zero (the default) keeps one
+	// file per format.
+	MaxRowsPerFile  int64    `yaml:"max_rows_per_file"`
+	MaxBytesPerFile ByteSize `yaml:"max_bytes_per_file"`
 	// OnSchemaChange says what an export does when the output schema
 	// (column names, types, nullability, transforms) differs from the
 	// job's schema.json: fail (default) or evolve (export, record the new
@@ -281,6 +288,28 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 		return fmt.Errorf("duration %q is negative", n.Value)
 	}
 	d.Duration = v
+	return nil
+}
+
+// ByteSize is a size in bytes written as 268435456, "256MiB" or "1GB".
+type ByteSize int64
+
+var byteUnits = map[string]int64{"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+	"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+// UnmarshalYAML parses a whole number with an optional unit.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	v := strings.TrimSpace(n.Value)
+	i := strings.IndexFunc(v, func(r rune) bool { return r < '0' || r > '9' })
+	if i < 0 {
+		i = len(v)
+	}
+	num, err := strconv.ParseInt(v[:i], 10, 64)
+	unit, ok := byteUnits[strings.TrimSpace(v[i:])]
+	if err != nil || !ok || num > (1<<62)/unit {
+		return fmt.Errorf("want a size such as 268435456, 256MiB or 1GB, got %q", n.Value)
+	}
+	*b = ByteSize(num * unit)
 	return nil
 }
 
@@ -464,6 +493,12 @@ func (f *File) validateJob(j *Job, p string) []error {
 		bad(p+".catchup", "unknown catchup %q: want latest, all or none", j.Catchup)
 	}
 
+	if j.MaxRowsPerFile < 0 {
+		bad(p+".max_rows_per_file", "must not be negative, got %d", j.MaxRowsPerFile)
+	}
+	if j.MaxBytesPerFile != 0 && j.MaxBytesPerFile < 1<<20 {
+		bad(p+".max_bytes_per_file", "must be at least 1MiB, got %d bytes", j.MaxBytesPerFile)
+	}
 	switch j.OnSchemaChange = cmp.Or(j.OnSchemaChange, SchemaFail); j.OnSchemaChange {
 	case SchemaFail, SchemaEvolve:
 	default:
@@ -507,6 +542,8 @@ func (f *File) validateJob(j *Job, p string) []error {
 			bad(p+".path", "a per_run path needs {run_id} in its folder part: each run's files and manifest need a folder of their own")
 		case j.Mode == ModeFull && (!t.InDir("org_id") || !t.InDir("date")):
 			bad(p+".path", "a full path needs {org_id} and {date} in its folder part: each org's daily snapshot needs a folder of its own")
+		case j.Split() && !strings.HasSuffix(j.Path, ".{ext}"):
+			bad(p+".path", "must end in .{ext} when files are split (the part number goes before it)")
 		default:
 			j.Template = t
 		}
@@ -605,6 +642,9 @@ func (f *File) validateJob(j *Job, p string) []error {
 }
 
 // SourceColumns are the sellers columns a job reads, in order.
+// Split reports whether the job splits its output into numbered parts.
+func (j *Job) Split() bool { return j.MaxRowsPerFile > 0 || j.MaxBytesPerFile > 0 }
+
 func (j *Job) SourceColumns() []string {
 	out := make([]string, len(j.Columns))
 	for i, c := range j.Columns {

@@ -182,8 +182,8 @@ func TestBucketConformance(t *testing.T) {
 					t.Errorf("org %s: latest.json %s (%v), want run %s", org, b, err, m.RunID)
 				}
 			}
-			if n := len(files); n != 10*5+len(newest) {
-				t.Errorf("%d objects, want %d (3 files, a manifest and _SUCCESS per run, latest.json per org)", n, 10*5+len(newest))
+			if n := len(files); n != 10*5+len(newest)+1 {
+				t.Errorf("%d objects, want %d (3 files, a manifest and _SUCCESS per run, latest.json per org, schema.json)", n, 10*5+len(newest)+1)
 			}
 
 			// Create-only writes (the manifest fence): a second writer loses.
@@ -494,9 +494,9 @@ func TestS3ServerFaults(t *testing.T) {
 						}
 					}
 				}
-				// 11 runs × (2 data files, manifest, _SUCCESS), latest.json per org.
-				if len(files) != 11*4+3 {
-					t.Errorf("%d objects, want 47", len(files))
+				// 11 runs × (2 data files, manifest, _SUCCESS), latest.json per org, schema.json.
+				if len(files) != 11*4+3+1 {
+					t.Errorf("%d objects, want 48", len(files))
 				}
 				if proxy.injected == 0 {
 					t.Error("no fault was injected")

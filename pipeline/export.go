@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"path"
 	"strings"
@@ -122,11 +121,6 @@ func (u unit) logAttrs() []any {
 }
 
 // output is one data file being written.
-type output struct {
-	file formatFile
-	obj  *sinks.Object
-	sink *sink
-}
 
 // exportUnit streams one unit out of the snapshot into its files, commits
 // them, then writes the manifest. On any error nothing is left at a final
@@ -164,9 +158,14 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	}
 
 	var outs []*output
+	published := false
 	defer func() {
 		for _, o := range outs {
-			o.obj.Abort() // no-op once committed
+			o.abort()
+			if !published {
+				// Parts committed early (split output) go again.
+				r.unpublish(ctx, bucket, o.committedKeys())
+			}
 		}
 	}()
 	for _, format := range job.Formats {
@@ -178,7 +177,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	}
 	stageSinks := make([]*sink, len(outs))
 	for i, o := range outs {
-		stageSinks[i] = o.sink
+		stageSinks[i] = &sink{enc: o, finish: o.Close}
 	}
 	every := r.ProgressEvery
 	if every <= 0 {
@@ -228,18 +227,27 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	var committed []string
 	failpoint.Hit("before-commit")
 	for i, o := range outs {
-		if i > 0 {
-			failpoint.Hit("between-commits")
+		for k, p := range o.parts {
+			if i > 0 || k > 0 {
+				failpoint.Hit("between-commits")
+			}
+			if !p.committed {
+				if err := p.obj.Commit(); err != nil {
+					r.unpublish(ctx, bucket, append(committed, mkey))
+					return nil, err
+				}
+				p.committed = true
+				committed = append(committed, p.obj.Key())
+			}
+			mf := ManifestFile{
+				Format: o.file.format, Key: p.obj.Key(), Rows: p.rows, Bytes: p.obj.Size(),
+				SHA256: p.obj.SHA256(), ContentType: o.file.contentType, Compression: o.file.compression,
+			}
+			if o.split {
+				mf.Part = k + 1
+			}
+			m.Files = append(m.Files, mf)
 		}
-		if err := o.obj.Commit(); err != nil {
-			r.unpublish(ctx, bucket, append(committed, mkey))
-			return nil, err
-		}
-		committed = append(committed, o.obj.Key())
-		m.Files = append(m.Files, ManifestFile{
-			Format: o.file.format, Key: o.obj.Key(), Rows: o.sink.rows, Bytes: o.obj.Size(),
-			SHA256: o.obj.SHA256(), ContentType: o.file.contentType, Compression: o.file.compression,
-		})
 	}
 	data, err := m.encode()
 	if err != nil {
@@ -254,6 +262,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	failpoint.Hit("before-manifest")
 	if err := bucket.Put(ctx, mkey, data, "application/json", &sinks.PutOptions{IfNotExist: !force}); err != nil {
 		if errors.Is(err, sinks.ErrExists) {
+			published = true // theirs: the files are the same keys
 			r.logger().Warn("another process published this export first; its manifest stands",
 				append(u.logAttrs(), "manifest", mkey)...)
 			return nil, errExportedElsewhere
@@ -263,6 +272,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		r.unpublish(ctx, bucket, []string{skey, mkey})
 		return nil, err
 	}
+	published = true
 	if err := recordSchema(ctx, bucket, job, current, m, mkey); err != nil {
 		r.logger().Error("could not write schema.json; the next export retries", append(u.logAttrs(), "err", err)...)
 	}
@@ -291,59 +301,6 @@ func (r *Runner) unpublish(ctx context.Context, bucket *sinks.Bucket, keys []str
 			r.logger().Warn("could not remove a file of a failed export", "key", keys[i], "err", err)
 		}
 	}
-}
-
-func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, format string, schema *arrow.Schema) (*output, error) {
-	job := u.job
-	key, err := u.key(format)
-	if err != nil {
-		return nil, err
-	}
-	f := fileOf(job, format)
-	if err := bucket.RemoveStaleTemp(ctx, key); err != nil {
-		return nil, err
-	}
-	obj, err := bucket.NewObject(ctx, key, f.contentType)
-	if err != nil {
-		return nil, err
-	}
-	o := &output{file: f, obj: obj}
-	var w io.Writer = obj
-	var comp io.WriteCloser
-	if format != "parquet" {
-		if comp, err = sinks.NewCompressor(obj, f.compression); err != nil {
-			obj.Abort()
-			return nil, err
-		}
-		w = comp
-	}
-	var enc Encoder
-	switch format {
-	case "csv":
-		enc, err = sinks.NewCSV(w, schema, sinks.CSVOptions{FormulaGuard: *job.CSV.FormulaGuard, Delimiter: job.CSV.Delimiter[0]})
-	case "ndjson":
-		enc, err = sinks.NewNDJSON(w, schema)
-	case "parquet":
-		enc, err = sinks.NewParquet(w, schema, sinks.ParquetOptions{Compression: job.Parquet.Compression, RowGroupRows: job.Parquet.RowGroupRows})
-	default:
-		err = fmt.Errorf("unknown format %q", format)
-	}
-	if err != nil {
-		obj.Abort()
-		return nil, err
-	}
-	o.sink = &sink{enc: enc, finish: func() error {
-		if err := enc.Close(); err != nil {
-			return err
-		}
-		if comp != nil {
-			if err := comp.Close(); err != nil {
-				return fmt.Errorf("compress %s: %w", key, err)
-			}
-		}
-		return nil
-	}}
-	return o, nil
 }
 
 // outputSchema renames the source columns to the job's output names.

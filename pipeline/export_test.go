@@ -16,6 +16,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -31,6 +32,7 @@ import (
 	_ "gocloud.dev/blob/memblob"
 
 	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/internal/demodata"
 	"github.com/sellersnap/sellersnap/internal/pgtest"
 	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sources"
@@ -469,7 +471,7 @@ func TestFailureMidStreamLeavesNothing(t *testing.T) {
 		delete(files, filepath.ToSlash(filepath.Join(filepath.Dir(m.Files[0].Key), pipeline.SuccessName)))
 	}
 	for k := range files {
-		if path.Base(k) == pipeline.LatestName {
+		if path.Base(k) == pipeline.LatestName || path.Base(k) == pipeline.SchemaName {
 			delete(files, k)
 		}
 	}
@@ -1001,5 +1003,121 @@ func TestSchemaChangeFailsOrEvolves(t *testing.T) {
 	}
 	if next.Fingerprint != m.SchemaFingerprint || len(next.History) != 1 || next.History[0].Fingerprint != first.Fingerprint || len(next.History[0].Change) != 1 {
 		t.Errorf("schema.json after evolving: %+v", next)
+	}
+}
+
+// TestSplitFiles splits a per_run job by rows, then by bytes. Pass:
+// numbered parts in every format, each within its limit, listed in the
+// manifest with their own rows and checksums, and together equal to the
+// unsplit export (NDJSON parts concatenate to the unsplit file byte for
+// byte; CSV parts each start with the header and their rows concatenate).
+func TestSplitFiles(t *testing.T) {
+	dbURL := pgtest.NewEmptyDatabase(t)
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := demodata.Load(context.Background(), conn, demodata.Options{Sellers: 30000, Runs: 3, Orgs: 1}); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(context.Background())
+	export := func(extra string) (map[string][]byte, []*pipeline.Manifest) {
+		dir := t.TempDir()
+		f := &fixture{t: t, dbURL: dbURL, dir: dir, dest: "file://" + dir}
+		f.load("    formats: [csv, ndjson, parquet]\n    csv: {compression: none}\n    parquet: {row_group_rows: 4096}\n" + extra)
+		res, err := f.runner.Once(context.Background(), f.job("new-sellers"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f.files(), res.Exported
+	}
+	plain, _ := export("")
+	for _, tc := range []struct {
+		name, extra string
+		maxRows     int64
+		maxBytes    int64
+	}{
+		{"rows", "    max_rows_per_file: 2000", 2000, 0},
+		{"bytes", "    max_bytes_per_file: 1MiB", 0, 1 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			split, ms := export(tc.extra)
+			parts := 0
+			for _, m := range ms {
+				byFormat := map[string][]pipeline.ManifestFile{}
+				for _, mf := range m.Files {
+					byFormat[mf.Format] = append(byFormat[mf.Format], mf)
+				}
+				for format, files := range byFormat {
+					if tc.maxRows > 0 {
+						if want := max(1, int((m.Rows+tc.maxRows-1)/tc.maxRows)); len(files) != want {
+							t.Errorf("run %s %s: %d parts for %d rows, want %d", m.RunID, format, len(files), m.Rows, want)
+						}
+					}
+					var rows int64
+					var joined []byte
+					for i, mf := range files {
+						data := split[mf.Key]
+						if mf.Part != i+1 || !strings.Contains(mf.Key, fmt.Sprintf("_part-%04d.", i+1)) {
+							t.Errorf("%s: part %d", mf.Key, mf.Part)
+						}
+						if tc.maxRows > 0 && mf.Rows > tc.maxRows {
+							t.Errorf("%s: %d rows, limit %d", mf.Key, mf.Rows, tc.maxRows)
+						}
+						// A part ends at the first flush past the limit: within
+						// the 256 KiB text buffer (gzip, zstd: their block too),
+						// or one row group for Parquet.
+						if tc.maxBytes > 0 && i < len(files)-1 && (int64(len(data)) < tc.maxBytes || format != "parquet" && int64(len(data)) > tc.maxBytes+(512<<10)) {
+							t.Errorf("%s: %d bytes, limit %d", mf.Key, len(data), tc.maxBytes)
+						}
+						sum := sha256.Sum256(data)
+						if hex.EncodeToString(sum[:]) != mf.SHA256 || int64(len(data)) != mf.Bytes {
+							t.Errorf("%s: checksum or size differs from the manifest", mf.Key)
+						}
+						rows += mf.Rows
+						joined = append(joined, data...)
+						parts++
+					}
+					if rows != m.Rows {
+						t.Errorf("run %s %s: parts hold %d rows, manifest %d", m.RunID, format, rows, m.Rows)
+					}
+					unsplit, ok := plain[strings.Replace(files[0].Key, "_part-0001", "", 1)]
+					if !ok {
+						t.Fatalf("no unsplit file for %s", files[0].Key)
+					}
+					switch format {
+					case "ndjson":
+						if !bytes.Equal(joined, unsplit) {
+							t.Errorf("run %s: NDJSON parts do not concatenate to the unsplit file", m.RunID)
+						}
+					case "csv":
+						header, ub, _ := bytes.Cut(unsplit, []byte("\n"))
+						var body []byte
+						for _, mf := range files {
+							h, rest, _ := bytes.Cut(split[mf.Key], []byte("\n"))
+							if !bytes.Equal(h, header) {
+								t.Errorf("%s: header %q", mf.Key, h)
+							}
+							body = append(body, rest...)
+						}
+						if !bytes.Equal(body, ub) {
+							t.Errorf("run %s: CSV parts' rows differ from the unsplit file", m.RunID)
+						}
+					case "parquet":
+						var all [][]*string
+						for _, mf := range files {
+							all = append(all, parseParquet(t, split[mf.Key])...)
+						}
+						if !reflect.DeepEqual(all, parseParquet(t, unsplit)) {
+							t.Errorf("run %s: Parquet parts' rows differ from the unsplit file", m.RunID)
+						}
+					}
+				}
+			}
+			if parts < 3*len(ms)+3 {
+				t.Errorf("only %d parts for %d runs", parts, len(ms))
+			}
+			t.Logf("%d parts for %d runs", parts, len(ms))
+		})
 	}
 }

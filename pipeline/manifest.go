@@ -60,7 +60,10 @@ type ManifestColumn struct {
 
 // ManifestFile is one data file.
 type ManifestFile struct {
-	Format      string `json:"format"`
+	Format string `json:"format"`
+	// Part numbers the files of a format from 1 when the job splits its
+	// output (max_rows_per_file, max_bytes_per_file); 0 otherwise.
+	Part        int    `json:"part,omitempty"`
 	Key         string `json:"key"`
 	Rows        int64  `json:"rows"`
 	Bytes       int64  `json:"bytes"`

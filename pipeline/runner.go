@@ -387,6 +387,9 @@ type Planned struct {
 	// _SUCCESS, the manifest, latest.json (written unless it names a
 	// newer export).
 	Keys []string `json:"keys"`
+	// MoreParts: the job splits its output, so each format may have more
+	// parts than the first, listed in Keys.
+	MoreParts bool `json:"more_parts,omitempty"`
 }
 
 // Plan says what Once would export now, without writing anything.
@@ -434,8 +437,9 @@ func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
 		if u.run != nil {
 			p.RunID, p.Rows = u.run.ID, counts[u.run.ID]
 		}
+		p.MoreParts = job.Split()
 		for _, f := range job.Formats {
-			k, err := u.key(f)
+			k, err := u.partKey(f, 1)
 			if err != nil {
 				return nil, unitError(u, err)
 			}

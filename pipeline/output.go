@@ -1,0 +1,184 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/apache/arrow/go/v17/arrow"
+
+	"github.com/sellersnap/sellersnap/sinks"
+)
+
+// output is one format's files of a unit: a single file, or numbered parts
+// when the job splits its output. It is the Encoder the stages write to.
+type output struct {
+	file   formatFile
+	parts  []*part // in order; the last one is open until Close
+	rows   int64
+	open   func(n int) (*part, error)
+	split  bool
+	maxRow int64
+	maxLen int64
+}
+
+// part is one file being written.
+type part struct {
+	obj    *sinks.Object
+	enc    Encoder
+	finish func() error // closes the encoder and the compressor, not the object
+	rows   int64
+	// committed: parts that were full were committed as soon as they
+	// ended, so that no more than one part per format is held open.
+	committed bool
+}
+
+func (o *output) cur() *part { return o.parts[len(o.parts)-1] }
+
+// Write encodes rec, ending the current part and starting the next where
+// the limits say.
+func (o *output) Write(rec arrow.Record) error {
+	for off := int64(0); off < rec.NumRows(); {
+		p := o.cur()
+		if o.full(p) {
+			if err := o.next(); err != nil {
+				return err
+			}
+			p = o.cur()
+		}
+		n := rec.NumRows() - off
+		if o.maxRow > 0 {
+			n = min(n, o.maxRow-p.rows)
+		}
+		piece := rec
+		if off > 0 || n < rec.NumRows() {
+			piece = rec.NewSlice(off, off+n)
+		}
+		err := p.enc.Write(piece)
+		if piece != rec {
+			piece.Release()
+		}
+		if err != nil {
+			return err
+		}
+		p.rows += n
+		o.rows += n
+		off += n
+	}
+	return nil
+}
+
+func (o *output) full(p *part) bool {
+	return o.maxRow > 0 && p.rows >= o.maxRow || o.maxLen > 0 && p.obj.Size() >= o.maxLen
+}
+
+// next finishes and commits the current part and opens the next one.
+func (o *output) next() error {
+	p := o.cur()
+	if err := p.finish(); err != nil {
+		return err
+	}
+	if err := p.obj.Commit(); err != nil {
+		return err
+	}
+	p.committed = true
+	np, err := o.open(len(o.parts) + 1)
+	if err != nil {
+		return err
+	}
+	o.parts = append(o.parts, np)
+	return nil
+}
+
+// Close finishes the last part; it is committed with the manifest.
+func (o *output) Close() error { return o.cur().finish() }
+
+// abort cancels every part not yet committed.
+func (o *output) abort() {
+	for _, p := range o.parts {
+		p.obj.Abort() // no-op once committed
+	}
+}
+
+// committedKeys are the keys of the parts already committed.
+func (o *output) committedKeys() []string {
+	var keys []string
+	for _, p := range o.parts {
+		if p.committed {
+			keys = append(keys, p.obj.Key())
+		}
+	}
+	return keys
+}
+
+// partKey is the key of part n (1-based) of format: the unit's key, with
+// _part-0001 before the extension when the job splits its output.
+func (u unit) partKey(format string, n int) (string, error) {
+	key, err := u.key(format)
+	if err != nil || !u.job.Split() {
+		return key, err
+	}
+	ext := "." + fileOf(u.job, format).ext
+	return strings.TrimSuffix(key, ext) + fmt.Sprintf("_part-%04d", n) + ext, nil
+}
+
+func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, format string, schema *arrow.Schema) (*output, error) {
+	job := u.job
+	f := fileOf(job, format)
+	o := &output{file: f, split: job.Split(), maxRow: job.MaxRowsPerFile, maxLen: int64(job.MaxBytesPerFile)}
+	o.open = func(n int) (*part, error) {
+		key, err := u.partKey(format, n)
+		if err != nil {
+			return nil, err
+		}
+		if err := bucket.RemoveStaleTemp(ctx, key); err != nil {
+			return nil, err
+		}
+		obj, err := bucket.NewObject(ctx, key, f.contentType)
+		if err != nil {
+			return nil, err
+		}
+		var w io.Writer = obj
+		var comp io.WriteCloser
+		if format != "parquet" {
+			if comp, err = sinks.NewCompressor(obj, f.compression); err != nil {
+				obj.Abort()
+				return nil, err
+			}
+			w = comp
+		}
+		var enc Encoder
+		switch format {
+		case "csv":
+			enc, err = sinks.NewCSV(w, schema, sinks.CSVOptions{FormulaGuard: *job.CSV.FormulaGuard, Delimiter: job.CSV.Delimiter[0]})
+		case "ndjson":
+			enc, err = sinks.NewNDJSON(w, schema)
+		case "parquet":
+			enc, err = sinks.NewParquet(w, schema, sinks.ParquetOptions{Compression: job.Parquet.Compression, RowGroupRows: job.Parquet.RowGroupRows})
+		default:
+			err = fmt.Errorf("unknown format %q", format)
+		}
+		if err != nil {
+			obj.Abort()
+			return nil, err
+		}
+		return &part{obj: obj, enc: enc, finish: func() error {
+			if err := enc.Close(); err != nil {
+				return err
+			}
+			if comp != nil {
+				if err := comp.Close(); err != nil {
+					return fmt.Errorf("compress %s: %w", key, err)
+				}
+			}
+			return nil
+		}}, nil
+	}
+	p, err := o.open(1)
+	if err != nil {
+		return nil, err
+	}
+	o.parts = []*part{p}
+	return o, nil
+}
