@@ -187,12 +187,44 @@ type CSV struct {
 	Compression string `yaml:"compression"`
 	// Delimiter is one character. Default ",".
 	Delimiter string `yaml:"delimiter"`
+	// QuoteAll quotes every field but NULLs (which stay empty and
+	// unquoted, so that NULL and "" differ). Default false.
+	QuoteAll bool `yaml:"quote_all"`
+	// Include keeps only these output columns in this format; Exclude
+	// drops these. Default: every column.
+	Include []string `yaml:"include"`
+	Exclude []string `yaml:"exclude"`
+}
+
+// Select narrows the columns of one format, by output name: Include keeps
+// only these, Exclude drops these. Default: every column.
+type Select struct {
+	Include []string `yaml:"include"`
+	Exclude []string `yaml:"exclude"`
+}
+
+// Columns returns the indices of the job's output columns the format
+// writes.
+func (s Select) Columns(cols []Column) []int {
+	var idx []int
+	for i, c := range cols {
+		out := c.Output()
+		if len(s.Include) > 0 && !slices.Contains(s.Include, out) || slices.Contains(s.Exclude, out) {
+			continue
+		}
+		idx = append(idx, i)
+	}
+	return idx
 }
 
 // NDJSON options of a job.
 type NDJSON struct {
 	// Compression: none, gzip or zstd. Default none.
 	Compression string `yaml:"compression"`
+	// Include keeps only these output columns in this format; Exclude
+	// drops these. Default: every column.
+	Include []string `yaml:"include"`
+	Exclude []string `yaml:"exclude"`
 }
 
 // Parquet options of a job.
@@ -201,6 +233,10 @@ type Parquet struct {
 	Compression string `yaml:"compression"`
 	// RowGroupRows is the most rows per row group. Default 65536.
 	RowGroupRows int64 `yaml:"row_group_rows"`
+	// Include keeps only these output columns in this format; Exclude
+	// drops these. Default: every column.
+	Include []string `yaml:"include"`
+	Exclude []string `yaml:"exclude"`
 }
 
 // Column is a sellers column and the name it gets in the output.
@@ -624,6 +660,22 @@ func (f *File) validateJob(j *Job, p string) []error {
 	if len(j.CSV.Delimiter) != 1 || strings.ContainsAny(j.CSV.Delimiter, "\"'\r\n") {
 		bad(p+".csv.delimiter", "want one ASCII character other than quotes, CR and LF, got %q", j.CSV.Delimiter)
 	}
+	for name, sel := range j.Selects() {
+		sp := p + "." + name
+		if len(sel.Include) > 0 && len(sel.Exclude) > 0 {
+			bad(sp+".include", "include and exclude exclude each other")
+		}
+		for field, names := range map[string][]string{"include": sel.Include, "exclude": sel.Exclude} {
+			for k, n := range names {
+				if !slices.ContainsFunc(j.Columns, func(c Column) bool { return c.Output() == n }) {
+					bad(fmt.Sprintf("%s.%s[%d]", sp, field, k), "%q is not an output column of the job", n)
+				}
+			}
+		}
+		if (len(sel.Include) > 0 || len(sel.Exclude) > 0) && len(sel.Columns(j.Columns)) == 0 {
+			bad(sp+".exclude", "leaves no column")
+		}
+	}
 	j.NDJSON.Compression = cmp.Or(j.NDJSON.Compression, DefaultCompression)
 	if _, ok := sinks.Compressions[j.NDJSON.Compression]; !ok {
 		bad(p+".ndjson.compression", "unknown compression %q: want none, gzip or zstd", j.NDJSON.Compression)
@@ -642,6 +694,15 @@ func (f *File) validateJob(j *Job, p string) []error {
 }
 
 // SourceColumns are the sellers columns a job reads, in order.
+// Selects returns each format's column selection.
+func (j *Job) Selects() map[string]Select {
+	return map[string]Select{
+		"csv":     {j.CSV.Include, j.CSV.Exclude},
+		"ndjson":  {j.NDJSON.Include, j.NDJSON.Exclude},
+		"parquet": {j.Parquet.Include, j.Parquet.Exclude},
+	}
+}
+
 // Split reports whether the job splits its output into numbered parts.
 func (j *Job) Split() bool { return j.MaxRowsPerFile > 0 || j.MaxBytesPerFile > 0 }
 

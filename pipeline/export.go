@@ -246,6 +246,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 			if o.split {
 				mf.Part = k + 1
 			}
+			mf.Columns = o.columnNames()
 			m.Files = append(m.Files, mf)
 		}
 	}
@@ -334,7 +335,7 @@ func manifestColumns(job *config.Job, schema *arrow.Schema) []ManifestColumn {
 
 func manifestOptions(job *config.Job) ManifestOptions {
 	return ManifestOptions{
-		CSVFormulaGuard: *job.CSV.FormulaGuard, CSVDelimiter: job.CSV.Delimiter, CSVCompression: job.CSV.Compression,
+		CSVFormulaGuard: *job.CSV.FormulaGuard, CSVDelimiter: job.CSV.Delimiter, CSVQuoteAll: job.CSV.QuoteAll, CSVCompression: job.CSV.Compression,
 		NDJSONCompression: job.NDJSON.Compression, ParquetCompression: job.Parquet.Compression,
 		Flagged: job.Flagged, Order: "created_at DESC, id DESC",
 	}

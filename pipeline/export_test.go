@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/csv"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"path"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -1119,5 +1121,58 @@ func TestSplitFiles(t *testing.T) {
 			}
 			t.Logf("%d parts for %d runs", parts, len(ms))
 		})
+	}
+}
+
+// TestPerFormatColumnsAndQuoteAll: CSV drops a column and quotes every
+// field, Parquet keeps two columns, NDJSON keeps all. Pass: each file has
+// exactly its columns (manifest lists them for the subsets), CSV fields
+// are quoted except NULLs.
+func TestPerFormatColumnsAndQuoteAll(t *testing.T) {
+	f := newFixture(t, "    formats: [csv, ndjson, parquet]\n    csv: {exclude: [normalized_name], quote_all: true, formula_guard: false}\n    parquet: {include: [display_name, created_at]}")
+	res, files := f.once("new-sellers")
+	checked := 0
+	for _, m := range res.Exported {
+		if m.Rows == 0 {
+			continue
+		}
+		for _, mf := range m.Files {
+			data := files[mf.Key]
+			switch mf.Format {
+			case "csv":
+				header, body, _ := strings.Cut(string(data), "\n")
+				want := `"display_name","platform","platform_id","times_seen","feedback_percent","feedback_count","flagged","created_at"`
+				if header != want || strings.Join(mf.Columns, ",") != strings.ReplaceAll(want, `"`, "") {
+					t.Errorf("%s: header %s, manifest columns %v", mf.Key, header, mf.Columns)
+				}
+				recs, err := csv.NewReader(strings.NewReader(string(data))).ReadAll()
+				if err != nil || int64(len(recs)-1) != m.Rows {
+					t.Fatalf("%s: %d records (%v)", mf.Key, len(recs), err)
+				}
+				// Every non-empty field is quoted: a line has 2 quotes per
+				// non-NULL field at least; check the times_seen field (never NULL).
+				line, _, _ := strings.Cut(body, "\n")
+				if !strings.HasPrefix(line, `"`) || !regexp.MustCompile(`,"-?\d+",`).MatchString(line) {
+					t.Errorf("%s: first row not quoted: %s", mf.Key, line)
+				}
+			case "ndjson":
+				if mf.Columns != nil || !strings.Contains(string(data), `"normalized_name":`) {
+					t.Errorf("%s: ndjson lost columns (%v)", mf.Key, mf.Columns)
+				}
+			case "parquet":
+				pf, err := file.NewParquetReader(bytes.NewReader(data))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n := pf.MetaData().Schema.NumColumns(); n != 2 || strings.Join(mf.Columns, ",") != "display_name,created_at" {
+					t.Errorf("%s: %d columns, manifest %v", mf.Key, n, mf.Columns)
+				}
+				pf.Close()
+			}
+			checked++
+		}
+	}
+	if checked == 0 {
+		t.Fatal("nothing checked")
 	}
 }

@@ -63,13 +63,16 @@ type ManifestFile struct {
 	Format string `json:"format"`
 	// Part numbers the files of a format from 1 when the job splits its
 	// output (max_rows_per_file, max_bytes_per_file); 0 otherwise.
-	Part        int    `json:"part,omitempty"`
-	Key         string `json:"key"`
-	Rows        int64  `json:"rows"`
-	Bytes       int64  `json:"bytes"`
-	SHA256      string `json:"sha256"`
-	ContentType string `json:"content_type"`
-	Compression string `json:"compression"`
+	Part int `json:"part,omitempty"`
+	// Columns lists the file's columns when the format writes a subset of
+	// the manifest's columns (include/exclude); absent means all.
+	Columns     []string `json:"columns,omitempty"`
+	Key         string   `json:"key"`
+	Rows        int64    `json:"rows"`
+	Bytes       int64    `json:"bytes"`
+	SHA256      string   `json:"sha256"`
+	ContentType string   `json:"content_type"`
+	Compression string   `json:"compression"`
 }
 
 // ManifestSnapshot identifies the database state exported.
@@ -94,6 +97,7 @@ type ManifestTool struct {
 type ManifestOptions struct {
 	CSVFormulaGuard    bool   `json:"csv_formula_guard"`
 	CSVDelimiter       string `json:"csv_delimiter"`
+	CSVQuoteAll        bool   `json:"csv_quote_all"`
 	CSVCompression     string `json:"csv_compression"`
 	NDJSONCompression  string `json:"ndjson_compression"`
 	ParquetCompression string `json:"parquet_compression"`

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
 
 	"github.com/sellersnap/sellersnap/sinks"
 )
@@ -21,6 +22,10 @@ type output struct {
 	split  bool
 	maxRow int64
 	maxLen int64
+	// cols, when not nil, are the indices of the columns this format
+	// writes (csv/ndjson/parquet include or exclude), schema their schema.
+	cols   []int
+	schema *arrow.Schema
 }
 
 // part is one file being written.
@@ -39,6 +44,14 @@ func (o *output) cur() *part { return o.parts[len(o.parts)-1] }
 // Write encodes rec, ending the current part and starting the next where
 // the limits say.
 func (o *output) Write(rec arrow.Record) error {
+	if o.cols != nil {
+		arrs := make([]arrow.Array, len(o.cols))
+		for i, c := range o.cols {
+			arrs[i] = rec.Column(c)
+		}
+		rec = array.NewRecord(o.schema, arrs, rec.NumRows())
+		defer rec.Release()
+	}
 	for off := int64(0); off < rec.NumRows(); {
 		p := o.cur()
 		if o.full(p) {
@@ -101,6 +114,19 @@ func (o *output) abort() {
 	}
 }
 
+// columnNames lists the columns of this format's files when they are a
+// subset of the job's, else nil.
+func (o *output) columnNames() []string {
+	if o.schema == nil {
+		return nil
+	}
+	names := make([]string, o.schema.NumFields())
+	for i, f := range o.schema.Fields() {
+		names[i] = f.Name
+	}
+	return names
+}
+
 // committedKeys are the keys of the parts already committed.
 func (o *output) committedKeys() []string {
 	var keys []string
@@ -127,6 +153,14 @@ func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, f
 	job := u.job
 	f := fileOf(job, format)
 	o := &output{file: f, split: job.Split(), maxRow: job.MaxRowsPerFile, maxLen: int64(job.MaxBytesPerFile)}
+	if idx := job.Selects()[format].Columns(job.Columns); len(idx) < schema.NumFields() {
+		fields := make([]arrow.Field, len(idx))
+		for i, c := range idx {
+			fields[i] = schema.Field(c)
+		}
+		o.cols, o.schema = idx, arrow.NewSchema(fields, nil)
+		schema = o.schema
+	}
 	o.open = func(n int) (*part, error) {
 		key, err := u.partKey(format, n)
 		if err != nil {
@@ -151,7 +185,7 @@ func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, f
 		var enc Encoder
 		switch format {
 		case "csv":
-			enc, err = sinks.NewCSV(w, schema, sinks.CSVOptions{FormulaGuard: *job.CSV.FormulaGuard, Delimiter: job.CSV.Delimiter[0]})
+			enc, err = sinks.NewCSV(w, schema, sinks.CSVOptions{FormulaGuard: *job.CSV.FormulaGuard, Delimiter: job.CSV.Delimiter[0], QuoteAll: job.CSV.QuoteAll})
 		case "ndjson":
 			enc, err = sinks.NewNDJSON(w, schema)
 		case "parquet":

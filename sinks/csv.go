@@ -20,6 +20,9 @@ type CSVOptions struct {
 	FormulaGuard bool
 	// Delimiter separates fields. Default ','.
 	Delimiter byte
+	// QuoteAll quotes every field but NULLs, which stay empty and
+	// unquoted so that NULL and "" still differ.
+	QuoteAll bool
 }
 
 // CSV writes records as RFC 4180 CSV: a header row, LF line ends, NULL as
@@ -74,9 +77,13 @@ func (c *CSV) Write(rec arrow.Record) error {
 			if col.arr.IsNull(i) {
 				continue
 			}
-			if col.str != nil {
+			switch {
+			case col.str != nil:
 				buf = c.appendText(buf, col.str.Value(i))
-			} else {
+			case c.opts.QuoteAll:
+				buf = append(buf, '"')
+				buf = append(col.value(buf, i), '"') // numbers, dates, booleans: no quotes inside
+			default:
 				buf = col.value(buf, i)
 			}
 		}
@@ -110,7 +117,7 @@ func fullwidthFormulaStart(s string) bool {
 
 func (c *CSV) appendText(dst []byte, s string) []byte {
 	guard := c.opts.FormulaGuard && len(s) > 0 && (formulaStart[s[0]] || fullwidthFormulaStart(s))
-	quote := len(s) == 0 || s[0] == ' ' || s[len(s)-1] == ' '
+	quote := c.opts.QuoteAll || len(s) == 0 || s[0] == ' ' || s[len(s)-1] == ' '
 	if !quote {
 		for i := 0; i < len(s); i++ {
 			if c.quote[s[i]] {

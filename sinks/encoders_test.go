@@ -154,6 +154,7 @@ func TestCSVGolden(t *testing.T) {
 		{"guarded.csv", sinks.CSVOptions{FormulaGuard: true}},
 		{"unguarded.csv", sinks.CSVOptions{}},
 		{"semicolon.csv", sinks.CSVOptions{FormulaGuard: true, Delimiter: ';'}},
+		{"quoteall.csv", sinks.CSVOptions{QuoteAll: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
