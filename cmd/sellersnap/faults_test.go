@@ -579,21 +579,8 @@ func TestFaultDiskFull(t *testing.T) {
 // the read open). Pass: the files are byte-identical to an export taken
 // before the changes (one snapshot), and a later export shows every change.
 func TestRowsChangedDuringAnExport(t *testing.T) {
-	dbURL := pgtest.NewDatabase(t)
-	pgtest.Exec(t, dbURL, `CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN true; END $$;
-		CREATE VIEW slow_sellers AS SELECT * FROM sellers WHERE slow(id)`)
+	dbURL, conn, runID, n := slowSellers(t)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var runID string
-	var n int
-	if err := conn.QueryRow(ctx, `SELECT s.first_seen_run_id::text, count(*) FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id
-		WHERE r.status = 'completed' AND s.deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1`).Scan(&runID, &n); err != nil {
-		t.Fatal(err)
-	}
 	cfg := filepath.Join(t.TempDir(), "p.yaml")
 	yaml := fmt.Sprintf("source: {dsn: %q, sellers_table: slow_sellers}\njobs:\n  - {name: new, mode: per_run, destination: 'file://${OUT}', formats: [csv, ndjson, parquet]}\n", dbURL)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
@@ -677,6 +664,27 @@ func TestRowsChangedDuringAnExport(t *testing.T) {
 	t.Logf("run %s (%d sellers) exported while 5 rows changed, 3 were inserted and 2 deleted: files identical to before", runID, n)
 }
 
+// slowSellers makes a demo database with a view, slow_sellers, that
+// sleeps 2 ms per row, and returns it, a connection to it, and its largest
+// completed run with its number of live sellers.
+func slowSellers(t *testing.T) (dbURL string, conn *pgx.Conn, runID string, n int) {
+	t.Helper()
+	dbURL = pgtest.NewDatabase(t)
+	pgtest.Exec(t, dbURL, `CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN true; END $$;
+		CREATE VIEW slow_sellers AS SELECT * FROM sellers WHERE slow(id)`)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(ctx) })
+	if err := conn.QueryRow(ctx, `SELECT s.first_seen_run_id::text, count(*) FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id
+		WHERE r.status = 'completed' AND s.deleted_at IS NULL GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1`).Scan(&runID, &n); err != nil {
+		t.Fatal(err)
+	}
+	return dbURL, conn, runID, n
+}
+
 func gunzipIf(t *testing.T, key string, b []byte) []byte {
 	t.Helper()
 	if !strings.HasSuffix(key, ".gz") {
@@ -700,20 +708,8 @@ func gunzipIf(t *testing.T, key string, b []byte) []byte {
 // clean export.
 func TestFaultTerminatedBackendPerFormat(t *testing.T) {
 	skipShort(t)
-	dbURL := pgtest.NewDatabase(t)
-	pgtest.Exec(t, dbURL, `CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN true; END $$;
-		CREATE VIEW slow_sellers AS SELECT * FROM sellers WHERE slow(id)`)
+	dbURL, conn, runID, _ := slowSellers(t)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var runID string
-	if err := conn.QueryRow(ctx, `SELECT s.first_seen_run_id::text FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id
-		WHERE r.status = 'completed' AND s.deleted_at IS NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1`).Scan(&runID); err != nil {
-		t.Fatal(err)
-	}
 	for _, format := range []string{"csv", "ndjson", "parquet"} {
 		t.Run(format, func(t *testing.T) {
 			cfg := filepath.Join(t.TempDir(), "p.yaml")

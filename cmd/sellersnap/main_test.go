@@ -278,18 +278,7 @@ func TestRunStopsWithinGraceOnSIGTERM(t *testing.T) {
 	write("slow_sellers")
 	addr := freeAddr(t)
 	cmd, log := runProcess(t, nil, "run", "-config", cfg, "-listen", addr)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon did not come up:\n%s", log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitHealthy(t, addr, log)
 	time.Sleep(time.Second) // a slow export is in flight
 	start := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -310,7 +299,7 @@ func TestRunStopsWithinGraceOnSIGTERM(t *testing.T) {
 	write("sellers")
 	addr = freeAddr(t)
 	cmd, log = runProcess(t, nil, "run", "-config", cfg, "-listen", addr)
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for countManifests(out) < 10 {
 		if time.Now().After(deadline) {
 			t.Fatalf("runs not exported after restart:\n%s", log)
