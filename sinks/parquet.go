@@ -19,8 +19,9 @@ const (
 	// and the open one is the largest part of the encoder's memory.
 	DefaultRowGroupRows = 64 * 1024
 	// DataPageSize is the target size of a data page. Every column of the
-	// open row group buffers one page, so smaller pages mean less memory;
-	// 128 KiB instead of 256 KiB grew a 1M-row file by 0.7%.
+	// open row group buffers one page, so smaller pages mean less memory.
+	// 128 KiB pages with 64Ki-row groups (instead of 256 KiB and 128Ki)
+	// grew a 1M-row file by 0.7% (45.75 → 46.08 MB).
 	DataPageSize = 128 << 10
 	// CreatedBy is written into every Parquet footer. It holds no version,
 	// so re-exports with another release stay byte-identical.

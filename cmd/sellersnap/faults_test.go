@@ -60,7 +60,8 @@ func loadDemo(t *testing.T, sellers, runs int) string {
 type tree struct {
 	files     map[string][]byte
 	manifests map[string]manifestView
-	latest    map[string]string // latest.json key → the manifest it names; schema.json key → fingerprint
+	latest    map[string]string // latest.json key → the manifest it names
+	schemas   map[string]string // schema.json key → its fingerprint
 	temps     []string
 }
 
@@ -76,7 +77,7 @@ type manifestView struct {
 
 func readTree(t *testing.T, dir string) tree {
 	t.Helper()
-	tr := tree{files: map[string][]byte{}, manifests: map[string]manifestView{}, latest: map[string]string{}}
+	tr := tree{files: map[string][]byte{}, manifests: map[string]manifestView{}, latest: map[string]string{}, schemas: map[string]string{}}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -96,7 +97,7 @@ func readTree(t *testing.T, dir string) tree {
 			if err := json.Unmarshal(b, &sc); err != nil || sc.Fingerprint == "" {
 				return fmt.Errorf("%s: %v", key, err)
 			}
-			tr.latest[key] = sc.Fingerprint
+			tr.schemas[key] = sc.Fingerprint
 			return nil
 		}
 		if d.Name() == "latest.json" {
@@ -139,9 +140,6 @@ func checkPublished(t *testing.T, got, ref tree) {
 		}
 	}
 	for k, mk := range got.latest {
-		if strings.HasPrefix(mk, "sha256:") {
-			continue // schema.json's fingerprint
-		}
 		if _, ok := got.manifests[mk]; !ok {
 			t.Errorf("%s names %s, which does not exist", k, mk)
 		}
@@ -177,6 +175,11 @@ func sameTree(t *testing.T, got, ref tree) {
 	for k, mk := range ref.latest {
 		if got.latest[k] != mk {
 			t.Errorf("%s names %q, want %q", k, got.latest[k], mk)
+		}
+	}
+	for k, fp := range ref.schemas {
+		if got.schemas[k] != fp {
+			t.Errorf("%s has fingerprint %q, want %q", k, got.schemas[k], fp)
 		}
 	}
 	if len(got.temps) > 0 {
