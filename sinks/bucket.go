@@ -224,7 +224,8 @@ func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType s
 // Commit succeeds; Abort guarantees nothing ever is.
 type Object struct {
 	bucket *Bucket
-	file   *os.File // file:// buckets: the temporary file, synced before commit
+	file   *os.File     // file:// buckets: the temporary file, synced before commit
+	wb     *writeBehind // file:// buckets on Linux, except tmpfs
 	key    string
 	w      *blob.Writer
 	cancel context.CancelFunc
@@ -253,6 +254,7 @@ func (b *Bucket) NewObject(ctx context.Context, key, contentType string) (*Objec
 			var f *os.File
 			if as(&f) {
 				o.file = f
+				o.wb = newWriteBehind(f)
 			}
 			return nil
 		}})
@@ -269,6 +271,9 @@ func (o *Object) Write(p []byte) (int, error) {
 	n, err := o.w.Write(p)
 	o.h.Write(p[:n])
 	o.n += int64(n)
+	if o.wb != nil {
+		o.wb.wrote(o.n)
+	}
 	if err != nil {
 		return n, fmt.Errorf("write %s: %w", o.key, err)
 	}
