@@ -104,8 +104,16 @@ func (o *output) next() error {
 	return nil
 }
 
-// Close finishes the last part; it is committed with the manifest.
-func (o *output) Close() error { return o.cur().finish() }
+// Close finishes the last part; it is committed with the manifest. Its
+// bytes are made durable here, in the format's own goroutine, so that the
+// formats' syncs overlap with each other and with encoding still going on.
+func (o *output) Close() error {
+	p := o.cur()
+	if err := p.finish(); err != nil {
+		return err
+	}
+	return p.obj.Sync()
+}
 
 // abort cancels every part not yet committed.
 func (o *output) abort() {

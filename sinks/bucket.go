@@ -211,11 +211,58 @@ func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType s
 			err = fmt.Errorf("write %s: upload failed (driver panicked: %v)", key, p)
 		}
 	}()
-	if err := b.b.WriteAll(ctx, key, data, wo); err != nil {
+	var f *os.File
+	if b.scheme == "file" {
+		// Durable like Object.Commit: a manifest torn by a power cut would
+		// mark a unit exported that no reader can open.
+		wo.BeforeWrite = func(as func(any) bool) error {
+			as(&f)
+			return nil
+		}
+	}
+	if err := b.writeAll(ctx, key, data, wo, &f); err != nil {
 		if gcerrors.Code(err) == gcerrors.FailedPrecondition {
 			return fmt.Errorf("write %s: %w", key, ErrExists)
 		}
 		return fmt.Errorf("write %s: %w", key, err)
+	}
+	return nil
+}
+
+// writeAll is blob.Bucket.WriteAll, syncing a file:// object's data
+// before the rename that publishes it, and its directory after.
+func (b *Bucket) writeAll(ctx context.Context, key string, data []byte, wo *blob.WriterOptions, f **os.File) error {
+	if b.scheme != "file" {
+		return b.b.WriteAll(ctx, key, data, wo)
+	}
+	if wo.ContentType == "" {
+		// With a content type the driver opens its file (and calls
+		// BeforeWrite) at once, not on the first non-empty write.
+		wo.ContentType = "application/octet-stream"
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := b.b.NewWriter(wctx, key, wo)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(data); err != nil {
+		cancel()
+		_ = w.Close()
+		return err
+	}
+	if *f != nil {
+		if err := (*f).Sync(); err != nil {
+			cancel()
+			_ = w.Close()
+			return err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	if *f != nil {
+		return syncDir(filepath.Dir((*f).Name()))
 	}
 	return nil
 }
@@ -232,6 +279,7 @@ type Object struct {
 	h      hash.Hash
 	n      int64
 	done   bool
+	synced bool // file:// buckets: the temporary file is on disk
 }
 
 // Upload buffering per object (S3 and Azure): parts of PartSize, at most
@@ -271,6 +319,7 @@ func (o *Object) Write(p []byte) (int, error) {
 	n, err := o.w.Write(p)
 	o.h.Write(p[:n])
 	o.n += int64(n)
+	o.synced = o.synced && n == 0
 	if o.wb != nil {
 		o.wb.wrote(o.n)
 	}
@@ -289,6 +338,27 @@ func (o *Object) Size() int64 { return o.n }
 // SHA256 is the hex SHA-256 of the bytes written.
 func (o *Object) SHA256() string { return hex.EncodeToString(o.h.Sum(nil)) }
 
+// Sync makes the bytes written so far durable where the bucket is a local
+// directory (file://), and does nothing elsewhere: object stores make an
+// upload durable when it completes. Commit syncs what Sync has not.
+func (o *Object) Sync() error {
+	if err := o.sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", o.key, err)
+	}
+	return nil
+}
+
+func (o *Object) sync() error {
+	if o.file == nil || o.synced {
+		return nil
+	}
+	if err := o.file.Sync(); err != nil {
+		return err
+	}
+	o.synced = true
+	return nil
+}
+
 // Commit finishes the upload and makes the object visible at its key.
 func (o *Object) Commit() (err error) {
 	if o.done {
@@ -303,15 +373,13 @@ func (o *Object) Commit() (err error) {
 			err = fmt.Errorf("commit %s: upload failed (driver panicked: %v)", o.key, p)
 		}
 	}()
-	if o.file != nil {
-		// fileblob renames without syncing: a power cut after the rename
-		// could leave an empty or torn file at the final key. Sync the data
-		// before the rename and the directory after it.
-		if err := o.file.Sync(); err != nil {
-			o.cancel()
-			_ = o.w.Close()
-			return fmt.Errorf("commit %s: sync: %w", o.key, err)
-		}
+	// fileblob renames without syncing: a power cut after the rename could
+	// leave an empty or torn file at the final key. Sync the data before
+	// the rename and the directory after it.
+	if err := o.sync(); err != nil {
+		o.cancel()
+		_ = o.w.Close()
+		return fmt.Errorf("commit %s: sync: %w", o.key, err)
 	}
 	if err := o.w.Close(); err != nil {
 		return fmt.Errorf("commit %s: %w", o.key, err)

@@ -2,10 +2,12 @@ package sinks
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"gocloud.dev/blob"
 	_ "gocloud.dev/blob/fileblob"
 	_ "gocloud.dev/blob/memblob"
 )
@@ -38,5 +40,31 @@ func TestFileObjectsAreSyncedBeforeCommit(t *testing.T) {
 	}
 	if data, err := os.ReadFile(filepath.Join(dir, "a", "b.csv")); err != nil || string(data) != "x\n" {
 		t.Errorf("committed file: %q, %v", data, err)
+	}
+}
+
+func TestFilePutsAreSynced(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b, err := OpenBucket(ctx, "file://"+dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, data := range [][]byte{[]byte(`{"a":1}`), nil} {
+		var f *os.File
+		wo := &blob.WriterOptions{BeforeWrite: func(as func(any) bool) error { as(&f); return nil }}
+		if err := b.writeAll(ctx, "m/manifest.json", data, wo, &f); err != nil {
+			t.Fatal(err)
+		}
+		if f == nil {
+			t.Errorf("%d bytes: the temporary file was not captured, so it was not synced", len(data))
+		}
+		if got, err := os.ReadFile(filepath.Join(dir, "m", "manifest.json")); err != nil || string(got) != string(data) {
+			t.Errorf("published %q, %v; want %q", got, err, data)
+		}
+	}
+	if err := b.Put(ctx, "m/manifest.json", nil, "application/json", &PutOptions{IfNotExist: true}); !errors.Is(err, ErrExists) {
+		t.Errorf("Put IfNotExist over an existing key: %v, want ErrExists", err)
 	}
 }

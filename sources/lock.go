@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -17,6 +18,9 @@ type Lock struct {
 	key  string
 }
 
+// The lock statements are sent without a prepare (QueryExecModeExec): one
+// round trip each instead of two, on every export's critical path.
+
 // TryLock takes the advisory lock named key without waiting. ok is false
 // when another session holds it. The lock key is the 64-bit hash of
 // "sellersnap:" + key (hashtextextended).
@@ -26,7 +30,7 @@ func (p *Postgres) TryLock(ctx context.Context, key string) (*Lock, bool, error)
 		return nil, false, fmt.Errorf("acquire lock connection: %w", err)
 	}
 	var ok bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, "sellersnap:"+key).Scan(&ok); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, pgx.QueryExecModeExec, "sellersnap:"+key).Scan(&ok); err != nil {
 		conn.Release()
 		return nil, false, fmt.Errorf("try lock %s: %w", key, err)
 	}
@@ -40,7 +44,7 @@ func (p *Postgres) TryLock(ctx context.Context, key string) (*Lock, bool, error)
 	// holds the lock.
 	var held bool
 	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-		AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0))`, "sellersnap:"+key).Scan(&held)
+		AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0))`, pgx.QueryExecModeExec, "sellersnap:"+key).Scan(&held)
 	if err != nil || !held {
 		conn.Hijack().Close(context.WithoutCancel(ctx))
 		if err != nil {
@@ -61,7 +65,7 @@ var ErrLockNotHeld = errors.New("advisory lock is not held by this session: is t
 func (l *Lock) Unlock() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := l.conn.Exec(ctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, "sellersnap:"+l.key); err != nil {
+	if _, err := l.conn.Exec(ctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, pgx.QueryExecModeExec, "sellersnap:"+l.key); err != nil {
 		// The session is gone or unusable: its locks went with it. Do
 		// not put the connection back.
 		l.conn.Hijack().Close(ctx)

@@ -12,7 +12,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -106,18 +105,11 @@ func exitCode(err error, stderr io.Writer) int {
 }
 
 // checkMasks fails for a masked column that is not text.
-func checkMasks(ctx context.Context, src *sources.Postgres, cfg *config.File, i int) error {
+func checkMasks(cols []sources.Column, cfg *config.File, i int) error {
 	j := cfg.Jobs[i]
-	var cols []sources.Column
 	for k, c := range j.Columns {
 		if c.Mask == "" {
 			continue
-		}
-		if cols == nil {
-			var err error
-			if cols, err = src.Columns(ctx, cmp.Or(cfg.Source.SellersTable, sources.DefaultSellersTable)); err != nil {
-				return err
-			}
 		}
 		for _, sc := range cols {
 			if sc.Name == c.Name && !sources.TextType(sc.Type) {
@@ -239,16 +231,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		DSN: cfg.Source.DSN, Schema: cfg.Source.Schema, RunsTable: cfg.Source.RunsTable,
 		SellersTable: cfg.Source.SellersTable, CompletedStatus: cfg.Source.CompletedStatus,
 		StatementTimeout: cfg.Source.StatementTimeout.Duration,
+		Conns:            exportConns(cmd),
 	})
 	if err != nil {
 		return err
 	}
 	defer src.Close()
+	// One catalog read for every job (two statements, however many jobs).
+	catalog, err := src.Catalog(ctx)
+	if err != nil {
+		return &configError{cfg.Errorf("jobs[0].columns", "%v", err)}
+	}
 	for i, j := range cfg.Jobs {
-		if err := src.Check(ctx, j.SourceColumns()); err != nil {
+		if err := catalog.Check(ctx, j.SourceColumns()); err != nil {
 			return &configError{cfg.Errorf(fmt.Sprintf("jobs[%d].columns", i), "%v", err)}
 		}
-		if err := checkMasks(ctx, src, cfg, i); err != nil {
+		if err := checkMasks(catalog.Sellers(), cfg, i); err != nil {
 			return err
 		}
 	}
@@ -508,6 +506,16 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	default:
 		return nil, &usageError{fmt.Sprintf("-log-format %q: want text or json", format)}
 	}
+}
+
+// exportConns is how many connections a command opens up front: exports
+// hold two (the unit's advisory lock and its snapshot).
+func exportConns(cmd string) int {
+	switch cmd {
+	case "once", "rerun", "run":
+		return 2
+	}
+	return 1
 }
 
 func toolVersion() string {
