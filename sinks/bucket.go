@@ -211,60 +211,32 @@ func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType s
 			err = fmt.Errorf("write %s: upload failed (driver panicked: %v)", key, p)
 		}
 	}()
-	var f *os.File
 	if b.scheme == "file" {
-		// Durable like Object.Commit: a manifest torn by a power cut would
+		// Durable like any Object: a manifest torn by a power cut would
 		// mark a unit exported that no reader can open.
-		wo.BeforeWrite = func(as func(any) bool) error {
-			as(&f)
-			return nil
-		}
+		_, err = b.putFile(ctx, key, data, wo)
+	} else if err = b.b.WriteAll(ctx, key, data, wo); err != nil {
+		err = fmt.Errorf("write %s: %w", key, err)
 	}
-	if err := b.writeAll(ctx, key, data, wo, &f); err != nil {
-		if gcerrors.Code(err) == gcerrors.FailedPrecondition {
-			return fmt.Errorf("write %s: %w", key, ErrExists)
-		}
-		return fmt.Errorf("write %s: %w", key, err)
+	if gcerrors.Code(err) == gcerrors.FailedPrecondition {
+		return fmt.Errorf("write %s: %w", key, ErrExists)
 	}
-	return nil
+	return err
 }
 
-// writeAll is blob.Bucket.WriteAll, syncing a file:// object's data
-// before the rename that publishes it, and its directory after.
-func (b *Bucket) writeAll(ctx context.Context, key string, data []byte, wo *blob.WriterOptions, f **os.File) error {
-	if b.scheme != "file" {
-		return b.b.WriteAll(ctx, key, data, wo)
-	}
-	if wo.ContentType == "" {
-		// With a content type the driver opens its file (and calls
-		// BeforeWrite) at once, not on the first non-empty write.
-		wo.ContentType = "application/octet-stream"
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := b.b.NewWriter(wctx, key, wo)
+// putFile writes data to key of a file:// bucket through an Object, so it
+// is synced before the rename that publishes it and the directory after,
+// and returns the committed Object.
+func (b *Bucket) putFile(ctx context.Context, key string, data []byte, wo *blob.WriterOptions) (*Object, error) {
+	o, err := b.newObject(ctx, key, wo)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if _, err := w.Write(data); err != nil {
-		cancel()
-		_ = w.Close()
-		return err
+	if _, err := o.Write(data); err != nil {
+		o.Abort()
+		return nil, err
 	}
-	if *f != nil {
-		if err := (*f).Sync(); err != nil {
-			cancel()
-			_ = w.Close()
-			return err
-		}
-	}
-	if err := w.Close(); err != nil {
-		return err
-	}
-	if *f != nil {
-		return syncDir(filepath.Dir((*f).Name()))
-	}
-	return nil
+	return o, o.Commit()
 }
 
 // Object is an upload in progress. Nothing is visible at its key until
@@ -294,18 +266,22 @@ const (
 
 // NewObject starts an upload to key. The caller must Commit or Abort it.
 func (b *Bucket) NewObject(ctx context.Context, key, contentType string) (*Object, error) {
+	return b.newObject(ctx, key, &blob.WriterOptions{ContentType: contentType})
+}
+
+func (b *Bucket) newObject(ctx context.Context, key string, wo *blob.WriterOptions) (*Object, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	o := &Object{bucket: b, key: key, cancel: cancel, h: sha256.New()}
-	w, err := b.b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType,
-		BufferSize: PartSize, MaxConcurrency: PartConcurrency,
-		BeforeWrite: func(as func(any) bool) error {
-			var f *os.File
-			if as(&f) {
-				o.file = f
-				o.wb = newWriteBehind(f)
-			}
-			return nil
-		}})
+	wo.BufferSize, wo.MaxConcurrency = PartSize, PartConcurrency
+	wo.BeforeWrite = func(as func(any) bool) error {
+		var f *os.File
+		if as(&f) {
+			o.file = f
+			o.wb = newWriteBehind(f)
+		}
+		return nil
+	}
+	w, err := b.b.NewWriter(wctx, key, wo)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("create %s: %w", key, err)

@@ -52,13 +52,12 @@ func TestFilePutsAreSynced(t *testing.T) {
 	}
 	defer b.Close()
 	for _, data := range [][]byte{[]byte(`{"a":1}`), nil} {
-		var f *os.File
-		wo := &blob.WriterOptions{BeforeWrite: func(as func(any) bool) error { as(&f); return nil }}
-		if err := b.writeAll(ctx, "m/manifest.json", data, wo, &f); err != nil {
+		o, err := b.putFile(ctx, "m/manifest.json", data, &blob.WriterOptions{ContentType: "application/json"})
+		if err != nil {
 			t.Fatal(err)
 		}
-		if f == nil {
-			t.Errorf("%d bytes: the temporary file was not captured, so it was not synced", len(data))
+		if o.file == nil || !o.synced {
+			t.Errorf("%d bytes: the temporary file was not synced", len(data))
 		}
 		if got, err := os.ReadFile(filepath.Join(dir, "m", "manifest.json")); err != nil || string(got) != string(data) {
 			t.Errorf("published %q, %v; want %q", got, err, data)

@@ -18,12 +18,11 @@ type Lock struct {
 	key  string
 }
 
-// The lock statements are sent without a prepare (QueryExecModeExec): one
-// round trip each instead of two, on every export's critical path.
-
 // TryLock takes the advisory lock named key without waiting. ok is false
 // when another session holds it. The lock key is the 64-bit hash of
-// "sellersnap:" + key (hashtextextended).
+// "sellersnap:" + key (hashtextextended). The lock statements are sent
+// without a prepare (QueryExecModeExec): one round trip each instead of
+// two, on every export's critical path.
 func (p *Postgres) TryLock(ctx context.Context, key string) (*Lock, bool, error) {
 	conn, err := p.pool.Acquire(ctx)
 	if err != nil {

@@ -141,23 +141,14 @@ func Open(ctx context.Context, cfg Config) (*Postgres, error) {
 	return &Postgres{pool: pool, cfg: cfg}, nil
 }
 
-// warm opens n connections concurrently, pings each and leaves them idle
-// in the pool.
+// warm opens n connections concurrently and leaves them idle in the pool.
+// The pool is empty, so each Acquire connects (and authenticates) anew.
 func warm(ctx context.Context, pool *pgxpool.Pool, n int) error {
 	conns := make([]*pgxpool.Conn, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() {
-			c, err := pool.Acquire(ctx)
-			if err == nil {
-				if err = c.Ping(ctx); err != nil {
-					c.Release()
-					c = nil
-				}
-			}
-			conns[i], errs[i] = c, err
-		})
+		wg.Go(func() { conns[i], errs[i] = pool.Acquire(ctx) })
 	}
 	wg.Wait()
 	for _, c := range conns {
@@ -167,7 +158,7 @@ func warm(ctx context.Context, pool *pgxpool.Pool, n int) error {
 	}
 	for _, err := range errs {
 		if err != nil {
-			return err
+			return err // the others failed alike, most likely
 		}
 	}
 	return nil
