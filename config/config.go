@@ -403,14 +403,14 @@ func Parse(name string, data []byte) (*File, error) {
 		return nil, &FieldError{File: name, Msg: "the file is empty"}
 	}
 	d := &decoder{file: name, lines: map[string]int{}}
-	unset := d.expandEnv(&doc, "")
+	d.expandEnv(&doc, "")
 	cfg := &Config{}
 	d.decode(doc.Content[0], reflect.ValueOf(cfg).Elem(), "")
 	if len(d.errs) > 0 {
 		return nil, errors.Join(d.errs...)
 	}
 	f := &File{Config: cfg, Path: name, lines: d.lines}
-	if err := f.validate(unset); err != nil {
+	if err := f.validate(); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -420,17 +420,13 @@ var jobName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
-func (f *File) validate(unset map[string][]string) error {
+func (f *File) validate() error {
 	var errs []error
 	bad := func(path, format string, args ...any) { errs = append(errs, f.Errorf(path, format, args...)) }
 
 	s := &f.Source
 	if s.DSN == "" {
-		if vars := unset["source.dsn"]; len(vars) > 0 {
-			bad("source.dsn", "is empty: environment variable %s is not set", strings.Join(vars, ", "))
-		} else {
-			bad("source.dsn", "is required (a PostgreSQL URL or connection string, usually ${DATABASE_URL})")
-		}
+		bad("source.dsn", "is required (a PostgreSQL URL or connection string, usually ${DATABASE_URL})")
 	}
 	for path, v := range map[string]*string{"source.schema": &s.Schema, "source.runs_table": &s.RunsTable, "source.sellers_table": &s.SellersTable, "source.completed_status": &s.CompletedStatus} {
 		if _, set := f.lines[path]; set && *v == "" {

@@ -48,6 +48,7 @@ func TestDefaultsAndExpansion(t *testing.T) {
       compression: "${COMP:-gzip}"
     columns: [display_name, {name: created_at, as: discovered_at}]
     destination: "s3://b?region=$${x}"
+    flagged: ${SELLERSNAP_TEST_NO_SUCH_VAR:-}
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +56,9 @@ func TestDefaultsAndExpansion(t *testing.T) {
 	j := f.Jobs[0]
 	if j.BatchRows != 500 || *j.CSV.FormulaGuard || j.CSV.Compression != "gzip" {
 		t.Errorf("expansion: rows=%d guard=%v comp=%s", j.BatchRows, *j.CSV.FormulaGuard, j.CSV.Compression)
+	}
+	if j.Flagged != nil {
+		t.Errorf("${VAR:-} is the explicit empty value: flagged = %v", *j.Flagged)
 	}
 	if j.Destination != "s3://b?region=${x}" {
 		t.Errorf("$$ escape: %q", j.Destination)
@@ -79,6 +83,7 @@ func TestDefaultsAndExpansion(t *testing.T) {
 func TestErrorsNameFieldAndLine(t *testing.T) {
 	t.Setenv("SELLERSNAP_TEST_UNSET", "")
 	os.Unsetenv("SELLERSNAP_TEST_UNSET")
+	t.Setenv("SELLERSNAP_TEST_EMPTY", "")
 	files, err := filepath.Glob("testdata/invalid/*.yaml")
 	if err != nil || len(files) < 20 {
 		t.Fatalf("%d invalid configs (%v)", len(files), err)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"reflect"
@@ -183,50 +184,46 @@ func cleanYAMLError(err error) string {
 
 // expandEnv replaces ${VAR} and ${VAR:-default} in every scalar value (never
 // in keys); "$$" stands for a literal "$". Plain scalars are re-typed after
-// expansion, so "batch_rows: ${ROWS:-8192}" is a number. It returns the
-// names of variables that were unset and had no default.
-func (d *decoder) expandEnv(n *yaml.Node, path string) (unset map[string][]string) {
-	unset = map[string][]string{}
-	var walk func(n *yaml.Node, path string)
-	walk = func(n *yaml.Node, path string) {
-		switch n.Kind {
-		case yaml.DocumentNode, yaml.SequenceNode:
-			for i, c := range n.Content {
-				p := path
-				if n.Kind == yaml.SequenceNode {
-					p = fmt.Sprintf("%s[%d]", path, i)
-				}
-				walk(c, p)
+// expansion, so "batch_rows: ${ROWS:-8192}" is a number. A ${VAR} without a
+// default whose variable is unset or empty is an error naming the variable,
+// line and field: an empty value must be asked for with ${VAR:-}, so a
+// missing variable never silently turns a mask, a filter or a destination
+// into its default.
+func (d *decoder) expandEnv(n *yaml.Node, path string) {
+	switch n.Kind {
+	case yaml.DocumentNode, yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := path
+			if n.Kind == yaml.SequenceNode {
+				p = fmt.Sprintf("%s[%d]", path, i)
 			}
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				walk(n.Content[i+1], join(path, n.Content[i].Value))
-			}
-		case yaml.ScalarNode:
-			if !strings.Contains(n.Value, "$") {
-				return
-			}
-			out, missing, err := expand(n.Value)
-			if err != nil {
-				d.fail(n, path, "%v", err)
-				return
-			}
-			unset[path] = append(unset[path], missing...)
-			if out != n.Value {
-				n.Value = out
-				if n.Style == 0 {
-					n.Tag = "" // re-resolve the type of a plain scalar
-				}
+			d.expandEnv(c, p)
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			d.expandEnv(n.Content[i+1], join(path, n.Content[i].Value))
+		}
+	case yaml.ScalarNode:
+		if !strings.Contains(n.Value, "$") {
+			return
+		}
+		out, err := expand(n.Value)
+		if err != nil {
+			d.fail(n, path, "%v", err)
+			return
+		}
+		if out != n.Value {
+			n.Value = out
+			if n.Style == 0 {
+				n.Tag = "" // re-resolve the type of a plain scalar
 			}
 		}
 	}
-	walk(n, path)
-	return unset
 }
 
-func expand(s string) (string, []string, error) {
+func expand(s string) (string, error) {
 	var b strings.Builder
-	var missing []string
+	var problems []string
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c != '$' {
@@ -244,12 +241,12 @@ func expand(s string) (string, []string, error) {
 		}
 		end := strings.IndexByte(s[i:], '}')
 		if end < 0 {
-			return "", nil, fmt.Errorf("unclosed ${ in %q", s)
+			return "", fmt.Errorf("unclosed ${ in %q", s)
 		}
 		expr := s[i+2 : i+end]
 		name, def, hasDef := strings.Cut(expr, ":-")
 		if !validVarName(name) {
-			return "", nil, fmt.Errorf("invalid variable name %q in ${%s}", name, expr)
+			return "", fmt.Errorf("invalid variable name %q in ${%s}", name, expr)
 		}
 		val, ok := os.LookupEnv(name)
 		switch {
@@ -258,11 +255,16 @@ func expand(s string) (string, []string, error) {
 		case hasDef:
 			b.WriteString(def)
 		case !ok:
-			missing = append(missing, name)
+			problems = append(problems, fmt.Sprintf("environment variable %s is not set (write ${%s:-} for an explicit empty value)", name, name))
+		default:
+			problems = append(problems, fmt.Sprintf("environment variable %s is empty (write ${%s:-} for an explicit empty value)", name, name))
 		}
 		i += end
 	}
-	return b.String(), missing, nil
+	if len(problems) > 0 {
+		return "", errors.New(strings.Join(problems, "; "))
+	}
+	return b.String(), nil
 }
 
 func validVarName(s string) bool {
