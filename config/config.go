@@ -407,7 +407,7 @@ func Parse(name string, data []byte) (*File, error) {
 	cfg := &Config{}
 	d.decode(doc.Content[0], reflect.ValueOf(cfg).Elem(), "")
 	if len(d.errs) > 0 {
-		return nil, errors.Join(d.errs...)
+		return nil, joinErrors(d.errs)
 	}
 	f := &File{Config: cfg, Path: name, lines: d.lines}
 	if err := f.validate(); err != nil {
@@ -493,7 +493,7 @@ func (f *File) validate() error {
 		}
 		errs = append(errs, f.validateJob(j, p)...)
 	}
-	return errors.Join(errs...)
+	return joinErrors(errs)
 }
 
 func (f *File) validateJob(j *Job, p string) []error {

@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,5 +135,53 @@ func TestDSNNeverInErrors(t *testing.T) {
 	_, err := config.Parse("p.yaml", []byte("source: {dsn: '"+secret+"', bogus: 1}\njobs: [{name: j, mode: full}]\n"))
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestAliasFanOutIsBounded: a few kilobytes of YAML aliases that fan out
+// must fail fast with a bounded message, not decode to millions of values
+// or print an error line for each of them.
+func TestAliasFanOutIsBounded(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("source: {dsn: postgres://x@127.0.0.1/db}\njobs:\n")
+	b.WriteString("  - &j {name: j, mode: sideways, formats: [[tsv]], columns: &c [&x {name: a, as: b}")
+	for i := 0; i < 300; i++ {
+		b.WriteString(", *x")
+	}
+	b.WriteString("]}\n")
+	for i := 0; i < 2000; i++ {
+		b.WriteString("  - *j\n")
+	}
+	if b.Len() > 32<<10 {
+		t.Fatalf("the file should be small: %d bytes", b.Len())
+	}
+	_, err := config.Parse("fan.yaml", []byte(b.String()))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) > 21 {
+		t.Errorf("%d error lines, want at most 21 (20 and a count)", len(lines))
+	}
+	if !strings.Contains(err.Error(), "more than 50000 values") {
+		t.Errorf("error does not say what happened:\n%v", err)
+	}
+}
+
+// TestManyMistakesAreCounted: a file with hundreds of mistakes lists the first
+// 20 and says how many more there are.
+func TestManyMistakesAreCounted(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("source: {dsn: postgres://x@127.0.0.1/db}\njobs:\n")
+	for i := 0; i < 100; i++ {
+		fmt.Fprintf(&b, "  - {name: j%d, mode: per_run, formats: [tsv]}\n", i)
+	}
+	_, err := config.Parse("many.yaml", []byte(b.String()))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != 21 || lines[20] != "… and 80 more problems" {
+		t.Errorf("%d lines, last %q", len(lines), lines[len(lines)-1])
 	}
 }

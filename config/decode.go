@@ -45,6 +45,24 @@ type decoder struct {
 	file  string
 	lines map[string]int
 	errs  []error
+	nodes int // values decoded so far, aliases counted each time they are used
+}
+
+// maxNodes bounds the values one config file may decode to, aliases
+// expanded: a real pipeline.yaml has a few hundred, while a few kilobytes of
+// aliases that fan out would otherwise decode to millions of values.
+const maxNodes = 50_000
+
+// maxErrors is how many problems an error lists before it says how many more.
+const maxErrors = 20
+
+// joinErrors joins errs like errors.Join, listing at most maxErrors of them.
+func joinErrors(errs []error) error {
+	if len(errs) <= maxErrors {
+		return errors.Join(errs...)
+	}
+	shown := append(errs[:maxErrors:maxErrors], fmt.Errorf("… and %d more problems", len(errs)-maxErrors))
+	return errors.Join(shown...)
 }
 
 func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
@@ -58,6 +76,15 @@ func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
 var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	if d.nodes++; d.nodes > maxNodes {
+		if d.nodes == maxNodes+1 {
+			// First, so that it is not among the problems left unlisted.
+			d.fail(n, path, "the file decodes to more than %d values (aliases that fan out?); stopped here", maxNodes)
+			last := len(d.errs) - 1
+			d.errs = append([]error{d.errs[last]}, d.errs[:last]...)
+		}
+		return
+	}
 	if n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}
