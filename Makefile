@@ -36,9 +36,12 @@ test-faults:
 	$(GO) test -race -count=1 -run '^TestFault' $(TESTFLAGS) ./cmd/sellersnap
 
 # Exports the demo data and reads every file back with readers nobody here wrote
-# (DuckDB via cgo, parquet-go), and runs the DuckDB recipes of docs/reading.md.
-# Its own module (verify/), so the main module stays free of cgo. Needs a C++ toolchain.
+# (DuckDB via cgo, parquet-go, and hyparquet from npm: a JavaScript reader strict
+# about the footer), and runs the DuckDB recipes of docs/reading.md.
+# Its own module (verify/), so the main module stays free of cgo. Needs a C++
+# toolchain and Node.js with npm.
 verify-readers:
+	cd verify/hyparquet && npm ci --no-audit --no-fund --loglevel=error
 	cd verify && CGO_ENABLED=1 $(GO) test -count=1 -v ./...
 
 # Each fuzz target for FUZZTIME (new failing inputs land in testdata/fuzz; CI runs this).

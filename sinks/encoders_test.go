@@ -18,6 +18,7 @@ import (
 	"github.com/apache/arrow/go/v17/arrow/array"
 	"github.com/apache/arrow/go/v17/arrow/decimal128"
 	"github.com/apache/arrow/go/v17/arrow/memory"
+	"github.com/apache/arrow/go/v17/parquet"
 	"github.com/apache/arrow/go/v17/parquet/file"
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
 	"go.uber.org/goleak"
@@ -258,6 +259,11 @@ func TestParquetTypesAndRoundTrip(t *testing.T) {
 	md := pf.MetaData()
 	if md.GetCreatedBy() != sinks.CreatedBy {
 		t.Errorf("created_by %q", md.GetCreatedBy())
+	}
+	// The Parquet spec gives the root no repetition or REQUIRED; Arrow Go
+	// writes REPEATED by default, which strict readers (hyparquet) reject.
+	if rep := md.Schema.Root().RepetitionType(); rep != parquet.Repetitions.Required {
+		t.Errorf("root schema element is %s, want REQUIRED", rep)
 	}
 	if pf.NumRowGroups() != (len(testRows())+9)/10 {
 		t.Errorf("%d row groups for %d rows at 10 per group", pf.NumRowGroups(), len(testRows()))

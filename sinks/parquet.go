@@ -84,6 +84,9 @@ func NewParquet(w io.Writer, schema *arrow.Schema, opts ParquetOptions) (*Parque
 		parquet.WithDictionaryDefault(false),
 		parquet.WithStats(true),
 		parquet.WithDataPageSize(DataPageSize),
+		// The spec gives the root element no repetition or REQUIRED; Arrow
+		// Go's default REPEATED makes strict readers (hyparquet) fail.
+		parquet.WithRootRepetition(parquet.Repetitions.Required),
 	}
 	if opts.CompressionLevel != 0 {
 		props = append(props, parquet.WithCompressionLevel(opts.CompressionLevel))

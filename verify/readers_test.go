@@ -15,6 +15,7 @@ import (
 	_ "github.com/duckdb/duckdb-go/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/format"
 
 	"github.com/sellersnap/sellersnap/internal/pgtest"
 )
@@ -491,6 +492,53 @@ func TestReadingRecipesRun(t *testing.T) {
 
 // TestParquetGoSeesTheLogicalTypes opens every Parquet file with
 // parquet-go and checks the footer's physical and logical types.
+// TestHyparquetReadsEveryParquetFileExactly reads every Parquet file with
+// hyparquet, a pure-JavaScript reader from another ecosystem that is strict
+// about the footer (it fails on a root schema element that is REPEATED, which
+// DuckDB, polars and arrow-rs accept), and compares every value with
+// PostgreSQL. make verify-readers installs it into verify/hyparquet.
+func TestHyparquetReadsEveryParquetFileExactly(t *testing.T) {
+	if _, err := os.Stat("hyparquet/node_modules/hyparquet"); err != nil {
+		t.Fatalf("hyparquet is not installed (make verify-readers runs npm ci in verify/hyparquet): %v", err)
+	}
+	e := newExport(t)
+	var total int64
+	for _, m := range e.manifests {
+		p := e.path(m.file("parquet"))
+		out, err := exec.Command("node", "hyparquet/read.mjs", p).Output()
+		if err != nil {
+			var stderr []byte
+			if ee, ok := err.(*exec.ExitError); ok {
+				stderr = ee.Stderr
+			}
+			t.Errorf("hyparquet cannot read %s: %v\n%s", m.key, err, stderr)
+			continue
+		}
+		lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+		var head struct {
+			Columns []string `json:"columns"`
+			Rows    string   `json:"rows"`
+		}
+		if err := json.Unmarshal([]byte(lines[0]), &head); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if strings.Join(head.Columns, ",") != strings.Join(columns, ",") || head.Rows != fmt.Sprint(m.Rows) {
+			t.Errorf("%s: hyparquet sees columns %v and %s rows, want %v and %d", m.key, head.Columns, head.Rows, columns, m.Rows)
+		}
+		var got [][]string
+		for _, l := range lines[1:] {
+			var row []string
+			if err := json.Unmarshal([]byte(l), &row); err != nil {
+				t.Fatalf("%s: %v", p, err)
+			}
+			got = append(got, row)
+		}
+		compareRows(t, m.key+" hyparquet", got, e.pgRows(t, m))
+		total += int64(len(got))
+	}
+	t.Logf("%d files, %d rows: hyparquet reads every Parquet file equal to PostgreSQL value for value", len(e.manifests), total)
+}
+
 func TestParquetGoSeesTheLogicalTypes(t *testing.T) {
 	e := newExport(t)
 	want := map[string]string{
@@ -514,6 +562,9 @@ func TestParquetGoSeesTheLogicalTypes(t *testing.T) {
 		}
 		if pf.NumRows() != m.Rows {
 			t.Errorf("%s: %d rows, manifest %d", p, pf.NumRows(), m.Rows)
+		}
+		if rep, set := pf.Metadata().Schema[0].RepetitionType.Get(); set && rep != format.Required {
+			t.Errorf("%s: root schema element is %v; the spec allows none or REQUIRED", filepath.Base(p), rep)
 		}
 		got := map[string]string{}
 		for _, el := range pf.Metadata().Schema[1:] {
