@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -200,7 +201,7 @@ func TestFaultSIGKILLNeverPublishesAPartialRun(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	once := func(out string, env ...string) (*bytes.Buffer, error) {
+	once := func(out string, env ...string) (*lockedBuffer, error) {
 		cmd, log := runProcess(t, append(env, "OUT="+out), "once", "-config", cfg)
 		return log, cmd.Wait()
 	}
@@ -253,6 +254,13 @@ func TestFaultSIGKILLNeverPublishesAPartialRun(t *testing.T) {
 			}
 			got := readTree(t, dir)
 			checkPublished(t, got, ref)
+			// Directory readers (Spark, Hive, Athena, Trino) skip names
+			// starting with "." or "_": a partial file must have one.
+			for _, tmp := range got.temps {
+				if base := path.Base(tmp); base[0] != '.' && base[0] != '_' {
+					t.Errorf("temporary file %s would be read as data by a directory reader", tmp)
+				}
+			}
 			t.Logf("after the kill: %d manifests, %d files, %d temporary", len(got.manifests), len(got.files), len(got.temps))
 
 			if log, err := once(dir); err != nil {
@@ -352,7 +360,7 @@ jobs:
 	checkNoOrphans(t, out)
 }
 
-func waitHealthy(t *testing.T, addr string, log *bytes.Buffer) {
+func waitHealthy(t *testing.T, addr string, log fmt.Stringer) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		resp, err := http.Get("http://" + addr + "/healthz")
@@ -720,7 +728,7 @@ func TestFaultTerminatedBackendPerFormat(t *testing.T) {
 			if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			rerun := func(out string) (*exec.Cmd, *bytes.Buffer) {
+			rerun := func(out string) (*exec.Cmd, *lockedBuffer) {
 				return runProcess(t, []string{"OUT=" + out}, "rerun", "-config", cfg, "-job", "new", "-run", runID)
 			}
 			clean := t.TempDir()

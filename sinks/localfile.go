@@ -1,0 +1,169 @@
+package sinks
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// localDir writes the objects of a file:// bucket. fileblob reads and lists
+// them, but writing goes through an os.Root so that no write or delete ever
+// leaves the bucket's directory, whatever symlinks someone placed inside it
+// (os.Root refuses a path whose symlinks lead outside the root), and so that
+// a temporary file is named for what it is to directory readers.
+//
+// A temporary file lives next to its final key, so the rename that publishes
+// it never crosses file systems, and its name starts with a dot:
+// ".sellers_2026-03-04_run-xxxxxxxx.parquet.<hex>.tmp". Spark, Hive, Athena,
+// Trino and DuckDB's hive partitioning skip names that start with "." or "_",
+// so a table over a run's folder never reads a partial file a killed process
+// left behind.
+type localDir struct {
+	root   *os.Root
+	prefix string // the URL's prefix= query parameter, prepended to keys
+}
+
+func openLocalDir(dir, prefix string) (*localDir, error) {
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return nil, fmt.Errorf("create bucket directory: %w", err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket directory: %w", err)
+	}
+	return &localDir{root: root, prefix: prefix}, nil
+}
+
+func (d *localDir) Close() error { return d.root.Close() }
+
+// path is key as a path relative to the root. It refuses keys that fileblob
+// would escape (so a file we write is the file fileblob reads) and keys with
+// "." or ".." segments.
+func (d *localDir) path(key string) (string, error) {
+	key = d.prefix + key
+	bad := key == "" || strings.HasPrefix(key, "/") || strings.HasSuffix(key, "/") || strings.Contains(key, "//")
+	for _, seg := range strings.Split(key, "/") {
+		bad = bad || seg == "." || seg == ".."
+	}
+	for _, r := range key {
+		bad = bad || r < 0x20 || r == '\\' && os.PathSeparator == '\\'
+	}
+	if bad {
+		return "", fmt.Errorf("key %q is not a plain relative path", key)
+	}
+	return filepath.FromSlash(key), nil
+}
+
+// tempPrefix is how the temporary files of rel begin.
+func tempPrefix(rel string) string { return "." + filepath.Base(rel) + "." }
+
+// create opens a new temporary file for key.
+func (d *localDir) create(key string) (*localFile, error) {
+	rel, err := d.path(key)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Dir(rel)
+	if err := d.root.MkdirAll(dir, 0o777); err != nil {
+		return nil, err
+	}
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := filepath.Join(dir, tempPrefix(rel)+hex.EncodeToString(rnd[:])+".tmp")
+	f, err := d.root.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+	if err != nil {
+		return nil, err
+	}
+	return &localFile{dir: d, f: f, tmp: tmp, rel: rel}, nil
+}
+
+// remove deletes key; a missing key is not an error.
+func (d *localDir) remove(key string) error {
+	rel, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	if err := d.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// removeStaleTemp deletes the temporary files of key that a killed process
+// left: ".name.<hex>.tmp", and "name.<hex>.tmp" as fileblob named them
+// before sellersnap wrote file:// buckets itself.
+func (d *localDir) removeStaleTemp(key string) error {
+	rel, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(rel)
+	f, err := d.root.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	base := filepath.Base(rel)
+	for _, n := range names {
+		if !strings.HasSuffix(n, ".tmp") || !strings.HasPrefix(n, tempPrefix(rel)) && !strings.HasPrefix(n, base+".") {
+			continue
+		}
+		if err := d.root.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// localFile is one object being written to a file:// bucket.
+type localFile struct {
+	dir *localDir
+	f   *os.File
+	tmp string // relative to the root
+	rel string // the final path, relative to the root
+}
+
+// commit publishes the synced and closed temporary file at its key: a
+// rename, or with ifNotExist a hard link that fails if the key exists (so
+// two writers can never both succeed), then the directory is synced so the
+// new name survives a power cut.
+func (l *localFile) commit(ifNotExist bool) error {
+	defer l.dir.root.Remove(l.tmp) // after a rename there is nothing to remove
+	if err := l.f.Close(); err != nil {
+		return err
+	}
+	if ifNotExist {
+		if err := l.dir.root.Link(l.tmp, l.rel); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return ErrExists
+			}
+			return err
+		}
+	} else if err := l.dir.root.Rename(l.tmp, l.rel); err != nil {
+		return err
+	}
+	d, err := l.dir.root.Open(filepath.Dir(l.rel))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// abort closes and removes the temporary file.
+func (l *localFile) abort() {
+	_ = l.f.Close()
+	_ = l.dir.root.Remove(l.tmp)
+}
