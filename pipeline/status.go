@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/sinks"
 )
 
 // statusPage renders what the daemon is doing: per job the schedule, the
@@ -43,9 +44,10 @@ Backlog: <span class="backlog">{{.Backlog}}</span>. Destination <code>{{.Destina
 
 type statusJob struct {
 	*config.Job
-	Next    time.Time
-	Backlog int
-	Exports []Export
+	Destination string // redacted: the page is unauthenticated
+	Next        time.Time
+	Backlog     int
+	Exports     []Export
 }
 
 func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
@@ -60,7 +62,7 @@ func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
 		Jobs    []statusJob
 	}{Version: d.Runner.Version, Now: now}
 	for _, j := range d.Jobs {
-		data.Jobs = append(data.Jobs, statusJob{Job: j, Next: j.Cron.Next(now.In(j.Location)),
+		data.Jobs = append(data.Jobs, statusJob{Job: j, Destination: sinks.Redact(j.Destination), Next: j.Cron.Next(now.In(j.Location)),
 			Backlog: d.Runner.Metrics.Backlog(j.Name), Exports: d.Runner.Metrics.History(j.Name)})
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")

@@ -26,17 +26,29 @@ var ErrExists = errors.New("object already exists")
 // The drivers are linked in by the main package.
 type Bucket struct {
 	b          *blob.Bucket
+	local      *localDir // file:// buckets: writes and deletes, confined to the directory
 	url        string
 	scheme     string
-	bucketName string // the URL's host: the S3 bucket
+	bucketName string   // the URL's host: the S3 bucket
+	secrets    []string // of the URL, never shown (see redact)
 }
 
 // OpenBucket opens the bucket at rawURL. A file:// URL may be relative
 // (file://./snapshots resolves against the working directory); its
-// directory is created, temporary files are written next to their final
-// key (so the rename that publishes them never crosses file systems), and
-// no .attrs sidecar files are written, unless the URL says otherwise.
+// directory is created, and no .attrs sidecar files are written unless the
+// URL says otherwise. Objects of a file:// bucket are written by localDir:
+// never outside the directory, through hidden temporary files.
 func OpenBucket(ctx context.Context, rawURL string) (*Bucket, error) {
+	secrets := urlSecrets(rawURL)
+	b, err := openBucket(ctx, rawURL)
+	if err != nil {
+		return nil, redactError(err, secrets)
+	}
+	b.secrets = secrets
+	return b, nil
+}
+
+func openBucket(ctx context.Context, rawURL string) (*Bucket, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme == "" {
 		return nil, fmt.Errorf("bucket URL %q: want scheme://…, e.g. s3://bucket or file:///path", Redact(rawURL))
@@ -50,7 +62,14 @@ func OpenBucket(ctx context.Context, rawURL string) (*Bucket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", Redact(rawURL), err)
 	}
-	return &Bucket{b: b, url: Redact(u.String()), scheme: u.Scheme, bucketName: u.Host}, nil
+	bk := &Bucket{b: b, url: Redact(u.String()), scheme: u.Scheme, bucketName: u.Host}
+	if u.Scheme == "file" {
+		if bk.local, err = openLocalDir(filepath.FromSlash(u.Path), u.Query().Get("prefix")); err != nil {
+			b.Close()
+			return nil, fmt.Errorf("open bucket %s: %w", Redact(rawURL), err)
+		}
+	}
+	return bk, nil
 }
 
 func fileURL(u *url.URL) (*url.URL, error) {
@@ -61,11 +80,11 @@ func fileURL(u *url.URL) (*url.URL, error) {
 			p = u.Opaque
 		}
 	} else if u.Host != "" && u.Host != "localhost" {
-		return nil, fmt.Errorf("bucket URL %q: file URLs take no host (use file:///abs/path or file://./rel/path)", u.String())
+		return nil, fmt.Errorf("bucket URL %q: file URLs take no host (use file:///abs/path or file://./rel/path)", Redact(u.String()))
 	}
 	abs, err := filepath.Abs(p)
 	if err != nil {
-		return nil, fmt.Errorf("bucket URL %q: %w", u.String(), err)
+		return nil, fmt.Errorf("bucket URL %q: %w", Redact(u.String()), err)
 	}
 	q := u.Query()
 	for k, v := range map[string]string{"create_dir": "true", "no_tmp_dir": "true", "metadata": "skip"} {
@@ -76,39 +95,22 @@ func fileURL(u *url.URL) (*url.URL, error) {
 	return &url.URL{Scheme: "file", Path: filepath.ToSlash(abs), RawQuery: q.Encode()}, nil
 }
 
-// Redact drops the user info and query values of a URL, which may hold
-// credentials, for logs and errors.
-func Redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	u.User = nil
-	if u.RawQuery != "" {
-		q := u.Query()
-		for k := range q {
-			switch k {
-			case "region", "endpoint", "create_dir", "no_tmp_dir", "metadata", "protocol", "domain", "use_path_style", "prefix":
-			default:
-				q.Set(k, "REDACTED")
-			}
-		}
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
-}
-
 // URL is the bucket's URL with credentials redacted.
 func (b *Bucket) URL() string { return b.url }
 
 // Close releases the bucket.
-func (b *Bucket) Close() error { return b.b.Close() }
+func (b *Bucket) Close() error {
+	if b.local != nil {
+		b.local.Close()
+	}
+	return b.b.Close()
+}
 
 // Exists reports whether key exists.
 func (b *Bucket) Exists(ctx context.Context, key string) (bool, error) {
 	ok, err := b.b.Exists(ctx, key)
 	if err != nil {
-		return false, fmt.Errorf("check %s: %w", key, err)
+		return false, b.redact(fmt.Errorf("check %s: %w", key, err))
 	}
 	return ok, nil
 }
@@ -117,7 +119,7 @@ func (b *Bucket) Exists(ctx context.Context, key string) (bool, error) {
 func (b *Bucket) ReadAll(ctx context.Context, key string) ([]byte, error) {
 	data, err := b.b.ReadAll(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
+		return nil, b.redact(fmt.Errorf("read %s: %w", key, err))
 	}
 	return data, nil
 }
@@ -126,7 +128,7 @@ func (b *Bucket) ReadAll(ctx context.Context, key string) ([]byte, error) {
 func (b *Bucket) ContentType(ctx context.Context, key string) (string, error) {
 	a, err := b.b.Attributes(ctx, key)
 	if err != nil {
-		return "", fmt.Errorf("attributes of %s: %w", key, err)
+		return "", b.redact(fmt.Errorf("attributes of %s: %w", key, err))
 	}
 	return a.ContentType, nil
 }
@@ -148,7 +150,7 @@ func (b *Bucket) List(ctx context.Context, prefix, suffix string) ([]ObjectInfo,
 			return out, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("list %s: %w", prefix, err)
+			return nil, b.redact(fmt.Errorf("list %s: %w", prefix, err))
 		}
 		if !obj.IsDir && strings.HasSuffix(obj.Key, suffix) {
 			out = append(out, ObjectInfo{Key: obj.Key, Size: obj.Size, ModTime: obj.ModTime})
@@ -157,30 +159,29 @@ func (b *Bucket) List(ctx context.Context, prefix, suffix string) ([]ObjectInfo,
 }
 
 // RemoveStaleTemp deletes the temporary files a killed process left next
-// to key in a file:// bucket ("key.<hex>.tmp", fileblob's naming). Other
-// drivers keep no such files; for them it does nothing. The caller must
-// make sure nobody is writing key.
+// to key in a file:// bucket. Other drivers keep no such files; for them it
+// does nothing. The caller must make sure nobody is writing key.
 func (b *Bucket) RemoveStaleTemp(ctx context.Context, key string) error {
-	if b.scheme != "file" {
+	if b.local == nil {
 		return nil
 	}
-	objs, err := b.List(ctx, key+".", ".tmp")
-	if err != nil {
-		return err
-	}
-	for _, o := range objs {
-		if err := b.Delete(ctx, o.Key); err != nil {
-			return err
-		}
+	if err := b.local.removeStaleTemp(key); err != nil {
+		return b.redact(fmt.Errorf("remove temporary files of %s: %w", key, err))
 	}
 	return nil
 }
 
 // Delete removes key; a missing key is not an error.
 func (b *Bucket) Delete(ctx context.Context, key string) error {
+	if b.local != nil {
+		if err := b.local.remove(key); err != nil {
+			return b.redact(fmt.Errorf("delete %s: %w", key, err))
+		}
+		return nil
+	}
 	err := b.b.Delete(ctx, key)
 	if err != nil && gcerrors.Code(err) != gcerrors.NotFound {
-		return fmt.Errorf("delete %s: %w", key, err)
+		return b.redact(fmt.Errorf("delete %s: %w", key, err))
 	}
 	return nil
 }
@@ -211,14 +212,14 @@ func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType s
 			err = fmt.Errorf("write %s: upload failed (driver panicked: %v)", key, p)
 		}
 	}()
-	if b.scheme == "file" {
+	if b.local != nil {
 		// Durable like any Object: a manifest torn by a power cut would
 		// mark a unit exported that no reader can open.
 		_, err = b.putFile(ctx, key, data, wo)
 	} else if err = b.b.WriteAll(ctx, key, data, wo); err != nil {
-		err = fmt.Errorf("write %s: %w", key, err)
+		err = b.redact(fmt.Errorf("write %s: %w", key, err))
 	}
-	if gcerrors.Code(err) == gcerrors.FailedPrecondition {
+	if gcerrors.Code(err) == gcerrors.FailedPrecondition && !errors.Is(err, ErrExists) {
 		return fmt.Errorf("write %s: %w", key, ErrExists)
 	}
 	return err
@@ -243,11 +244,15 @@ func (b *Bucket) putFile(ctx context.Context, key string, data []byte, wo *blob.
 // Commit succeeds; Abort guarantees nothing ever is.
 type Object struct {
 	bucket *Bucket
+	local  *localFile   // file:// buckets: the temporary file
 	file   *os.File     // file:// buckets: the temporary file, synced before commit
 	wb     *writeBehind // file:// buckets on Linux, except tmpfs
 	key    string
-	w      *blob.Writer
+	w      io.Writer    // where Write goes: bw, or file
+	bw     *blob.Writer // other buckets
+	ctx    context.Context
 	cancel context.CancelFunc
+	excl   bool // commit only if key does not exist
 	h      hash.Hash
 	n      int64
 	done   bool
@@ -271,22 +276,24 @@ func (b *Bucket) NewObject(ctx context.Context, key, contentType string) (*Objec
 
 func (b *Bucket) newObject(ctx context.Context, key string, wo *blob.WriterOptions) (*Object, error) {
 	wctx, cancel := context.WithCancel(ctx)
-	o := &Object{bucket: b, key: key, cancel: cancel, h: sha256.New()}
-	wo.BufferSize, wo.MaxConcurrency = PartSize, PartConcurrency
-	wo.BeforeWrite = func(as func(any) bool) error {
-		var f *os.File
-		if as(&f) {
-			o.file = f
-			o.wb = newWriteBehind(f)
+	o := &Object{bucket: b, key: key, ctx: wctx, cancel: cancel, h: sha256.New(), excl: wo.IfNotExist}
+	if b.local != nil {
+		lf, err := b.local.create(key)
+		if err != nil {
+			cancel()
+			return nil, b.redact(fmt.Errorf("create %s: %w", key, err))
 		}
-		return nil
+		o.local, o.file, o.w = lf, lf.f, lf.f
+		o.wb = newWriteBehind(lf.f)
+		return o, nil
 	}
+	wo.BufferSize, wo.MaxConcurrency = PartSize, PartConcurrency
 	w, err := b.b.NewWriter(wctx, key, wo)
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("create %s: %w", key, err)
+		return nil, b.redact(fmt.Errorf("create %s: %w", key, err))
 	}
-	o.w = w
+	o.w, o.bw = w, w
 	return o, nil
 }
 
@@ -300,7 +307,7 @@ func (o *Object) Write(p []byte) (int, error) {
 		o.wb.wrote(o.n)
 	}
 	if err != nil {
-		return n, fmt.Errorf("write %s: %w", o.key, err)
+		return n, o.bucket.redact(fmt.Errorf("write %s: %w", o.key, err))
 	}
 	return n, nil
 }
@@ -319,7 +326,7 @@ func (o *Object) SHA256() string { return hex.EncodeToString(o.h.Sum(nil)) }
 // upload durable when it completes. Commit syncs what Sync has not.
 func (o *Object) Sync() error {
 	if err := o.sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", o.key, err)
+		return o.bucket.redact(fmt.Errorf("sync %s: %w", o.key, err))
 	}
 	return nil
 }
@@ -349,32 +356,27 @@ func (o *Object) Commit() (err error) {
 			err = fmt.Errorf("commit %s: upload failed (driver panicked: %v)", o.key, p)
 		}
 	}()
-	// fileblob renames without syncing: a power cut after the rename could
-	// leave an empty or torn file at the final key. Sync the data before
-	// the rename and the directory after it.
-	if err := o.sync(); err != nil {
-		o.cancel()
-		_ = o.w.Close()
-		return fmt.Errorf("commit %s: sync: %w", o.key, err)
-	}
-	if err := o.w.Close(); err != nil {
-		return fmt.Errorf("commit %s: %w", o.key, err)
-	}
-	if o.file != nil {
-		if err := syncDir(filepath.Dir(o.file.Name())); err != nil {
-			return fmt.Errorf("commit %s: sync directory: %w", o.key, err)
+	if o.local != nil {
+		// A power cut after the rename must not leave an empty or torn
+		// file at the final key: sync the data before the rename (commit
+		// syncs the directory after it).
+		if err := o.ctx.Err(); err != nil {
+			o.local.abort()
+			return o.bucket.redact(fmt.Errorf("commit %s: %w", o.key, err))
 		}
+		if err := o.sync(); err != nil {
+			o.local.abort()
+			return o.bucket.redact(fmt.Errorf("commit %s: sync: %w", o.key, err))
+		}
+		if err := o.local.commit(o.excl); err != nil {
+			return o.bucket.redact(fmt.Errorf("commit %s: %w", o.key, err))
+		}
+		return nil
+	}
+	if err := o.bw.Close(); err != nil {
+		return o.bucket.redact(fmt.Errorf("commit %s: %w", o.key, err))
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // Abort cancels the upload: the writer's context is cancelled before Close,
@@ -386,13 +388,17 @@ func (o *Object) Abort() {
 	}
 	o.done = true
 	o.cancel()
+	if o.local != nil {
+		o.local.abort()
+		return
+	}
 	func() {
 		defer func() {
 			// Some drivers' Close panics after a failed upload; the object
 			// is abandoned either way.
 			_ = recover()
 		}()
-		_ = o.w.Close()
+		_ = o.bw.Close()
 	}()
 	o.bucket.abortMultipart(o.key)
 }

@@ -155,6 +155,7 @@ func TestConfigErrorsExit2NamingFieldAndLine(t *testing.T) {
 	}
 	// Every mistake of the config catalogue: exit 2, one message naming
 	// the file, line and field.
+	t.Setenv("SELLERSNAP_TEST_EMPTY", "")
 	files, _ := filepath.Glob("../../config/testdata/invalid/*.yaml")
 	if len(files) < 20 {
 		t.Fatalf("%d invalid configs", len(files))
@@ -241,17 +242,17 @@ func TestDSNNeverPrinted(t *testing.T) {
 
 // runProcess starts this test binary as "sellersnap args…" in a process of
 // its own.
-func runProcess(t *testing.T, env []string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+func runProcess(t *testing.T, env []string, args ...string) (*exec.Cmd, *lockedBuffer) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(append(os.Environ(), env...), "SELLERSNAP_TEST_MAIN="+strings.Join(args, "\x1f"))
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	return cmd, &out
+	return cmd, out
 }
 
 func freeAddr(t *testing.T) string {
@@ -362,7 +363,7 @@ func TestThreeDaemonProcesses(t *testing.T) {
 	}
 	type proc struct {
 		cmd *exec.Cmd
-		log *bytes.Buffer
+		log *lockedBuffer
 	}
 	var procs []proc
 	for i := 0; i < 3; i++ {
