@@ -237,6 +237,8 @@ func (d *decoder) expandEnv(n *yaml.Node, path string) {
 		out, err := expand(n.Value)
 		if err != nil {
 			d.fail(n, path, "%v", err)
+			// Decoded as null: one message for one mistake.
+			n.Value, n.Tag, n.Style = "", "!!null", 0
 			return
 		}
 		if out != n.Value {
