@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 
 	"github.com/sellersnap/sellersnap/config"
 )
@@ -69,7 +70,16 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 			return fmt.Errorf("listen %s: %w", d.Listen, err)
 		}
 		d.addr = ln.Addr()
-		srv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		ln = netutil.LimitListener(ln, HTTPMaxConns)
+		srv = &http.Server{
+			Handler:           d.Handler(),
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      60 * time.Second, // room for a 30 s /debug/pprof/profile
+			IdleTimeout:       HTTPIdleTimeout,
+			MaxHeaderBytes:    16 << 10,
+			ErrorLog:          slog.NewLogLogger(d.logger().Handler(), slog.LevelWarn),
+		}
 		go func() { _ = srv.Serve(ln) }()
 		d.logger().Info("serving", "addr", ln.Addr().String())
 	}
@@ -94,6 +104,16 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 	}
 	return nil
 }
+
+// The HTTP side is bounded so that no client, however many connections it
+// opens or holds, can take the file descriptors and memory exports need:
+// at most HTTPMaxConns connections are served at once (more wait in the
+// kernel's accept queue, costing the process nothing), and a connection
+// idle for HTTPIdleTimeout is closed.
+const (
+	HTTPMaxConns    = 32
+	HTTPIdleTimeout = 20 * time.Second
+)
 
 // Addr is the HTTP server's address once Run has started it.
 func (d *Daemon) Addr() net.Addr {
