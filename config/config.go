@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -493,7 +494,77 @@ func (f *File) validate() error {
 		}
 		errs = append(errs, f.validateJob(j, p)...)
 	}
+	if len(errs) == 0 {
+		errs = append(errs, f.checkKeysDisjoint()...)
+	}
 	return joinErrors(errs)
+}
+
+// checkKeysDisjoint refuses jobs that could write the same keys: two jobs
+// on one bucket whose paths start with the same literal text (or one with
+// a prefix of the other's) would find each other's manifests and count
+// runs as exported that they never wrote, or overwrite each other's files.
+// Placeholder values never contain "/" and {job} differs between jobs, so
+// paths whose literal beginnings diverge can never meet.
+func (f *File) checkKeysDisjoint() []error {
+	type root struct {
+		i      int
+		where  string // bucket identity + prefix: one folder may hold another's bucket
+		prefix string
+	}
+	var roots []root
+	var errs []error
+	for i, j := range f.Jobs {
+		r := root{i: i, prefix: literalPrefix(strings.ReplaceAll(j.Path, "{job}", keys.Escape(j.Name)))}
+		r.where = bucketIdentity(j.Destination) + r.prefix
+		for _, o := range roots {
+			if !strings.HasPrefix(r.where, o.where) && !strings.HasPrefix(o.where, r.where) {
+				continue
+			}
+			other := f.Jobs[o.i]
+			field := fmt.Sprintf("jobs[%d].path", i)
+			if _, set := f.lines[field]; !set {
+				field = fmt.Sprintf("jobs[%d]", i) // the default path
+			}
+			errs = append(errs, f.Errorf(field,
+				"jobs %q and %q (jobs[%d], line %d) write to the same bucket with paths starting %q and %q: they could write the same keys and take each other's manifests for their own; give each job its own path (e.g. with {job} in it)",
+				j.Name, other.Name, o.i, f.lines[fmt.Sprintf("jobs[%d].name", o.i)], r.prefix, o.prefix))
+		}
+		roots = append(roots, r)
+	}
+	return errs
+}
+
+// literalPrefix is a template's text before its first placeholder.
+func literalPrefix(tmpl string) string {
+	if i := strings.IndexByte(tmpl, '{'); i >= 0 {
+		return tmpl[:i]
+	}
+	return tmpl
+}
+
+// bucketIdentity names the storage a bucket URL points at, ending in "/":
+// file URLs by absolute directory (file://./out and file:///abs/out are
+// one bucket), others by scheme, bucket name and prefix= parameter.
+func bucketIdentity(dest string) string {
+	u, err := url.Parse(dest)
+	if err != nil {
+		return dest
+	}
+	prefix := u.Query().Get("prefix")
+	if u.Scheme == "file" {
+		p := u.Path
+		if u.Host == "." {
+			p = strings.TrimPrefix(p, "/")
+		} else if u.Opaque != "" {
+			p = u.Opaque
+		}
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		return "file://" + strings.TrimSuffix(filepath.ToSlash(p), "/") + "/" + prefix
+	}
+	return u.Scheme + "://" + u.Host + "/" + prefix
 }
 
 func (f *File) validateJob(j *Job, p string) []error {

@@ -1176,3 +1176,51 @@ func TestPerFormatColumnsAndQuoteAll(t *testing.T) {
 		t.Fatal("nothing checked")
 	}
 }
+
+// TestManifestOfAnotherJobIsAConflict: a second job (another deployment,
+// or a config written before jobs were checked for shared keys) that finds
+// the first job's manifests at its own keys must fail those units loudly,
+// never count them as exported, and never overwrite them on a rerun.
+func TestManifestOfAnotherJobIsAConflict(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	first, _ := f.once("new-sellers")
+	if len(first.Exported) == 0 {
+		t.Fatal("nothing exported")
+	}
+	if _, err := f.runner.Once(ctx, f.job("full-nightly")); err != nil {
+		t.Fatal(err)
+	}
+	before := f.files()
+
+	for _, name := range []string{"new-sellers", "full-nightly"} {
+		other := *f.job(name)
+		other.Name = "other-" + name
+		res, err := f.runner.Once(ctx, &other)
+		var conflict *pipeline.ConflictError
+		if !errors.As(err, &conflict) || conflict.OtherJob != name || conflict.Job != other.Name {
+			t.Fatalf("%s: Once = %+v, %v; want a ConflictError naming job %s", other.Name, res, err, name)
+		}
+		if len(res.Exported) != 0 || res.Failed == 0 {
+			t.Errorf("%s: exported %d, failed %d; want 0 exported and every unit failed", other.Name, len(res.Exported), res.Failed)
+		}
+		plan, err := f.runner.Plan(ctx, &other)
+		if err != nil || len(plan) == 0 {
+			t.Errorf("%s: plan = %d units, %v; want the conflicting units listed as pending", other.Name, len(plan), err)
+		}
+	}
+	other := *f.job("new-sellers")
+	other.Name = "other"
+	if _, err := f.runner.RerunRun(ctx, &other, first.Exported[0].RunID); !errors.As(err, new(*pipeline.ConflictError)) {
+		t.Errorf("rerun over another job's unit: %v, want a ConflictError", err)
+	}
+	after := f.files()
+	if len(after) != len(before) {
+		t.Errorf("%d files before, %d after", len(before), len(after))
+	}
+	for k, v := range before {
+		if !bytes.Equal(after[k], v) {
+			t.Errorf("%s changed", k)
+		}
+	}
+}

@@ -50,6 +50,7 @@ type Runner struct {
 
 	mu      sync.Mutex
 	buckets map[string]*sinks.Bucket
+	owned   map[string]struct{} // manifests read and found to be the job's (see exported)
 }
 
 // Locker takes named locks that exclude other processes;
@@ -158,7 +159,10 @@ func (r *Runner) ExportPending(ctx context.Context, job *config.Job, runID strin
 		return Result{}, err
 	}
 	if done, err := bucket.Exists(ctx, key); err != nil || done {
-		return Result{}, err
+		// A manifest of another job is not "done": exportRuns reports it.
+		if done, err = r.exported(ctx, bucket, job, key); done {
+			return Result{}, nil
+		}
 	}
 	return r.exportRuns(ctx, job, []unit{u}, false)
 }
@@ -222,7 +226,11 @@ func (r *Runner) pendingRuns(ctx context.Context, job *config.Job) ([]unit, erro
 			if err != nil {
 				return unitError(units[i], err)
 			}
-			exported[i], err = bucket.Exists(gctx, key)
+			exported[i], err = r.exported(gctx, bucket, job, key)
+			if isConflict(err) {
+				// Pending: the export fails it under its lock, alone.
+				return nil
+			}
 			return err
 		})
 	}
@@ -295,17 +303,16 @@ func (r *Runner) exportRunLocked(ctx context.Context, bucket *sinks.Bucket, u un
 		return nil, errExportedElsewhere
 	}
 	defer release()
-	if !force {
-		// Another process may have finished it between listing and locking.
-		key, err := u.manifestKey()
-		if err != nil {
-			return nil, err
-		}
-		if done, err := bucket.Exists(ctx, key); err != nil {
-			return nil, err
-		} else if done {
-			return nil, errExportedElsewhere
-		}
+	// Another process may have finished it between listing and locking;
+	// and a rerun must not overwrite another job's unit.
+	key, err := u.manifestKey()
+	if err != nil {
+		return nil, err
+	}
+	if done, err := r.exported(ctx, bucket, u.job, key); err != nil {
+		return nil, err
+	} else if done && !force {
+		return nil, errExportedElsewhere
 	}
 	snap, err := r.Source.Snapshot(ctx)
 	if err != nil {
@@ -343,20 +350,28 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 	if err != nil {
 		return res, err
 	}
+	var conflicts []error
 	for _, org := range orgs {
 		u := newOrgUnit(job, org, date)
-		if !force {
-			key, err := u.manifestKey()
-			if err != nil {
-				return res, unitError(u, err)
-			}
-			done, err := bucket.Exists(ctx, key)
-			if err != nil {
-				return res, err
-			}
-			if done {
-				continue
-			}
+		key, err := u.manifestKey()
+		if err != nil {
+			return res, unitError(u, err)
+		}
+		done, err := r.exported(ctx, bucket, job, key)
+		if isConflict(err) {
+			// This org only: the others are exported.
+			res.Failed++
+			r.Metrics.failure(u, err, r.now())
+			err = unitError(u, err)
+			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...)
+			conflicts = append(conflicts, err)
+			continue
+		}
+		if err != nil {
+			return res, err
+		}
+		if done && !force {
+			continue
 		}
 		m, err := r.exportUnit(ctx, snap, bucket, u, force)
 		if errors.Is(err, errExportedElsewhere) {
@@ -374,7 +389,7 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 		}
 		res.Exported = append(res.Exported, m)
 	}
-	return res, nil
+	return res, errors.Join(conflicts...)
 }
 
 // Planned is one unit Once would export now.
@@ -411,10 +426,10 @@ func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
 			if err != nil {
 				return nil, unitError(u, err)
 			}
-			if done, err := bucket.Exists(ctx, key); err != nil {
+			if done, err := r.exported(ctx, bucket, job, key); err != nil && !isConflict(err) {
 				return nil, err
 			} else if !done {
-				units = append(units, u)
+				units = append(units, u) // a conflict included: once fails it
 			}
 		}
 		slices.SortFunc(units, func(a, b unit) int { return strings.Compare(a.orgID, b.orgID) })
