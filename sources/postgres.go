@@ -270,6 +270,11 @@ var (
 	RequiredSellerColumns = []string{"id", "org_id", "first_seen_run_id", "deleted_at", "flagged", "created_at"}
 )
 
+// idColumns must be uuid wherever they are required (id and org_id in
+// both tables, first_seen_run_id in sellers): ids are compared, locked and
+// put into keys as text, which is one spelling per id only for uuid.
+var idColumns = []string{"id", "org_id", "first_seen_run_id"}
+
 // Catalog is what the catalog says about the runs and sellers tables, read
 // once to check any number of jobs against.
 type Catalog struct {
@@ -325,6 +330,16 @@ func (c *Catalog) Check(ctx context.Context, export []string) error {
 	if err := p.checkGrants(ctx, p.cfg.SellersTable, sellerCols, append(slices.Clone(RequiredSellerColumns), export...)); err != nil {
 		errs = append(errs, err)
 	}
+	wantUUID := func(table string, have []Column, what string) {
+		for _, c := range have {
+			if slices.Contains(idColumns, c.Name) && c.Type != "uuid" && (table == p.cfg.SellersTable || c.Name != "first_seen_run_id") {
+				errs = append(errs, fmt.Errorf("%s: column %q of %s.%s has type %s: sellersnap needs uuid ids, since a text id has many spellings of one run or org (A0EE…, a0ee…, {a0ee…}) that would be exported as different units (ALTER TABLE %s ALTER COLUMN %s TYPE uuid USING %s::uuid)",
+					what, c.Name, p.cfg.Schema, table, c.Type, pgx.Identifier{p.cfg.Schema, table}.Sanitize(), pgx.Identifier{c.Name}.Sanitize(), pgx.Identifier{c.Name}.Sanitize()))
+			}
+		}
+	}
+	wantUUID(p.cfg.RunsTable, runCols, "runs table")
+	wantUUID(p.cfg.SellersTable, sellerCols, "sellers table")
 	for _, c := range sellerCols {
 		if slices.Contains(export, c.Name) && !SupportedType(c.Type) {
 			errs = append(errs, fmt.Errorf("columns: column %q has type %s, which sellersnap cannot export (supported: %s)", c.Name, c.Type, strings.Join(supportedTypes, ", ")))

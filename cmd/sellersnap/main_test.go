@@ -670,3 +670,39 @@ func TestMaskNeedsTextAndAKey(t *testing.T) {
 		t.Errorf("once: exit %d (or the key was printed)\n%s%s", code, stdout, stderr)
 	}
 }
+
+// TestIDColumnsMustBeUUIDs: with text ids, 'A0EEBC99-…', 'a0eebc99-…' and
+// '{a0eebc99…}' are three runs to a string comparison but one to the uuid
+// parameters the sellers are read with, so the same sellers were published
+// three times into three folders, and the advisory lock (by id text) did
+// not exclude them. The contract is uuid ids; every command checks it
+// before anything is exported and exits 2 naming the column.
+func TestIDColumnsMustBeUUIDs(t *testing.T) {
+	for _, tc := range []struct{ table, column string }{
+		{"collection_runs", "id"}, {"collection_runs", "org_id"},
+		{"sellers", "id"}, {"sellers", "org_id"}, {"sellers", "first_seen_run_id"},
+	} {
+		t.Run(tc.table+"."+tc.column, func(t *testing.T) {
+			dbURL := pgtest.NewDatabase(t)
+			pgtest.Exec(t, dbURL, fmt.Sprintf(`ALTER TABLE %s ALTER COLUMN %s TYPE text`, tc.table, tc.column))
+			if tc.table == "collection_runs" && tc.column == "id" {
+				// Two more spellings of one completed run.
+				pgtest.Exec(t, dbURL, `INSERT INTO collection_runs SELECT upper(id), org_id, status, started_at, completed_at + interval '1 second' FROM collection_runs WHERE status = 'completed' LIMIT 1;
+					INSERT INTO collection_runs SELECT '{' || lower(id) || '}', org_id, status, started_at, completed_at + interval '2 seconds' FROM collection_runs WHERE status = 'completed' AND id = lower(id) LIMIT 1`)
+			}
+			out := t.TempDir()
+			env := map[string]string{"DATABASE_URL": dbURL, "SELLERSNAP_BUCKET": "file://" + out}
+			cfg := filepath.Join("..", "..", "pipeline.yaml")
+			for _, cmd := range []string{"validate", "plan", "once"} {
+				code, _, stderr := cli(t, env, cmd, "-config", cfg)
+				want := fmt.Sprintf("column %q of public.%s has type text", tc.column, tc.table)
+				if code != 2 || !strings.Contains(stderr, want) || !strings.Contains(stderr, "uuid") {
+					t.Errorf("%s: exit %d, want 2 saying %q:\n%s", cmd, code, want, stderr)
+				}
+			}
+			if n := countManifests(out); n != 0 {
+				t.Errorf("%d manifests written", n)
+			}
+		})
+	}
+}
