@@ -498,14 +498,21 @@ func (s *Snapshot) init(ctx context.Context) error {
 	var names []string
 	var nullable []bool
 	var micros int64
+	//
+	// A SQL_ASCII database stores text bytes unchecked; converting them to
+	// UTF8 makes the server fail the whole query on the first bad byte,
+	// naming nothing. Within the snapshot the bytes come as stored
+	// (client_encoding SQL_ASCII, reverted at its end), and the decoder
+	// rejects invalid UTF-8 naming the seller and column.
 	err := s.tx.QueryRow(ctx, `SELECT (extract(epoch FROM now()) * 1000000)::int8,
 			CASE WHEN $2::text <> '' THEN set_config('statement_timeout', $2::text, true) END,
+			CASE WHEN current_setting('server_encoding') = 'SQL_ASCII' THEN set_config('client_encoding', 'SQL_ASCII', true) END,
 			coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}'), coalesce(array_agg(NOT a.attnotnull ORDER BY a.attnum), '{}')
 		FROM pg_catalog.pg_attribute a
 		WHERE a.attrelid = to_regclass($1::text) AND a.attnum > 0 AND NOT a.attisdropped`,
 		// One round trip (no prepare). Results come as text in this mode:
 		// the time as microseconds, so that no DateStyle changes it.
-		pgx.QueryExecModeExec, pgx.Identifier{s.cfg.Schema, s.cfg.SellersTable}.Sanitize(), timeout).Scan(&micros, nil, &names, &nullable)
+		pgx.QueryExecModeExec, pgx.Identifier{s.cfg.Schema, s.cfg.SellersTable}.Sanitize(), timeout).Scan(&micros, nil, nil, &names, &nullable)
 	if err != nil {
 		return fmt.Errorf("begin snapshot: %w", err)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
+	"github.com/sellersnap/sellersnap/internal/demodata"
 	"github.com/sellersnap/sellersnap/internal/pgtest"
 )
 
@@ -705,4 +706,43 @@ func TestIDColumnsMustBeUUIDs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestInvalidUTF8FromSQLASCIIDatabaseNamesRunSellerAndColumn: a SQL_ASCII
+// database stores whatever bytes it is given. A value that is not UTF-8
+// fails its run's export with an error naming the run, the seller and the
+// column (as the README promises), and the other runs are exported.
+func TestInvalidUTF8FromSQLASCIIDatabaseNamesRunSellerAndColumn(t *testing.T) {
+	dbURL := pgtest.NewSQLASCIIDatabase(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := demodata.Load(ctx, conn, pgtest.DemoOptions); err != nil {
+		t.Fatal(err)
+	}
+	var runID, sellerID string
+	if err := conn.QueryRow(ctx, `UPDATE sellers SET display_name = 'Caf' || E'\xe9' || ' Ltd'
+		WHERE id = (SELECT s.id FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id
+			WHERE r.status = 'completed' AND s.deleted_at IS NULL ORDER BY s.id LIMIT 1)
+		RETURNING first_seen_run_id::text, id::text`).Scan(&runID, &sellerID); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	env := map[string]string{"DATABASE_URL": dbURL, "SELLERSNAP_BUCKET": "file://" + out}
+	code, _, stderr := cli(t, env, "once", "-config", filepath.Join("..", "..", "pipeline.yaml"))
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, stderr)
+	}
+	for _, want := range []string{runID, sellerID, "display_name", "not valid UTF-8"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("the error does not name %q:\n%s", want, stderr)
+		}
+	}
+	if n := countManifests(out); n < 5 {
+		t.Errorf("%d manifests: the other runs were not exported", n)
+	}
+	checkNoOrphans(t, out)
 }

@@ -95,14 +95,22 @@ func NewEmptyDatabase(t testing.TB) string {
 	return newDatabase(t, "template0")
 }
 
-func newDatabase(t testing.TB, from string) string {
+// NewSQLASCIIDatabase creates an empty database whose server encoding is
+// SQL_ASCII: the server stores text bytes unchecked, as some old
+// deployments do.
+func NewSQLASCIIDatabase(t testing.TB) string {
+	t.Helper()
+	return newDatabase(t, "template0", "ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'")
+}
+
+func newDatabase(t testing.TB, from string, options ...string) string {
 	t.Helper()
 	if adminURL == "" {
 		t.Fatal("pgtest: Main was not called from TestMain")
 	}
 	name := "t_" + randomSuffix()
 	ctx := context.Background()
-	if err := exec(ctx, fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s", pgx.Identifier{name}.Sanitize(), pgx.Identifier{from}.Sanitize())); err != nil {
+	if err := exec(ctx, fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s %s", pgx.Identifier{name}.Sanitize(), pgx.Identifier{from}.Sanitize(), strings.Join(options, " "))); err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
 	t.Cleanup(func() { dropDatabase(context.Background(), name) })
