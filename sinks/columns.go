@@ -103,7 +103,11 @@ const hexDigits = "0123456789abcdef"
 // appendJSONString appends s as a JSON string: no HTML escaping, U+2028 and
 // U+2029 escaped (as encoding/json does), invalid UTF-8 replaced by U+FFFD.
 func appendJSONString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
+	return append(appendJSONEscaped(append(dst, '"'), s), '"')
+}
+
+// appendJSONEscaped appends s escaped for the inside of a JSON string.
+func appendJSONEscaped(dst []byte, s string) []byte {
 	start := 0
 	for i := 0; i < len(s); {
 		b := s[i]
@@ -146,6 +150,5 @@ func appendJSONString(dst []byte, s string) []byte {
 		}
 		i += size
 	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
+	return append(dst, s[start:]...)
 }

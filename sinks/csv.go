@@ -78,6 +78,11 @@ func (c *CSV) Write(rec arrow.Record) error {
 				continue
 			}
 			switch {
+			case col.str != nil && len(col.str.Value(i)) > flushAt:
+				var err error
+				if buf, err = c.appendLargeText(buf, col.str.Value(i)); err != nil {
+					return err
+				}
 			case col.str != nil:
 				buf = c.appendText(buf, col.str.Value(i))
 			case c.opts.QuoteAll:
@@ -115,27 +120,57 @@ func fullwidthFormulaStart(s string) bool {
 	return false
 }
 
-func (c *CSV) appendText(dst []byte, s string) []byte {
-	guard := c.opts.FormulaGuard && len(s) > 0 && (formulaStart[s[0]] || fullwidthFormulaStart(s))
-	quote := c.opts.QuoteAll || len(s) == 0 || s[0] == ' ' || s[len(s)-1] == ' '
+// cell decides how a text cell is written: with a formula guard, quoted.
+func (c *CSV) cell(s string) (guard, quote bool) {
+	guard = c.opts.FormulaGuard && len(s) > 0 && (formulaStart[s[0]] || fullwidthFormulaStart(s))
+	quote = c.opts.QuoteAll || len(s) == 0 || s[0] == ' ' || s[len(s)-1] == ' '
 	if !quote {
 		for i := 0; i < len(s); i++ {
 			if c.quote[s[i]] {
-				quote = true
-				break
+				return guard, true
 			}
 		}
 	}
-	if !quote {
-		if guard {
-			dst = append(dst, '\'')
-		}
-		return append(dst, s...)
+	return guard, quote
+}
+
+// appendCellStart appends what goes before a cell's text.
+func appendCellStart(dst []byte, guard, quote bool) []byte {
+	if quote {
+		dst = append(dst, '"')
 	}
-	dst = append(dst, '"')
 	if guard {
 		dst = append(dst, '\'')
 	}
+	return dst
+}
+
+func (c *CSV) appendText(dst []byte, s string) []byte {
+	guard, quote := c.cell(s)
+	dst = appendCellStart(dst, guard, quote)
+	if !quote {
+		return append(dst, s...)
+	}
+	return append(appendCSVEscaped(dst, s), '"')
+}
+
+// appendLargeText is appendText for a value larger than flushAt, written
+// through the buffer in pieces (textOut.appendLarge).
+func (c *CSV) appendLargeText(dst []byte, s string) ([]byte, error) {
+	guard, quote := c.cell(s)
+	esc := appendCSVEscaped
+	if !quote {
+		esc = func(dst []byte, s string) []byte { return append(dst, s...) }
+	}
+	dst, err := c.out.appendLarge(appendCellStart(dst, guard, quote), s, esc)
+	if err != nil || !quote {
+		return dst, err
+	}
+	return append(dst, '"'), nil
+}
+
+// appendCSVEscaped appends s with each '"' doubled.
+func appendCSVEscaped(dst []byte, s string) []byte {
 	start := 0
 	for i := 0; i < len(s); i++ {
 		if s[i] == '"' {
@@ -144,6 +179,5 @@ func (c *CSV) appendText(dst []byte, s string) []byte {
 			start = i + 1
 		}
 	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
+	return append(dst, s[start:]...)
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unicode/utf8"
 
 	"github.com/apache/arrow/go/v17/arrow"
 )
@@ -52,6 +53,12 @@ func (e *NDJSON) Write(rec arrow.Record) error {
 			switch {
 			case col.arr.IsNull(i) || (col.jsonNull != nil && col.jsonNull(i)):
 				buf = append(buf, "null"...)
+			case col.str != nil && len(col.str.Value(i)) > flushAt:
+				var err error
+				if buf, err = e.out.appendLarge(append(buf, '"'), col.str.Value(i), appendJSONEscaped); err != nil {
+					return err
+				}
+				buf = append(buf, '"')
 			case col.str != nil:
 				buf = appendJSONString(buf, col.str.Value(i))
 			case col.quoted:
@@ -84,6 +91,29 @@ type textOut struct {
 
 func newTextOut(w io.Writer, format string) textOut {
 	return textOut{w: w, format: format, buf: make([]byte, 0, flushAt+flushAt/4)}
+}
+
+// appendLarge appends s, escaped by esc, to buf (the row being built on
+// o.buf) in pieces of flushAt bytes, flushing whenever buf passes flushAt:
+// a value of any size costs the encoder a buffer of ~2 × flushAt, where
+// appending it whole would grow the row buffer to a multiple of the value.
+// Pieces never split a UTF-8 sequence, so esc sees each rune whole.
+func (o *textOut) appendLarge(buf []byte, s string, esc func(dst []byte, s string) []byte) ([]byte, error) {
+	for len(s) > 0 {
+		n := min(len(s), flushAt)
+		for back := 0; n < len(s) && back < utf8.UTFMax-1 && !utf8.RuneStart(s[n]); back++ {
+			n--
+		}
+		buf, s = esc(buf, s[:n]), s[n:]
+		if len(buf) >= flushAt {
+			o.buf = buf
+			if err := o.flush(); err != nil {
+				return nil, err
+			}
+			buf = o.buf
+		}
+	}
+	return buf, nil
 }
 
 func (o *textOut) maybeFlush() error {

@@ -92,6 +92,14 @@ func NewParquet(w io.Writer, schema *arrow.Schema, opts ParquetOptions) (*Parque
 		props = append(props, parquet.WithCompressionLevel(opts.CompressionLevel))
 	}
 	for _, f := range schema.Fields() {
+		if f.Type.ID() == arrow.STRING {
+			// Arrow Go copies a page's and a chunk's min and max whole
+			// before it drops statistics over 4 KiB: four copies of a
+			// 50 MB value. Min and max of text rarely prune a row group.
+			props = append(props, parquet.WithStatsPath(parquet.ColumnPath{f.Name}, false))
+		}
+	}
+	for _, f := range schema.Fields() {
 		if _, err := pqarrow.ToParquet(arrow.NewSchema([]arrow.Field{f}, nil), nil, pqarrow.DefaultWriterProps()); err != nil {
 			return nil, fmt.Errorf("parquet: column %q: %w", f.Name, err)
 		}
