@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,6 +27,15 @@ type unit struct {
 	orgID  string
 	date   string
 	values map[string]string // placeholder values, less ext
+	held   fence             // nil when not locked (plan, tests)
+}
+
+// stillHeld returns nil while u's lock is held (or u has none).
+func (u unit) stillHeld(ctx context.Context) error {
+	if u.held == nil {
+		return nil
+	}
+	return u.held(ctx)
 }
 
 // noOrg stands for sellers without an org in keys.
@@ -164,7 +174,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 			o.abort()
 			if !published {
 				// Parts committed early (split output) go again.
-				r.unpublish(ctx, bucket, o.committedKeys())
+				r.unpublish(ctx, bucket, u, o.committedKeys())
 			}
 		}
 	}()
@@ -225,15 +235,30 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		return nil, err
 	}
 	var committed []string
+	// What a failed attempt removes: its own files, and for a rerun the old
+	// manifest, which no longer matches them.
+	stale := func(keys []string) []string {
+		if force {
+			return append(keys, mkey)
+		}
+		return keys
+	}
 	failpoint.Hit("before-commit")
+	if r.beforeCommit != nil {
+		r.beforeCommit()
+	}
 	for i, o := range outs {
 		for k, p := range o.parts {
 			if i > 0 || k > 0 {
 				failpoint.Hit("between-commits")
 			}
 			if !p.committed {
-				if err := p.obj.Commit(); err != nil {
-					r.unpublish(ctx, bucket, append(committed, mkey))
+				err := u.stillHeld(ctx)
+				if err == nil {
+					err = p.obj.Commit()
+				}
+				if err != nil {
+					r.unpublish(ctx, bucket, u, stale(committed))
 					return nil, err
 				}
 				p.committed = true
@@ -256,21 +281,27 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	}
 	// _SUCCESS: the data files are whole (Hadoop/Spark convention).
 	skey := path.Join(path.Dir(mkey), SuccessName)
-	if err := bucket.Put(ctx, skey, nil, "application/octet-stream", nil); err != nil {
-		r.unpublish(ctx, bucket, append(committed, mkey))
+	err = u.stillHeld(ctx)
+	if err == nil {
+		err = bucket.Put(ctx, skey, nil, "application/octet-stream", nil)
+	}
+	if err != nil {
+		r.unpublish(ctx, bucket, u, stale(committed))
 		return nil, err
 	}
 	failpoint.Hit("before-manifest")
+	if err := u.stillHeld(ctx); err != nil {
+		r.unpublish(ctx, bucket, u, stale(committed))
+		return nil, err
+	}
 	if err := bucket.Put(ctx, mkey, data, "application/json", &sinks.PutOptions{IfNotExist: !force}); err != nil {
 		if errors.Is(err, sinks.ErrExists) {
-			published = true // theirs: the files are the same keys
-			r.logger().Warn("another process published this export first; its manifest stands",
-				append(u.logAttrs(), "manifest", mkey)...)
-			return nil, errExportedElsewhere
+			published = true
+			return r.afterLostRace(ctx, bucket, u, mkey, m, data)
 		}
 		// An older manifest (a rerun) would now describe files that were
 		// replaced: remove it, so the unit shows as pending.
-		r.unpublish(ctx, bucket, []string{skey, mkey})
+		r.unpublish(ctx, bucket, u, []string{skey, mkey})
 		return nil, err
 	}
 	published = true
@@ -291,12 +322,46 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	return m, nil
 }
 
-// unpublish removes what a failed attempt committed, and the manifest,
-// which no longer matches the files at its keys. The next export of the
-// unit writes them anew.
-func (r *Runner) unpublish(ctx context.Context, bucket *sinks.Bucket, keys []string) {
+// afterLostRace handles a manifest that appeared at mkey although this
+// export held the unit's lock when it checked: a process that exports
+// without the lock, or one whose lock was lost in the instant between its
+// check and its commit. This export's files are at the keys now. If the
+// manifest there lists other bytes it no longer matches the files, and it
+// is replaced by this export's manifest, which does.
+func (r *Runner) afterLostRace(ctx context.Context, bucket *sinks.Bucket, u unit, mkey string, m *Manifest, data []byte) (*Manifest, error) {
+	theirs, err := readManifest(ctx, bucket, mkey)
+	if err == nil && sameFiles(theirs.Files, m.Files) {
+		r.logger().Warn("another process published this export first, with the same bytes; its manifest stands",
+			append(u.logAttrs(), "manifest", mkey)...)
+		return nil, errExportedElsewhere
+	}
+	if err := u.stillHeld(ctx); err != nil {
+		return nil, err
+	}
+	if err := bucket.Put(ctx, mkey, data, "application/json", nil); err != nil {
+		return nil, fmt.Errorf("replace the manifest another process published over this export's files: %w", err)
+	}
+	r.logger().Error("another process published this unit while this one committed its files; its manifest no longer matched them and was replaced",
+		append(u.logAttrs(), "manifest", mkey)...)
+	return m, nil
+}
+
+// sameFiles reports whether two manifests list the same keys with the same bytes.
+func sameFiles(a, b []ManifestFile) bool {
+	return slices.EqualFunc(a, b, func(x, y ManifestFile) bool { return x.Key == y.Key && x.SHA256 == y.SHA256 && x.Bytes == y.Bytes })
+}
+
+// unpublish removes what a failed attempt committed (and, for a rerun,
+// the old manifest, which no longer matches the files at its keys). The
+// next export of the unit writes them anew. An exporter that lost its lock
+// removes nothing: the keys may hold what the new holder published.
+func (r *Runner) unpublish(ctx context.Context, bucket *sinks.Bucket, u unit, keys []string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
+	if err := u.stillHeld(ctx); err != nil {
+		r.logger().Warn("lock lost: leaving the files of the failed export to the new holder", append(u.logAttrs(), "err", err)...)
+		return
+	}
 	for i := len(keys) - 1; i >= 0; i-- {
 		if err := bucket.Delete(ctx, keys[i]); err != nil {
 			r.logger().Warn("could not remove a file of a failed export", "key", keys[i], "err", err)

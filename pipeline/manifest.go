@@ -1,9 +1,12 @@
 package pipeline
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
+	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
 )
 
@@ -111,4 +114,17 @@ func (m *Manifest) encode() ([]byte, error) {
 		return nil, err
 	}
 	return append(b, '\n'), nil
+}
+
+// readManifest reads the manifest at key.
+func readManifest(ctx context.Context, bucket *sinks.Bucket, key string) (*Manifest, error) {
+	data, err := bucket.ReadAll(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	return &m, nil
 }

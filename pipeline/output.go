@@ -26,6 +26,7 @@ type output struct {
 	// writes (csv/ndjson/parquet include or exclude), schema their schema.
 	cols   []int
 	schema *arrow.Schema
+	held   func() error // nil while the unit's lock is held
 }
 
 // part is one file being written.
@@ -90,6 +91,9 @@ func (o *output) full(p *part) bool {
 func (o *output) next() error {
 	p := o.cur()
 	if err := p.finish(); err != nil {
+		return err
+	}
+	if err := o.held(); err != nil {
 		return err
 	}
 	if err := p.obj.Commit(); err != nil {
@@ -160,7 +164,8 @@ func (u unit) partKey(format string, n int) (string, error) {
 func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, format string, schema *arrow.Schema) (*output, error) {
 	job := u.job
 	f := fileOf(job, format)
-	o := &output{file: f, split: job.Split(), maxRow: job.MaxRowsPerFile, maxLen: int64(job.MaxBytesPerFile)}
+	o := &output{file: f, split: job.Split(), maxRow: job.MaxRowsPerFile, maxLen: int64(job.MaxBytesPerFile),
+		held: func() error { return u.stillHeld(ctx) }}
 	if idx := job.Selects()[format].Columns(job.Columns); len(idx) < schema.NumFields() {
 		fields := make([]arrow.Field, len(idx))
 		for i, c := range idx {

@@ -52,6 +52,9 @@ func transient(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, errExportedElsewhere) {
 		return false
 	}
+	if errors.Is(err, sources.ErrLockLost) {
+		return true // the next attempt takes the lock again, or finds the unit exported
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {

@@ -51,6 +51,8 @@ type Runner struct {
 	mu      sync.Mutex
 	buckets map[string]*sinks.Bucket
 	owned   map[string]struct{} // manifests read and found to be the job's (see exported)
+
+	beforeCommit func() // fault tests: called before an export's first commit
 }
 
 // Locker takes named locks that exclude other processes;
@@ -59,24 +61,35 @@ type Locker interface {
 	TryLock(ctx context.Context, key string) (Unlocker, bool, error)
 }
 
-// Unlocker releases a lock.
+// Unlocker releases a lock. One that also has Held(ctx) error (as
+// *sources.Lock does) is asked before every change an export makes to the
+// bucket, so that an exporter that lost its lock changes nothing.
 type Unlocker interface{ Unlock() }
+
+// fence returns nil while a lock is held.
+type fence func(ctx context.Context) error
+
+func noFence(context.Context) error { return nil }
 
 // errExportedElsewhere reports that another process published the unit
 // first: its manifest appeared while this one was exporting.
 var errExportedElsewhere = errors.New("exported by another process")
 
 // lock takes key if a Locker is set. ok is false when another process
-// holds it.
-func (r *Runner) lock(ctx context.Context, key string) (release func(), ok bool, err error) {
+// holds it. held tells whether the lock is still held.
+func (r *Runner) lock(ctx context.Context, key string) (release func(), held fence, ok bool, err error) {
 	if r.Locker == nil {
-		return func() {}, true, nil
+		return func() {}, noFence, true, nil
 	}
 	l, ok, err := r.Locker.TryLock(ctx, key)
 	if err != nil || !ok {
-		return nil, false, err
+		return nil, nil, false, err
 	}
-	return l.Unlock, true, nil
+	held = noFence
+	if h, ok := l.(interface{ Held(context.Context) error }); ok {
+		held = h.Held
+	}
+	return l.Unlock, held, true, nil
 }
 
 // existsConcurrency bounds the manifest look-ups made at once.
@@ -294,7 +307,7 @@ func (r *Runner) exportRuns(ctx context.Context, job *config.Job, units []unit, 
 
 // exportRunLocked reads one run in its own snapshot, under the run's lock.
 func (r *Runner) exportRunLocked(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
-	release, ok, err := r.lock(ctx, "run:"+u.job.Name+":"+u.run.ID)
+	release, held, ok, err := r.lock(ctx, "run:"+u.job.Name+":"+u.run.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -303,6 +316,7 @@ func (r *Runner) exportRunLocked(ctx context.Context, bucket *sinks.Bucket, u un
 		return nil, errExportedElsewhere
 	}
 	defer release()
+	u.held = held
 	// Another process may have finished it between listing and locking;
 	// and a rerun must not overwrite another job's unit.
 	key, err := u.manifestKey()
@@ -331,7 +345,7 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 	if err != nil {
 		return res, err
 	}
-	release, ok, err := r.lock(ctx, "full:"+job.Name+":"+date)
+	release, held, ok, err := r.lock(ctx, "full:"+job.Name+":"+date)
 	if err != nil {
 		return res, err
 	}
@@ -353,6 +367,7 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 	var conflicts []error
 	for _, org := range orgs {
 		u := newOrgUnit(job, org, date)
+		u.held = held
 		key, err := u.manifestKey()
 		if err != nil {
 			return res, unitError(u, err)

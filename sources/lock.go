@@ -12,7 +12,7 @@ import (
 
 // Lock is a session-level advisory lock held on one dedicated connection
 // for as long as the lock is held. If that connection dies, PostgreSQL
-// drops the lock; Lost tells whether that happened.
+// drops the lock; Held tells whether that happened.
 type Lock struct {
 	conn *pgxpool.Conn
 	key  string
@@ -41,9 +41,7 @@ func (p *Postgres) TryLock(ctx context.Context, key string) (*Lock, bool, error)
 	// same server session. Behind PgBouncer in transaction pooling mode
 	// they may not: check, in a statement of its own, that this session
 	// holds the lock.
-	var held bool
-	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-		AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0))`, pgx.QueryExecModeExec, "sellersnap:"+key).Scan(&held)
+	held, err := holds(ctx, conn, key)
 	if err != nil || !held {
 		conn.Hijack().Close(context.WithoutCancel(ctx))
 		if err != nil {
@@ -52,6 +50,36 @@ func (p *Postgres) TryLock(ctx context.Context, key string) (*Lock, bool, error)
 		return nil, false, ErrLockNotHeld
 	}
 	return &Lock{conn: conn, key: key}, true, nil
+}
+
+// holds reports whether conn's session holds the advisory lock of key.
+func holds(ctx context.Context, conn *pgxpool.Conn, key string) (bool, error) {
+	var held bool
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+		AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0))`, pgx.QueryExecModeExec, "sellersnap:"+key).Scan(&held)
+	return held, err
+}
+
+// ErrLockLost means a lock taken earlier is no longer held: its session
+// ended (a lost connection, pg_terminate_backend, a server restart), and
+// another process may have taken it since.
+var ErrLockLost = errors.New("advisory lock lost: its database session ended, so another process may be exporting the same unit")
+
+// Held returns nil if the lock is still held by its session, else an error
+// wrapping ErrLockLost. An export asks before every change it makes to the
+// bucket, so an exporter that lost its lock stops instead of overwriting
+// what the new holder publishes.
+func (l *Lock) Held(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	held, err := holds(ctx, l.conn, l.key)
+	if err != nil {
+		return fmt.Errorf("lock %s: %w (%v)", l.key, ErrLockLost, err)
+	}
+	if !held {
+		return fmt.Errorf("lock %s: %w", l.key, ErrLockLost)
+	}
+	return nil
 }
 
 // ErrLockNotHeld means an advisory lock just taken is not held by the
