@@ -171,11 +171,9 @@ func (r *Runner) ExportPending(ctx context.Context, job *config.Job, runID strin
 	if err != nil {
 		return Result{}, err
 	}
-	if done, err := bucket.Exists(ctx, key); err != nil || done {
-		// A manifest of another job is not "done": exportRuns reports it.
-		if done, err = r.exported(ctx, bucket, job, key); done {
-			return Result{}, nil
-		}
+	// A manifest of another job is not "done": exportRuns reports it.
+	if done, err := r.exported(ctx, bucket, job, key); done || err != nil && !isConflict(err) {
+		return Result{}, err
 	}
 	return r.exportRuns(ctx, job, []unit{u}, false)
 }
