@@ -154,12 +154,14 @@ func TestFileBucketNeverWritesOutsideItsRoot(t *testing.T) {
 	}
 	defer b.Close()
 	if o, err := b.NewObject(ctx, "org=evil/run=1/sellers.csv", "text/csv"); err == nil {
-		if _, err := o.Write([]byte("x")); err == nil {
+		_, err = o.Write([]byte("x"))
+		if err == nil {
 			err = o.Commit()
 		}
 		if err == nil {
 			t.Error("NewObject and Commit through a symlink that leaves the bucket succeeded")
 		}
+		o.Abort()
 	}
 	if err := b.Put(ctx, "org=evil/run=1/manifest.json", []byte("{}"), "application/json", &PutOptions{IfNotExist: true}); err == nil {
 		t.Error("Put through a symlink that leaves the bucket succeeded")
