@@ -85,7 +85,12 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 	}
 	close(d.ready)
 
+	d.Runner.Metrics.InitJobs(d.Jobs)
 	var wg sync.WaitGroup
+	if d.Runner.Metrics != nil {
+		wg.Go(func() { d.watchDependencies(ctx) })
+		wg.Go(func() { d.seedLastSuccess(ctx) })
+	}
 	for _, w := range d.workers {
 		wg.Go(func() { d.work(ctx, work, w) })
 		wg.Go(func() { d.schedule(ctx, w) })
@@ -240,7 +245,8 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 		_, err = d.Runner.Once(ctx, job)
 	}
 	if err != nil && ctx.Err() == nil {
-		d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "err", err)
+		d.Runner.Metrics.passFailed(job.Name, err)
+		d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "reason", failureReason(err), "err", err)
 	}
 }
 
@@ -380,18 +386,62 @@ func (d *Daemon) checkReady(ctx context.Context) error {
 		return fmt.Errorf("postgres: %w", err)
 	}
 	for _, j := range d.Jobs {
-		b, err := d.Runner.Bucket(ctx, j.Destination)
-		if err != nil {
+		if err := d.bucketReadable(ctx, j); err != nil {
 			return err
-		}
-		if _, err := b.Exists(ctx, ".sellersnap-readyz"); err != nil {
-			return fmt.Errorf("job %s: bucket: %w", j.Name, err)
 		}
 	}
 	return nil
 }
 
 func (d *Daemon) logger() *slog.Logger { return d.Runner.logger() }
+
+// dependencyCheckEvery is how often sellersnap_dependency_up is refreshed.
+const dependencyCheckEvery = 15 * time.Second
+
+// watchDependencies sets sellersnap_dependency_up for PostgreSQL and each
+// job's bucket, at start-up and every dependencyCheckEvery.
+func (d *Daemon) watchDependencies(ctx context.Context) {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		d.Runner.Metrics.dependencyUp("postgres", "", d.Runner.Source.Ping(cctx) == nil)
+		for _, j := range d.Jobs {
+			d.Runner.Metrics.dependencyUp("bucket", j.Name, d.bucketReadable(cctx, j) == nil)
+		}
+		cancel()
+		if !sleep(ctx, dependencyCheckEvery) {
+			return
+		}
+	}
+}
+
+// bucketReadable checks that job's bucket answers a read.
+func (d *Daemon) bucketReadable(ctx context.Context, j *config.Job) error {
+	b, err := d.Runner.Bucket(ctx, j.Destination)
+	if err != nil {
+		return err
+	}
+	if _, err := b.Exists(ctx, ".sellersnap-readyz"); err != nil {
+		return fmt.Errorf("job %s: bucket: %w", j.Name, err)
+	}
+	return nil
+}
+
+// seedLastSuccess sets each job's last success from its newest manifest in
+// the bucket, so that a restart does not empty it.
+func (d *Daemon) seedLastSuccess(ctx context.Context) {
+	for _, j := range d.Jobs {
+		ms, err := d.Runner.Recent(ctx, j, 1)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.logger().Debug("could not read the last export from the bucket", "job", j.Name, "err", err)
+			}
+			continue
+		}
+		if len(ms) > 0 {
+			d.Runner.Metrics.SeedLastSuccess(j.Name, ms[0].ExportedAt)
+		}
+	}
+}
 
 func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)

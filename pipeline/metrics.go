@@ -1,11 +1,19 @@
 package pipeline
 
 import (
+	"errors"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sources"
 )
 
 // Metrics are the Prometheus metrics of a Runner. A nil *Metrics records
@@ -23,6 +31,12 @@ import (
 //	sellersnap_panics_total{job}                    panics recovered
 //	sellersnap_ticks_coalesced_total{job}           schedule ticks merged into a queued pass
 //	sellersnap_latest_failures_total{job}           latest.json pointers that could not be updated
+//	sellersnap_pass_failures_total{job,reason}      passes that failed: bucket, database, schema, conflict, other
+//	sellersnap_dependency_up{dependency,job}        1 if PostgreSQL (job="") or the job's bucket answered the last check
+//	sellersnap_schedule_interval_seconds{job,mode}  time between the job's next two ticks (for "no success in 2 × schedule")
+//
+// InitJobs creates every series of every job at zero, so that rate() and
+// absence alerts work before anything has happened.
 type Metrics struct {
 	Registry *prometheus.Registry
 
@@ -38,6 +52,9 @@ type Metrics struct {
 	panics      *prometheus.CounterVec
 	coalesced   *prometheus.CounterVec
 	latestFails *prometheus.CounterVec
+	passFails   *prometheus.CounterVec
+	up          *prometheus.GaugeVec
+	interval    *prometheus.GaugeVec
 
 	mu       sync.Mutex
 	history  map[string][]Export // job → newest last
@@ -80,10 +97,103 @@ func NewMetrics() *Metrics {
 	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_panics_total", Help: "Panics recovered in exports."}, job)
 	m.coalesced = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_ticks_coalesced_total", Help: "Schedule ticks merged into an already queued pass."}, job)
 	m.latestFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_latest_failures_total", Help: "latest.json pointers that could not be updated (the export itself succeeded)."}, job)
+	m.passFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_pass_failures_total", Help: "Passes of a job that failed, by reason: bucket, database, schema, conflict, other."}, []string{"job", "reason"})
+	m.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_dependency_up", Help: "1 if the dependency answered the last check: PostgreSQL (job=\"\") or a job's bucket."}, []string{"dependency", "job"})
+	m.interval = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_schedule_interval_seconds", Help: "Time between the job's next two schedule ticks."}, []string{"job", "mode"})
 	m.Registry.MustRegister(m.runs, m.rows, m.bytes, m.duration, m.lastSuccess, m.backlog, m.oldest,
-		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails,
+		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.passFails, m.up, m.interval,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// Outcomes of an export and reasons of a failed pass: every series exists
+// from the start.
+var (
+	outcomes       = []string{"success", "failure", "skipped"}
+	failureReasons = []string{"bucket", "database", "schema", "conflict", "other"}
+)
+
+// InitJobs creates every series of jobs at zero (last success at 0: never,
+// until SeedLastSuccess or an export says otherwise).
+func (m *Metrics) InitJobs(jobs []*config.Job) {
+	if m == nil {
+		return
+	}
+	for _, j := range jobs {
+		for _, o := range outcomes {
+			m.runs.WithLabelValues(j.Name, o)
+		}
+		for _, f := range j.Formats {
+			m.rows.WithLabelValues(j.Name, f)
+			m.bytes.WithLabelValues(j.Name, f)
+		}
+		for _, r := range failureReasons {
+			m.passFails.WithLabelValues(j.Name, r)
+		}
+		m.duration.WithLabelValues(j.Name)
+		m.lastSuccess.WithLabelValues(j.Name)
+		m.backlog.WithLabelValues(j.Name)
+		m.oldest.WithLabelValues(j.Name)
+		m.retries.WithLabelValues(j.Name)
+		m.inFlight.WithLabelValues(j.Name)
+		m.panics.WithLabelValues(j.Name)
+		m.coalesced.WithLabelValues(j.Name)
+		m.latestFails.WithLabelValues(j.Name)
+		if j.Cron != nil {
+			next := j.Cron.Next(time.Now().In(j.Location))
+			m.interval.WithLabelValues(j.Name, j.Mode).Set(j.Cron.Next(next).Sub(next).Seconds())
+		}
+	}
+}
+
+// SeedLastSuccess sets job's last success to at, unless a later one is set.
+func (m *Metrics) SeedLastSuccess(job string, at time.Time) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g := m.lastSuccess.WithLabelValues(job)
+	var cur dto.Metric
+	if g.Write(&cur) == nil && cur.GetGauge().GetValue() < float64(at.Unix()) {
+		g.Set(float64(at.Unix()))
+	}
+}
+
+func (m *Metrics) passFailed(job string, err error) {
+	if m != nil {
+		m.passFails.WithLabelValues(job, failureReason(err)).Inc()
+	}
+}
+
+func (m *Metrics) dependencyUp(dependency, job string, up bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.up.WithLabelValues(dependency, job).Set(v)
+}
+
+// failureReason sorts a pass's error for sellersnap_pass_failures_total.
+func failureReason(err error) string {
+	var be *sinks.BucketError
+	var se *SchemaChangeError
+	var pe *pgconn.PgError
+	var ce *pgconn.ConnectError
+	switch {
+	case errors.As(err, &be):
+		return "bucket"
+	case isConflict(err):
+		return "conflict"
+	case errors.As(err, &se):
+		return "schema"
+	case errors.As(err, &pe), errors.As(err, &ce), errors.Is(err, sources.ErrLockLost), pgconn.Timeout(err):
+		return "database"
+	}
+	return "other"
 }
 
 func (m *Metrics) latestFailed(job string) {
@@ -103,7 +213,7 @@ func (m *Metrics) success(job string, man *Manifest, took time.Duration, at time
 		m.bytes.WithLabelValues(job, f.Format).Add(float64(f.Bytes))
 	}
 	m.duration.WithLabelValues(job).Observe(took.Seconds())
-	m.lastSuccess.WithLabelValues(job).Set(float64(at.Unix()))
+	m.SeedLastSuccess(job, at)
 	m.remember(Export{Job: job, RunID: man.RunID, OrgID: man.OrgID, Date: man.Date, Rows: man.Rows, Files: len(man.Files),
 		Duration: took, Outcome: "success", Manifest: manifestKey, At: at})
 }

@@ -220,9 +220,9 @@ func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType s
 		err = b.redact(fmt.Errorf("write %s: %w", key, err))
 	}
 	if gcerrors.Code(err) == gcerrors.FailedPrecondition && !errors.Is(err, ErrExists) {
-		return fmt.Errorf("write %s: %w", key, ErrExists)
+		return b.redact(fmt.Errorf("write %s: %w", key, ErrExists))
 	}
-	return err
+	return b.redact(err)
 }
 
 // putFile writes data to key of a file:// bucket through an Object, so it
@@ -353,7 +353,7 @@ func (o *Object) Commit() (err error) {
 		// azureblob's Writer.Close panics (nil pointer) when the upload
 		// failed: report it as the failed commit it is.
 		if p := recover(); p != nil {
-			err = fmt.Errorf("commit %s: upload failed (driver panicked: %v)", o.key, p)
+			err = o.bucket.redact(fmt.Errorf("commit %s: upload failed (driver panicked: %v)", o.key, p))
 		}
 	}()
 	if o.local != nil {

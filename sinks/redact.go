@@ -111,26 +111,26 @@ func redactString(s string, secrets []string) string {
 	return s
 }
 
-// redactedError is an error whose message has the bucket URL's secrets
-// replaced; errors.Is and errors.As still see the error it wraps.
-type redactedError struct {
+// BucketError is an error of a bucket operation (open, read, list, write,
+// commit, delete). Its message has the bucket URL's secrets replaced;
+// errors.Is and errors.As still see the error it wraps.
+type BucketError struct {
 	msg string
 	err error
 }
 
-func (e *redactedError) Error() string { return e.msg }
-func (e *redactedError) Unwrap() error { return e.err }
+func (e *BucketError) Error() string { return e.msg }
+func (e *BucketError) Unwrap() error { return e.err }
 
 func redactError(err error, secrets []string) error {
-	if err == nil || len(secrets) == 0 {
+	if err == nil {
+		return nil
+	}
+	if _, ok := err.(*BucketError); ok {
 		return err
 	}
-	msg := err.Error()
-	if red := redactString(msg, secrets); red != msg {
-		return &redactedError{msg: red, err: err}
-	}
-	return err
+	return &BucketError{msg: redactString(err.Error(), secrets), err: err}
 }
 
-// redact hides the bucket URL's secrets in err.
+// redact hides the bucket URL's secrets in err and marks it a BucketError.
 func (b *Bucket) redact(err error) error { return redactError(err, b.secrets) }

@@ -286,6 +286,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			res, err := runner.Once(ctx, j)
 			if err != nil {
 				errs = append(errs, err)
+				if res.Failed == 0 {
+					// The pass failed before any unit (bucket, database):
+					// say so, not "failed=0".
+					logger.Error("job failed; the error follows", "job", j.Name, "exported", len(res.Exported))
+					continue
+				}
 			}
 			logger.Info("job done", "job", j.Name, "exported", len(res.Exported), "failed", res.Failed)
 		}
