@@ -69,10 +69,18 @@ func transient(err error) bool {
 	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
 		return true
 	}
-	var netErr net.Error
-	if errors.As(err, &netErr) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) {
 		return true
+	}
+	// syscall.Errno satisfies net.Error too: a bare errno (EACCES, EROFS,
+	// ENOSPC from a file:// bucket) is a network error only if it is a
+	// timeout; socket errors come as *net.OpError, HTTP ones as *url.Error.
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		if _, errno := netErr.(syscall.Errno); !errno || netErr.Timeout() {
+			return true
+		}
 	}
 	var connectErr *pgconn.ConnectError
 	var stalled *sources.StalledError

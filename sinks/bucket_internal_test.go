@@ -3,8 +3,12 @@ package sinks
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 
 	"gocloud.dev/blob"
@@ -188,5 +192,21 @@ func TestFileBucketNeverWritesOutsideItsRoot(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(filepath.Join(outside, "victim.csv")); string(data) != "keep" {
 		t.Errorf("the file outside the bucket was changed: %q", data)
+	}
+}
+
+// TestFileErrorsNameTheKeyOnceAndTheUser: an os error repeats the path
+// (the temporary file's too) after a message that already names the key;
+// it is shortened to its operation and cause, and a permission error says
+// which user the process runs as.
+func TestFileErrorsNameTheKeyOnceAndTheUser(t *testing.T) {
+	err := fsError(&fs.PathError{Op: "openat", Path: "org=a/.x.csv.1234.tmp", Err: syscall.EACCES})
+	if strings.Contains(err.Error(), "org=a") || !strings.Contains(err.Error(), "openat: permission denied") ||
+		!strings.Contains(err.Error(), fmt.Sprintf("uid %d", os.Getuid())) || !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("%v", err)
+	}
+	err = fsError(&os.LinkError{Op: "renameat", Old: "a/.x.tmp", New: "a/x", Err: syscall.EXDEV})
+	if err.Error() != "renameat: invalid cross-device link" || !errors.Is(err, syscall.EXDEV) {
+		t.Errorf("%v", err)
 	}
 }

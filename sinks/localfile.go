@@ -70,14 +70,14 @@ func (d *localDir) create(key string) (*localFile, error) {
 	}
 	dir := filepath.Dir(rel)
 	if err := d.root.MkdirAll(dir, 0o777); err != nil {
-		return nil, err
+		return nil, fsError(err)
 	}
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	tmp := filepath.Join(dir, tempPrefix(rel)+hex.EncodeToString(rnd[:])+".tmp")
 	f, err := d.root.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
 	if err != nil {
-		return nil, err
+		return nil, fsError(err)
 	}
 	return &localFile{dir: d, f: f, tmp: tmp, rel: rel}, nil
 }
@@ -89,7 +89,7 @@ func (d *localDir) remove(key string) error {
 		return err
 	}
 	if err := d.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+		return fsError(err)
 	}
 	return nil
 }
@@ -127,6 +127,35 @@ func (d *localDir) removeStaleTemp(key string) error {
 	return nil
 }
 
+// fsError shortens an os error for messages that already name the key
+// (os errors repeat the path, the temporary file's too) and says who the
+// process runs as when it may not write.
+func fsError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var pe *fs.PathError
+	var le *os.LinkError
+	switch {
+	case errors.As(err, &pe):
+		err = &opError{op: pe.Op, err: pe.Err}
+	case errors.As(err, &le):
+		err = &opError{op: le.Op, err: le.Err}
+	}
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("%w (sellersnap runs as uid %d, gid %d: the bucket directory must be writable by it)", err, os.Getuid(), os.Getgid())
+	}
+	return err
+}
+
+type opError struct {
+	op  string
+	err error
+}
+
+func (e *opError) Error() string { return e.op + ": " + e.err.Error() }
+func (e *opError) Unwrap() error { return e.err }
+
 // localFile is one object being written to a file:// bucket.
 type localFile struct {
 	dir *localDir
@@ -140,6 +169,10 @@ type localFile struct {
 // two writers can never both succeed), then the directory is synced so the
 // new name survives a power cut.
 func (l *localFile) commit(ifNotExist bool) error {
+	return fsError(l.publish(ifNotExist))
+}
+
+func (l *localFile) publish(ifNotExist bool) error {
 	defer l.dir.root.Remove(l.tmp) // after a rename there is nothing to remove
 	if err := l.f.Close(); err != nil {
 		return err
