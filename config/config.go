@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -447,6 +448,11 @@ func (f *File) validate() error {
 		l := DefaultListen
 		d.Listen = &l
 	}
+	if *d.Listen != "" {
+		if _, _, err := net.SplitHostPort(*d.Listen); err != nil {
+			bad("daemon.listen", "%q: want host:port, such as 127.0.0.1:9464 or :9464, or \"\" for no HTTP server", *d.Listen)
+		}
+	}
 	if d.ShutdownGrace == nil {
 		d.ShutdownGrace = &Duration{DefaultShutdownGrace}
 	}
@@ -632,6 +638,8 @@ func (f *File) validateJob(j *Job, p string) []error {
 		bad(p+".destination", "want a bucket URL such as s3://bucket, gs://bucket, azblob://container, file:///path or mem://")
 	} else if !slices.Contains([]string{"s3", "gs", "azblob", "file", "mem"}, u.Scheme) {
 		bad(p+".destination", "unknown bucket scheme %q: want s3, gs, azblob, file or mem", u.Scheme)
+	} else if u.Scheme == "file" && u.Host != "" && u.Host != "." && u.Host != "localhost" {
+		bad(p+".destination", "a file URL takes no host (%q here): write file://./%s for a folder relative to the working directory, or file:///absolute/path", u.Host, u.Host+u.Path)
 	}
 
 	if placeholders != nil {

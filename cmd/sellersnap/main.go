@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path"
@@ -177,7 +178,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return &usageError{fmt.Sprintf("unknown command %q", cmd)}
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return &usageError{err.Error()}
 	}
 	if fs.NArg() > 0 {
 		return &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
@@ -224,6 +228,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		if o.run != "" && !uuidPattern.MatchString(o.run) {
 			return &usageError{fmt.Sprintf("-run %q: want a collection run id (a UUID)", o.run)}
+		}
+		switch j := jobs[0]; {
+		case o.run != "" && j.Mode != config.ModePerRun:
+			return &usageError{fmt.Sprintf("job %s is a %s job: rerun it with -date YYYY-MM-DD", j.Name, j.Mode)}
+		case o.date != "" && j.Mode != config.ModeFull:
+			return &usageError{fmt.Sprintf("job %s is a %s job: rerun it with -run RUN_ID", j.Name, j.Mode)}
+		}
+		if o.date != "" {
+			if _, err := time.Parse(time.DateOnly, o.date); err != nil {
+				return &usageError{fmt.Sprintf("-date %q: want a calendar date YYYY-MM-DD", o.date)}
+			}
+		}
+	}
+	if o.listen != nil && *o.listen != "" {
+		if _, _, err := net.SplitHostPort(*o.listen); err != nil {
+			return &usageError{fmt.Sprintf("-listen %q: want host:port, such as 127.0.0.1:9464 or :9464", *o.listen)}
 		}
 	}
 

@@ -746,3 +746,50 @@ func TestInvalidUTF8FromSQLASCIIDatabaseNamesRunSellerAndColumn(t *testing.T) {
 	}
 	checkNoOrphans(t, out)
 }
+
+// TestUsageAndConfigMistakesExit2: every mistake in how a command is called
+// or configured exits 2 with a message naming it, before anything is
+// exported, never 1 (an export failed) and never after "config: ok".
+func TestUsageAndConfigMistakesExit2(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	out := t.TempDir()
+	env := map[string]string{"DATABASE_URL": dbURL, "SELLERSNAP_BUCKET": "file://" + out}
+	cfg := filepath.Join("..", "..", "pipeline.yaml")
+	write := func(yaml string) string {
+		p := filepath.Join(t.TempDir(), "p.yaml")
+		if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	hostFile := write("source: {dsn: '${DATABASE_URL}'}\njobs:\n  - {name: j, mode: full, destination: 'file://snapshots'}\n")
+	badListen := write("source: {dsn: '${DATABASE_URL}'}\ndaemon: {listen: '55511'}\njobs:\n  - {name: j, mode: full}\n")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-date", "2026-03-01"}, "per_run job"},
+		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-run", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}, "full job"},
+		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-3-1"}, "YYYY-MM-DD"},
+		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-02-30"}, "YYYY-MM-DD"},
+		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-run", "not-a-uuid"}, "UUID"},
+		{[]string{"rerun", "-config", cfg, "-job", "no-such-job", "-run", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}, "no job"},
+		{[]string{"run", "-config", cfg, "-listen", "55511"}, "-listen"},
+		{[]string{"run", "-config", badListen}, "daemon.listen"},
+		{[]string{"validate", "-config", hostFile}, "jobs[0].destination"},
+		{[]string{"once", "-config", hostFile}, "jobs[0].destination"},
+		{[]string{"once", "-config", cfg, "-log-format", "xml"}, "-log-format"},
+		{[]string{"once", "-config", cfg, "-log-level", "loud"}, "-log-level"},
+		{[]string{"once", "-config", cfg, "extra"}, "unexpected argument"},
+		{[]string{"frobnicate"}, "unknown command"},
+		{[]string{"once", "-config", cfg, "-no-such-flag"}, "no-such-flag"},
+	} {
+		code, stdout, stderr := cli(t, env, tc.args...)
+		if code != 2 || !strings.Contains(stderr, tc.want) || strings.Contains(stdout, "config: ok") {
+			t.Errorf("%s: exit %d, want 2 with %q\nstdout: %s\nstderr: %s", strings.Join(tc.args, " "), code, tc.want, stdout, stderr)
+		}
+	}
+	if n := countManifests(out); n != 0 {
+		t.Errorf("%d manifests written by mistaken commands", n)
+	}
+}
