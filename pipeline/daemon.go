@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/sinks"
 )
 
 // Daemon runs jobs on their cron schedules until stopped.
@@ -49,6 +50,8 @@ type worker struct {
 	mu     sync.Mutex
 	slot   time.Time // full jobs: the newest slot not yet run
 	first  []string  // per_run jobs: runs named by notifications, exported first
+
+	failingSince time.Time // the first failed pass since the last good one (work goroutine only)
 }
 
 // Run schedules the jobs until ctx is done, then waits for exports in
@@ -84,6 +87,14 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 		d.logger().Info("serving", "addr", ln.Addr().String())
 	}
 	close(d.ready)
+	now := d.Runner.now()
+	for _, j := range d.Jobs {
+		d.logger().Info("job scheduled", "job", j.Name, "mode", j.Mode, "schedule", j.Schedule, "timezone", j.Location.String(),
+			"next", j.Cron.Next(now.In(j.Location)).Format(time.RFC3339), "destination", sinks.Redact(j.Destination))
+	}
+	if d.NotifyChannel == "" {
+		d.logger().Info("not listening for notifications (daemon.notify_channel is empty): per_run jobs run on their schedule")
+	}
 
 	d.Runner.Metrics.InitJobs(d.Jobs)
 	var wg sync.WaitGroup
@@ -100,13 +111,13 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 		wg.Go(func() { d.listen(ctx) })
 	}
 	<-ctx.Done()
-	d.logger().Info("stopping: no new exports; waiting for the ones in flight")
 	wg.Wait()
 	if srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}
+	d.logger().Info("stopped", "exports_cancelled", work.Err() != nil)
 	return nil
 }
 
@@ -244,9 +255,17 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 		}
 		_, err = d.Runner.Once(ctx, job)
 	}
-	if err != nil && ctx.Err() == nil {
+	switch {
+	case err != nil && ctx.Err() == nil:
 		d.Runner.Metrics.passFailed(job.Name, err)
+		if w.failingSince.IsZero() {
+			w.failingSince = d.Runner.now()
+		}
 		d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "reason", failureReason(err), "err", err)
+	case err == nil && !w.failingSince.IsZero():
+		d.logger().Info("job recovered: a pass succeeded again", "job", job.Name,
+			"failing_for", d.Runner.now().Sub(w.failingSince).Round(time.Second))
+		w.failingSince = time.Time{}
 	}
 }
 
@@ -291,12 +310,14 @@ func dedupe(s []string) []string {
 // it was down are lost, the runs they announced are not.
 func (d *Daemon) listen(ctx context.Context) {
 	backoff := time.Second
+	recovering := false
 	for ctx.Err() == nil {
 		l, err := d.Runner.Source.Listen(ctx, d.NotifyChannel)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			recovering = true
 			d.logger().Warn("LISTEN failed; retrying", "channel", d.NotifyChannel, "in", backoff, "err", err)
 			if !sleep(ctx, jitter(backoff)) {
 				return
@@ -304,6 +325,12 @@ func (d *Daemon) listen(ctx context.Context) {
 			backoff = min(backoff*2, 30*time.Second)
 			continue
 		}
+		if recovering {
+			d.logger().Info("LISTEN recovered", "channel", d.NotifyChannel)
+		} else {
+			d.logger().Info("listening for notifications", "channel", d.NotifyChannel)
+		}
+		recovering = false
 		backoff = time.Second
 		d.firePerRun("listen")
 		for {
@@ -312,6 +339,7 @@ func (d *Daemon) listen(ctx context.Context) {
 				l.Close()
 				if ctx.Err() == nil {
 					d.logger().Warn("LISTEN connection lost; reconnecting", "channel", d.NotifyChannel, "err", err)
+					recovering = true
 				}
 				break
 			}

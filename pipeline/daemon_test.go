@@ -380,3 +380,45 @@ func TestFullJobCatchup(t *testing.T) {
 		})
 	}
 }
+
+// count reports how many records with msg (and, for each pair in kv, that
+// attribute) were logged.
+func (r *records) count(msg string, kv ...string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.msgs {
+		ok := m["msg"] == msg
+		for i := 0; ok && i+1 < len(kv); i += 2 {
+			ok = m[kv[i]] == kv[i+1]
+		}
+		if ok {
+			n++
+		}
+	}
+	return n
+}
+
+// TestDaemonLogsWhatAnOperatorFollows: start-up names each job with its
+// schedule, next run and destination and says it is listening; a failing
+// job says when it recovers, a lost LISTEN connection when it is back; a
+// stop is one line when done.
+func TestDaemonLogsWhatAnOperatorFollows(t *testing.T) {
+	f := newFixture(t, "")
+	rec, stop := f.daemon("*/1 * * * * *", "sellers", true, 5*time.Second)
+	waitFor(t, "start-up", 30*time.Second, func() bool {
+		return rec.count("job scheduled", "job", "new-sellers", "schedule", "*/1 * * * * *") == 1 && rec.count("listening for notifications") == 1
+	})
+	// A pass fails (the table is gone), then succeeds again.
+	pgtest.Exec(t, f.dbURL, `ALTER TABLE sellers RENAME TO sellers_away`)
+	waitFor(t, "a failed pass", 30*time.Second, func() bool { return rec.count("job pass failed; the next tick retries", "job", "new-sellers") > 0 })
+	pgtest.Exec(t, f.dbURL, `ALTER TABLE sellers_away RENAME TO sellers`)
+	waitFor(t, "the recovery", 30*time.Second, func() bool { return rec.count("job recovered: a pass succeeded again", "job", "new-sellers") == 1 })
+	// The LISTEN connection is terminated and comes back.
+	pgtest.Exec(t, f.dbURL, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()`)
+	waitFor(t, "LISTEN back", 30*time.Second, func() bool { return rec.count("LISTEN recovered") == 1 })
+	stop()
+	if n := rec.count("stopped"); n != 1 {
+		t.Errorf("%d 'stopped' lines, want 1", n)
+	}
+}
