@@ -119,7 +119,7 @@ func TestCommands(t *testing.T) {
 	if code, _, stderr := cli(t, env, "rerun", "-config", cfg, "-job", "new-sellers", "-run", failedID); code != 1 || !strings.Contains(stderr, "is not completed") {
 		t.Errorf("rerun of a failed run: exit %d\n%s", code, stderr)
 	}
-	if code, _, stderr := cli(t, env, "rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-13-01"); code != 1 || !strings.Contains(stderr, "want YYYY-MM-DD") {
+	if code, _, stderr := cli(t, env, "rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-13-01"); code != 2 || !strings.Contains(stderr, "want a calendar date YYYY-MM-DD") {
 		t.Errorf("rerun with a bad date: exit %d\n%s", code, stderr)
 	}
 	if code, _, stderr := cli(t, env, "rerun", "-config", cfg, "-job", "new-sellers", "-run", "x'; DROP TABLE sellers"); code != 2 || !strings.Contains(stderr, "want a collection run id") {
