@@ -16,7 +16,10 @@ build:
 	$(GO) build -o bin/snapdev ./cmd/snapdev
 
 # A throwaway PostgreSQL with demo data, one export into ./snapshots, then the files.
-demo: build
+demo:
+	@echo "building sellersnap (the first build downloads modules and compiles for a few minutes)…"
+	@$(MAKE) --no-print-directory build
+	@echo "starting a throwaway PostgreSQL, loading demo data, exporting into ./snapshots…"
 	rm -rf ./snapshots
 	./bin/snapdev demo -bin ./bin/sellersnap -config pipeline.yaml -out ./snapshots
 

@@ -260,7 +260,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// One catalog read for every job (two statements, however many jobs).
 	catalog, err := src.Catalog(ctx)
 	if err != nil {
-		return &configError{cfg.Errorf("jobs[0].columns", "%v", err)}
+		return &configError{cfg.Errorf("source", "%v (README, \"Source contract\")", err)}
+	}
+	// The tables' own contract first, so that its problems are not blamed
+	// on a job's columns.
+	if err := catalog.Check(ctx, nil); err != nil {
+		return &configError{cfg.Errorf("source", "%v (README, \"Source contract\")", err)}
 	}
 	for i, j := range cfg.Jobs {
 		if err := catalog.Check(ctx, j.SourceColumns()); err != nil {

@@ -93,6 +93,9 @@ func demo(ctx context.Context, bin, cfg, out, dbURL string) error {
 	if err != nil {
 		return err
 	}
+	fmt.Println("The demo data is deliberately hostile: quotes, CR/LF, formula prefixes (=, +, -, @),")
+	fmt.Println("HTML, emoji, right-to-left text, 100 KB values, extreme numbers and dates, NULL in every")
+	fmt.Println("nullable column. The files below must still open in DuckDB, pandas, Spark and Excel.")
 	env := append(os.Environ(), "DATABASE_URL="+dbURL, "SELLERSNAP_BUCKET=file://"+abs)
 	for _, args := range [][]string{{"validate", "-config", cfg}, {"once", "-config", cfg}} {
 		fmt.Printf("\n$ sellersnap %s\n", strings.Join(args, " "))
