@@ -420,8 +420,13 @@ type Planned struct {
 	MoreParts bool `json:"more_parts,omitempty"`
 }
 
-// Plan says what Once would export now, without writing anything.
+// Plan says what Once would export now, without writing anything. It
+// fails as Once would when the output schema drifted from schema.json
+// under on_schema_change: fail.
 func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
+	if err := r.checkSchemaDrift(ctx, job); err != nil {
+		return nil, err
+	}
 	var units []unit
 	var counts map[string]int64
 	if job.Mode == config.ModeFull {

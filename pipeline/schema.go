@@ -14,6 +14,7 @@ import (
 
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sources"
 )
 
 // SchemaName is the job's schema file, at the path's static prefix
@@ -126,6 +127,37 @@ func schemaKey(job *config.Job) string {
 		t = t[:i]
 	}
 	return path.Join(t[:strings.LastIndexByte(t, '/')+1], SchemaName)
+}
+
+// noRun matches no collection run: a query for it returns the columns an
+// export would read, and no rows.
+const noRun = "00000000-0000-0000-0000-000000000000"
+
+// checkSchemaDrift returns the *SchemaChangeError an export of job would
+// fail with now, reading the output schema from the database as an export
+// does (types with their modifiers, nullability) and writing nothing.
+func (r *Runner) checkSchemaDrift(ctx context.Context, job *config.Job) error {
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return err
+	}
+	current, err := readSchema(ctx, bucket, job)
+	if err != nil || current == nil {
+		return err
+	}
+	snap, err := r.Source.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	defer snap.Close(context.WithoutCancel(ctx))
+	rd, err := snap.Sellers(ctx, sources.Query{Columns: job.SourceColumns(), RunID: noRun}, sources.ReadOptions{Allocator: r.allocator()})
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	cols := schemaColumns(manifestColumns(job, outputSchema(job, rd.Schema())))
+	_, err = checkSchema(job, current, cols, schemaKey(job))
+	return err
 }
 
 // readSchema returns the job's schema.json, or nil if there is none.

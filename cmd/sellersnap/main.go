@@ -126,8 +126,8 @@ func indent(s string) string {
 }
 
 const usage = `usage:
-  sellersnap validate -config pipeline.yaml
-  sellersnap plan     -config pipeline.yaml [-job NAME] [-json]
+  sellersnap validate -config pipeline.yaml [-v]
+  sellersnap plan     -config pipeline.yaml [-job NAME] [-json] [-v]
   sellersnap once     -config pipeline.yaml [-job NAME]
   sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD)
   sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
@@ -139,7 +139,7 @@ exit status: 0 success, 1 an export failed, 2 usage or configuration error
 `
 
 type options struct {
-	json                                        bool
+	json, verbose                               bool
 	config, job, run, date, logFormat, logLevel string
 	listen                                      *string
 	cpuProfile, memProfile                      string
@@ -170,7 +170,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		o.listen = fs.String("listen", "", "HTTP address for /healthz and /readyz (default: daemon.listen in the config)")
 	case "plan":
 		fs.BoolVar(&o.json, "json", false, "print the plan as JSON")
-	case "validate", "once", "status":
+		fs.BoolVar(&o.verbose, "v", false, "list every pending unit and key (default: a summary)")
+	case "validate":
+		fs.BoolVar(&o.verbose, "v", false, "list every pending unit and key (default: a summary)")
+	case "once", "status":
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -283,9 +286,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	switch cmd {
 	case "validate":
-		return validate(ctx, runner, jobs, stdout)
+		return validate(ctx, runner, jobs, stdout, o.verbose)
 	case "plan":
-		return plan(ctx, runner, jobs, stdout, o.json)
+		return plan(ctx, runner, jobs, stdout, o.json, o.verbose)
 	case "status":
 		return status(ctx, runner, jobs, stdout)
 	case "run":
@@ -399,7 +402,7 @@ func status(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w 
 	return nil
 }
 
-func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer) error {
+func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer, verbose bool) error {
 	fmt.Fprintln(w, "config: ok; database: ok (tables and columns checked)")
 	for _, j := range jobs {
 		bucket, err := runner.Bucket(ctx, j.Destination)
@@ -420,14 +423,14 @@ func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, 
 		if err != nil {
 			return err
 		}
-		printPlan(w, j, p)
+		printPlan(w, j, p, verbose)
 	}
 	return nil
 }
 
 // plan prints what `once` would do now, writing nothing: per job, each
 // pending run (or org, for full jobs), its row count and every key.
-func plan(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer, asJSON bool) error {
+func plan(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer, asJSON, verbose bool) error {
 	type jobPlan struct {
 		Job     string             `json:"job"`
 		Mode    string             `json:"mode"`
@@ -446,7 +449,7 @@ func plan(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io
 		all = append(all, jobPlan{Job: j.Name, Mode: j.Mode, Bucket: sinks.Redact(j.Destination), Pending: p})
 		if !asJSON {
 			fmt.Fprintf(w, "job %s (%s) → %s\n", j.Name, j.Mode, sinks.Redact(j.Destination))
-			printPlan(w, j, p)
+			printPlan(w, j, p, verbose)
 		}
 	}
 	if asJSON {
@@ -457,7 +460,9 @@ func plan(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io
 	return nil
 }
 
-func printPlan(w io.Writer, j *config.Job, plan []pipeline.Planned) {
+// printPlan prints a job's pending units: a summary (counts, the first unit
+// with its keys, the last unit), or with verbose every unit and key.
+func printPlan(w io.Writer, j *config.Job, plan []pipeline.Planned, verbose bool) {
 	what := "pending runs"
 	if j.Mode == config.ModeFull {
 		what = "orgs pending for today's snapshot"
@@ -467,14 +472,22 @@ func printPlan(w io.Writer, j *config.Job, plan []pipeline.Planned) {
 		rows += p.Rows
 	}
 	fmt.Fprintf(w, "  %s: %d (%d rows)\n", what, len(plan), rows)
-	for _, p := range plan {
+	for i, p := range plan {
+		if !verbose && i > 0 && i < len(plan)-1 {
+			if i == 1 {
+				fmt.Fprintf(w, "  … %d more (-v lists every unit and key)\n", len(plan)-2)
+			}
+			continue
+		}
 		if p.RunID != "" {
 			fmt.Fprintf(w, "  - run %s org %s date %s: %d rows\n", p.RunID, p.OrgID, p.Date, p.Rows)
 		} else {
 			fmt.Fprintf(w, "  - org %s date %s: %d rows\n", p.OrgID, p.Date, p.Rows)
 		}
 		for _, k := range p.Keys {
-			fmt.Fprintf(w, "      %s\n", k)
+			if verbose || i == 0 {
+				fmt.Fprintf(w, "      %s\n", k)
+			}
 		}
 	}
 }

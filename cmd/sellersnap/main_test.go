@@ -572,7 +572,7 @@ func TestPlanWritesNothingAndNamesEveryKey(t *testing.T) {
 	out := t.TempDir()
 	env := map[string]string{"DATABASE_URL": dbURL, "SELLERSNAP_BUCKET": "file://" + out}
 	cfg := filepath.Join("..", "..", "pipeline.yaml")
-	code, text, stderr := cli(t, env, "plan", "-config", cfg, "-job", "new-sellers")
+	code, text, stderr := cli(t, env, "plan", "-config", cfg, "-job", "new-sellers", "-v")
 	if code != 0 || !strings.Contains(text, "pending runs: ") {
 		t.Fatalf("plan: exit %d\n%s%s", code, text, stderr)
 	}
@@ -791,5 +791,50 @@ func TestUsageAndConfigMistakesExit2(t *testing.T) {
 	}
 	if n := countManifests(out); n != 0 {
 		t.Errorf("%d manifests written by mistaken commands", n)
+	}
+}
+
+// TestValidateAndPlanCatchSchemaDrift: after a column's type changes under
+// a job with on_schema_change: fail, validate and plan must say so (as once
+// would fail), not "ok" with the run listed as pending.
+func TestValidateAndPlanCatchSchemaDrift(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	out := t.TempDir()
+	env := map[string]string{"DATABASE_URL": dbURL, "SELLERSNAP_BUCKET": "file://" + out}
+	cfg := filepath.Join("..", "..", "pipeline.yaml")
+	if code, _, stderr := cli(t, env, "once", "-config", cfg); code != 0 {
+		t.Fatalf("once: exit %d\n%s", code, stderr)
+	}
+	pgtest.Exec(t, dbURL, `ALTER TABLE sellers ALTER COLUMN feedback_percent TYPE numeric(6,2);
+		INSERT INTO collection_runs SELECT gen_random_uuid(), org_id, 'completed', now(), clock_timestamp() FROM collection_runs LIMIT 1`)
+	for _, cmd := range []string{"validate", "plan"} {
+		code, stdout, stderr := cli(t, env, cmd, "-config", cfg, "-job", "new-sellers")
+		if code != 1 || !strings.Contains(stderr, "the output schema differs") || !strings.Contains(stderr, "feedback_percent") {
+			t.Errorf("%s: exit %d, want 1 naming the schema change:\nstdout: %s\nstderr: %s", cmd, code, stdout, stderr)
+		}
+	}
+}
+
+// TestPlanSummarisesUnlessVerbose: with a long backlog, plan and validate
+// print counts, the first unit with its keys and the last one; -v prints
+// every unit and key.
+func TestPlanSummarisesUnlessVerbose(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	pgtest.Exec(t, dbURL, `INSERT INTO collection_runs SELECT gen_random_uuid(), org_id, 'completed', now(), clock_timestamp() + g * interval '1 ms'
+		FROM collection_runs, generate_series(1, 20) g WHERE status = 'completed' LIMIT 190`)
+	env := map[string]string{"DATABASE_URL": dbURL, "SELLERSNAP_BUCKET": "file://" + t.TempDir()}
+	cfg := filepath.Join("..", "..", "pipeline.yaml")
+	for _, cmd := range []string{"plan", "validate"} {
+		code, short, stderr := cli(t, env, cmd, "-config", cfg)
+		if code != 0 || !strings.Contains(short, "pending runs: 200") || !strings.Contains(short, "… 198 more (-v lists every unit and key)") {
+			t.Errorf("%s: exit %d\n%s%s", cmd, code, short, stderr)
+		}
+		if n := strings.Count(short, "\n"); n > 40 {
+			t.Errorf("%s: %d lines for a summary", cmd, n)
+		}
+		code, long, _ := cli(t, env, cmd, "-config", cfg, "-v")
+		if code != 0 || strings.Count(long, "  - run ") != 200 || strings.Count(long, "manifest.json") < 200 {
+			t.Errorf("%s -v: exit %d, %d runs listed", cmd, code, strings.Count(long, "  - run "))
+		}
 	}
 }
