@@ -42,6 +42,8 @@ type Daemon struct {
 	workers []*worker
 	ready   chan struct{}
 	addr    net.Addr
+	// listenState is set by listen (under mu).
+	listenState string
 }
 
 type worker struct {
@@ -100,7 +102,7 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 	var wg sync.WaitGroup
 	if d.Runner.Metrics != nil {
 		wg.Go(func() { d.watchDependencies(ctx) })
-		wg.Go(func() { d.seedLastSuccess(ctx) })
+		wg.Go(func() { d.seedFromBucket(ctx) })
 	}
 	for _, w := range d.workers {
 		wg.Go(func() { d.work(ctx, work, w) })
@@ -257,15 +259,18 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 	}
 	switch {
 	case err != nil && ctx.Err() == nil:
-		d.Runner.Metrics.passFailed(job.Name, err)
+		d.Runner.Metrics.passFailed(job.Name, err, d.Runner.now())
 		if w.failingSince.IsZero() {
 			w.failingSince = d.Runner.now()
 		}
 		d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "reason", failureReason(err), "err", err)
-	case err == nil && !w.failingSince.IsZero():
-		d.logger().Info("job recovered: a pass succeeded again", "job", job.Name,
-			"failing_for", d.Runner.now().Sub(w.failingSince).Round(time.Second))
-		w.failingSince = time.Time{}
+	case err == nil:
+		d.Runner.Metrics.passSucceeded(job.Name)
+		if !w.failingSince.IsZero() {
+			d.logger().Info("job recovered: a pass succeeded again", "job", job.Name,
+				"failing_for", d.Runner.now().Sub(w.failingSince).Round(time.Second))
+			w.failingSince = time.Time{}
+		}
 	}
 }
 
@@ -318,6 +323,7 @@ func (d *Daemon) listen(ctx context.Context) {
 				return
 			}
 			recovering = true
+			d.setListenState("reconnecting")
 			d.logger().Warn("LISTEN failed; retrying", "channel", d.NotifyChannel, "in", backoff, "err", err)
 			if !sleep(ctx, jitter(backoff)) {
 				return
@@ -330,6 +336,7 @@ func (d *Daemon) listen(ctx context.Context) {
 		} else {
 			d.logger().Info("listening for notifications", "channel", d.NotifyChannel)
 		}
+		d.setListenState("listening")
 		recovering = false
 		backoff = time.Second
 		d.firePerRun("listen")
@@ -340,6 +347,7 @@ func (d *Daemon) listen(ctx context.Context) {
 				if ctx.Err() == nil {
 					d.logger().Warn("LISTEN connection lost; reconnecting", "channel", d.NotifyChannel, "err", err)
 					recovering = true
+					d.setListenState("reconnecting")
 				}
 				break
 			}
@@ -351,6 +359,26 @@ func (d *Daemon) listen(ctx context.Context) {
 			d.firePerRun("notify", first...)
 		}
 	}
+}
+
+func (d *Daemon) setListenState(s string) {
+	d.mu.Lock()
+	d.listenState = s
+	d.mu.Unlock()
+}
+
+// ListenState is "listening", "reconnecting", "connecting" (not yet) or
+// "off" (daemon.notify_channel is empty).
+func (d *Daemon) ListenState() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.NotifyChannel == "":
+		return "off"
+	case d.listenState == "":
+		return "connecting"
+	}
+	return d.listenState
 }
 
 func (d *Daemon) firePerRun(why string, runIDs ...string) {
@@ -454,17 +482,26 @@ func (d *Daemon) bucketReadable(ctx context.Context, j *config.Job) error {
 	return nil
 }
 
-// seedLastSuccess sets each job's last success from its newest manifest in
-// the bucket, so that a restart does not empty it.
-func (d *Daemon) seedLastSuccess(ctx context.Context) {
+// seedFromBucket reads each job's recent exports from its bucket (the
+// manifests, as sellersnap status does), so that a restart loses neither
+// the status page's history nor the last success.
+func (d *Daemon) seedFromBucket(ctx context.Context) {
 	for _, j := range d.Jobs {
-		ms, err := d.Runner.Recent(ctx, j, 1)
+		ms, keys, err := d.Runner.recent(ctx, j, historySize)
 		if err != nil {
 			if ctx.Err() == nil {
-				d.logger().Debug("could not read the last export from the bucket", "job", j.Name, "err", err)
+				d.logger().Debug("could not read the recent exports from the bucket", "job", j.Name, "err", err)
 			}
 			continue
 		}
+		var older []Export
+		for i := len(ms) - 1; i >= 0; i-- {
+			m := ms[i]
+			older = append(older, Export{Job: j.Name, RunID: m.RunID, OrgID: m.OrgID, Date: m.Date, Rows: m.Rows,
+				Files: len(m.Files), Duration: max(m.ExportedAt.Sub(m.Snapshot.ReadAt), 0), Outcome: "success",
+				Manifest: keys[i], At: m.ExportedAt})
+		}
+		d.Runner.Metrics.seedHistory(j.Name, older)
 		if len(ms) > 0 {
 			d.Runner.Metrics.SeedLastSuccess(j.Name, ms[0].ExportedAt)
 		}

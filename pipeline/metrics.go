@@ -2,6 +2,8 @@ package pipeline
 
 import (
 	"errors"
+	"path"
+	"slices"
 	"sync"
 	"time"
 
@@ -59,6 +61,16 @@ type Metrics struct {
 	mu       sync.Mutex
 	history  map[string][]Export // job → newest last
 	backlogs map[string]int
+	oldests  map[string]time.Duration
+	health   map[string]*jobHealth
+	deps     map[string]bool // "postgres", "bucket/<job>" → up at the last check
+}
+
+// jobHealth is what the status page says of a job's passes.
+type jobHealth struct {
+	failingSince time.Time // zero when the last pass succeeded
+	lastError    string
+	lastSuccess  time.Time
 }
 
 // Export is one finished export, for the status page.
@@ -82,7 +94,8 @@ const historySize = 20
 // NewMetrics registers the metrics, with Go and process collectors, in a
 // registry of their own.
 func NewMetrics() *Metrics {
-	m := &Metrics{Registry: prometheus.NewRegistry(), history: map[string][]Export{}, backlogs: map[string]int{}}
+	m := &Metrics{Registry: prometheus.NewRegistry(), history: map[string][]Export{}, backlogs: map[string]int{},
+		oldests: map[string]time.Duration{}, health: map[string]*jobHealth{}, deps: map[string]bool{}}
 	job := []string{"job"}
 	m.runs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_runs_total", Help: "Exports by outcome (success, failure, skipped)."}, []string{"job", "outcome"})
 	m.rows = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_rows_total", Help: "Rows written, per format."}, []string{"job", "format"})
@@ -158,11 +171,48 @@ func (m *Metrics) SeedLastSuccess(job string, at time.Time) {
 	if g.Write(&cur) == nil && cur.GetGauge().GetValue() < float64(at.Unix()) {
 		g.Set(float64(at.Unix()))
 	}
+	if h := m.healthOf(job); at.After(h.lastSuccess) {
+		h.lastSuccess = at
+	}
 }
 
-func (m *Metrics) passFailed(job string, err error) {
-	if m != nil {
-		m.passFails.WithLabelValues(job, failureReason(err)).Inc()
+// healthOf returns job's health record; m.mu must be held.
+func (m *Metrics) healthOf(job string) *jobHealth {
+	h := m.health[job]
+	if h == nil {
+		h = &jobHealth{}
+		m.health[job] = h
+	}
+	return h
+}
+
+// maxErrorShown bounds an error on the status page.
+const maxErrorShown = 500
+
+func (m *Metrics) passSucceeded(job string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.healthOf(job)
+	h.failingSince, h.lastError = time.Time{}, ""
+}
+
+func (m *Metrics) passFailed(job string, err error, at time.Time) {
+	if m == nil {
+		return
+	}
+	m.passFails.WithLabelValues(job, failureReason(err)).Inc()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.healthOf(job)
+	if h.failingSince.IsZero() {
+		h.failingSince = at
+	}
+	h.lastError = err.Error()
+	if len(h.lastError) > maxErrorShown {
+		h.lastError = h.lastError[:maxErrorShown] + "…"
 	}
 }
 
@@ -175,6 +225,9 @@ func (m *Metrics) dependencyUp(dependency, job string, up bool) {
 		v = 1
 	}
 	m.up.WithLabelValues(dependency, job).Set(v)
+	m.mu.Lock()
+	m.deps[path.Join(dependency, job)] = up
+	m.mu.Unlock()
 }
 
 // failureReason sorts a pass's error for sellersnap_pass_failures_total.
@@ -255,6 +308,68 @@ func (m *Metrics) History(job string) []Export {
 	return out
 }
 
+// seedHistory puts exports read from the bucket before the ones this
+// process recorded (newest last, as History keeps them), skipping any it
+// already has.
+func (m *Metrics) seedHistory(job string, older []Export) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.history[job]
+	var add []Export
+	for _, e := range older {
+		if e.Manifest != "" && !slices.ContainsFunc(h, func(x Export) bool { return x.Manifest == e.Manifest }) {
+			add = append(add, e)
+		}
+	}
+	h = append(add, h...)
+	if len(h) > historySize {
+		h = h[len(h)-historySize:]
+	}
+	m.history[job] = h
+}
+
+// JobStatus is what the status page shows of a job besides its exports.
+type JobStatus struct {
+	Backlog       int
+	OldestPending time.Duration
+	FailingSince  time.Time // zero: the last pass succeeded (or none ran)
+	LastError     string
+	LastSuccess   time.Time // zero: never, as far as this process and the bucket know
+	BucketUp      *bool     // nil until checked
+}
+
+// Status returns job's status.
+func (m *Metrics) Status(job string) JobStatus {
+	if m == nil {
+		return JobStatus{}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.healthOf(job)
+	s := JobStatus{Backlog: m.backlogs[job], OldestPending: m.oldests[job], FailingSince: h.failingSince,
+		LastError: h.lastError, LastSuccess: h.lastSuccess}
+	if up, ok := m.deps[path.Join("bucket", job)]; ok {
+		s.BucketUp = &up
+	}
+	return s
+}
+
+// DatabaseUp reports PostgreSQL's state at the last check (nil: not yet).
+func (m *Metrics) DatabaseUp() *bool {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if up, ok := m.deps["postgres"]; ok {
+		return &up
+	}
+	return nil
+}
+
 // Backlog returns the number of units pending for job at the last look.
 func (m *Metrics) Backlog(job string) int {
 	if m == nil {
@@ -273,6 +388,7 @@ func (m *Metrics) setBacklog(job string, n int, oldest time.Duration) {
 	m.oldest.WithLabelValues(job).Set(max(oldest, 0).Seconds())
 	m.mu.Lock()
 	m.backlogs[job] = n
+	m.oldests[job] = max(oldest, 0)
 	m.mu.Unlock()
 }
 

@@ -513,32 +513,40 @@ func (l pgLocker) TryLock(ctx context.Context, key string) (Unlocker, bool, erro
 // Recent returns the n newest manifests of job in its destination, newest
 // first (by the time the bucket stored them).
 func (r *Runner) Recent(ctx context.Context, job *config.Job, n int) ([]*Manifest, error) {
+	ms, _, err := r.recent(ctx, job, n)
+	return ms, err
+}
+
+// recent is Recent with each manifest's key.
+func (r *Runner) recent(ctx context.Context, job *config.Job, n int) ([]*Manifest, []string, error) {
 	bucket, err := r.Bucket(ctx, job.Destination)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	tmpl := job.Template.String()
 	prefix := tmpl[:strings.IndexByte(tmpl+"{", '{')]
 	prefix = prefix[:strings.LastIndexByte(prefix, '/')+1]
 	objs, err := bucket.List(ctx, prefix, "/"+ManifestName)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	slices.SortFunc(objs, func(a, b sinks.ObjectInfo) int { return b.ModTime.Compare(a.ModTime) })
 	var out []*Manifest
+	var keys []string
 	for _, o := range objs {
 		if len(out) == n {
 			break
 		}
 		data, err := bucket.ReadAll(ctx, o.Key)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		var m Manifest
 		if err := json.Unmarshal(data, &m); err != nil || m.Job != job.Name {
 			continue // another job's, or not ours
 		}
 		out = append(out, &m)
+		keys = append(keys, o.Key)
 	}
-	return out, nil
+	return out, keys, nil
 }

@@ -10,33 +10,57 @@ import (
 	"github.com/sellersnap/sellersnap/sinks"
 )
 
-// statusPage renders what the daemon is doing: per job the schedule, the
-// next fire time, the backlog and the recent exports with their manifests.
+// statusPage renders what the daemon is doing: per job its health (and the
+// last error while it fails), the last success, the schedule and next run,
+// the backlog and the recent exports with their manifests (read from the
+// bucket at start-up, so a restart loses nothing). It refreshes itself
+// every 30 s and needs no JavaScript.
 var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
 	"ago": func(t time.Time, now time.Time) string { return now.Sub(t).Round(time.Second).String() + " ago" },
 	"ms":  func(d time.Duration) string { return d.Round(time.Millisecond).String() },
+	"age": func(d time.Duration) string { return d.Round(time.Second).String() },
+	"updown": func(up *bool) string {
+		switch {
+		case up == nil:
+			return "unchecked"
+		case *up:
+			return "up"
+		}
+		return "down"
+	},
 }).Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>sellersnap</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="30"><title>sellersnap</title>
 <style>
-body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 2em}td,th{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:left}
-.failure{color:#b00}.success{color:#070}code{font-size:12px}
+body{font:14px/1.4 system-ui,sans-serif;margin:1em auto;padding:0 1em;max-width:1200px;color:#222}
+.scroll{overflow-x:auto}table{border-collapse:collapse;margin:.5em 0 1.5em;width:100%}
+td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
+td.id,td.key{overflow-wrap:anywhere;word-break:break-all;font-family:ui-monospace,monospace;font-size:12px}
+.failure,.failing,.down{color:#b00}.success,.ok,.up{color:#070}code{font-size:12px;overflow-wrap:anywhere}
+.health{font-weight:600}.error{white-space:pre-wrap;overflow-wrap:anywhere;font-weight:normal;color:#600}
+section.job{border-top:1px solid #ccc;margin-top:1em}
+@media (max-width:700px){body{font-size:13px}th.opt,td.opt{display:none}}
 </style></head><body>
 <h1>sellersnap {{.Version}}</h1>
-<p>Now {{.Now.Format "2006-01-02 15:04:05 MST"}}. <a href="/metrics">metrics</a> · <a href="/readyz">readiness</a></p>
+<p>Now {{.Now.Format "2006-01-02 15:04:05 MST"}} · PostgreSQL <span class="db {{updown .DatabaseUp}}">{{updown .DatabaseUp}}</span> ·
+LISTEN <span class="listen">{{.Listen}}</span> · <a href="/metrics">metrics</a> · <a href="/readyz">readiness</a></p>
 {{range .Jobs}}
 <section class="job" id="job-{{.Name}}">
 <h2>{{.Name}} <small>({{.Mode}})</small></h2>
-<p>Schedule <code>{{.Schedule}}</code> in {{.Timezone}}; next run <span class="next">{{.Next.Format "2006-01-02 15:04:05 MST"}}</span>.
-Backlog: <span class="backlog">{{.Backlog}}</span>. Destination <code>{{.Destination}}</code>.</p>
-{{if .Exports}}
-<table><thead><tr><th>finished</th><th>run / date</th><th>org</th><th>rows</th><th>files</th><th>duration</th><th>outcome</th><th>manifest</th></tr></thead><tbody>
+{{if .FailingSince.IsZero}}<p class="health ok">ok</p>{{else}}<p class="health failing">failing since {{.FailingSince.Format "2006-01-02 15:04:05 MST"}} ({{ago .FailingSince $.Now}})
+<span class="error">{{.LastError}}</span></p>{{end}}
+<p>Last success: <span class="last-success">{{if .LastSuccess.IsZero}}never{{else}}{{ago .LastSuccess $.Now}}{{end}}</span>.
+Schedule <code>{{.Schedule}}</code> in {{.Timezone}}; next run <span class="next">{{.Next.Format "2006-01-02 15:04:05 MST"}}</span>.
+Backlog: <span class="backlog">{{.Backlog}}</span>{{if .OldestPending}} (oldest pending for {{age .OldestPending}}){{end}}.
+Bucket <span class="bucket {{updown .BucketUp}}">{{updown .BucketUp}}</span>: <code>{{.Destination}}</code>.</p>
+{{if .Exports}}<div class="scroll">
+<table><thead><tr><th>finished</th><th>run / date</th><th class="opt">org</th><th>rows</th><th class="opt">files</th><th class="opt">duration</th><th>outcome</th><th class="opt">manifest</th></tr></thead><tbody>
 {{range .Exports}}<tr class="export {{.Outcome}}">
-<td>{{ago .At $.Now}}</td><td>{{if .RunID}}{{.RunID}}{{else}}{{.Date}}{{end}}</td><td>{{.OrgID}}</td><td class="rows">{{.Rows}}</td><td>{{.Files}}</td>
-<td>{{ms .Duration}}</td><td class="outcome">{{.Outcome}}{{if .Error}}: {{.Error}}{{end}}</td>
-<td>{{if .Manifest}}<a href="/manifest?key={{.Manifest}}&amp;job={{.Job}}">{{.Manifest}}</a>{{end}}</td></tr>
-{{end}}</tbody></table>
-{{else}}<p class="none">No exports since this process started.</p>{{end}}
+<td>{{ago .At $.Now}}</td><td class="id">{{if .RunID}}{{.RunID}}{{else}}{{.Date}}{{end}}</td><td class="id opt">{{.OrgID}}</td><td class="rows">{{.Rows}}</td><td class="opt">{{.Files}}</td>
+<td class="opt">{{ms .Duration}}</td><td class="outcome">{{.Outcome}}{{if .Error}}: <span class="error">{{.Error}}</span>{{end}}</td>
+<td class="key opt">{{if .Manifest}}<a href="/manifest?key={{.Manifest}}&amp;job={{.Job}}">{{.Manifest}}</a>{{end}}</td></tr>
+{{end}}</tbody></table></div>
+{{else}}<p class="none">No exports yet: none in the bucket, none by this process.</p>{{end}}
 </section>
 {{end}}
 </body></html>
@@ -44,9 +68,9 @@ Backlog: <span class="backlog">{{.Backlog}}</span>. Destination <code>{{.Destina
 
 type statusJob struct {
 	*config.Job
+	JobStatus
 	Destination string // redacted: the page is unauthenticated
 	Next        time.Time
-	Backlog     int
 	Exports     []Export
 }
 
@@ -57,13 +81,15 @@ func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	now := d.Runner.now()
 	data := struct {
-		Version string
-		Now     time.Time
-		Jobs    []statusJob
-	}{Version: d.Runner.Version, Now: now}
+		Version    string
+		Now        time.Time
+		DatabaseUp *bool
+		Listen     string
+		Jobs       []statusJob
+	}{Version: d.Runner.Version, Now: now, DatabaseUp: d.Runner.Metrics.DatabaseUp(), Listen: d.ListenState()}
 	for _, j := range d.Jobs {
-		data.Jobs = append(data.Jobs, statusJob{Job: j, Destination: sinks.Redact(j.Destination), Next: j.Cron.Next(now.In(j.Location)),
-			Backlog: d.Runner.Metrics.Backlog(j.Name), Exports: d.Runner.Metrics.History(j.Name)})
+		data.Jobs = append(data.Jobs, statusJob{Job: j, JobStatus: d.Runner.Metrics.Status(j.Name), Destination: sinks.Redact(j.Destination),
+			Next: j.Cron.Next(now.In(j.Location)), Exports: d.Runner.Metrics.History(j.Name)})
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := statusPage.Execute(w, data); err != nil {

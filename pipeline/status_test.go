@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,8 +89,49 @@ func TestMetricsStatusPageAndProbes(t *testing.T) {
 		if !strings.Contains(dom, `id="job-new-sellers"`) || strings.Count(dom, `class="export success"`) != 10 || !strings.Contains(dom, "<title>sellersnap</title>") {
 			t.Errorf("the browser rendered:\n%s", dom)
 		}
+		checkLayout(t, chromium, base+"/")
 	}
 	stop()
+}
+
+// checkLayout renders the status page in Chromium at a desktop and a phone
+// width and fails if it is wider than the window (a horizontal scroll bar:
+// long ids that do not wrap, a table that does not fit). The page has no
+// JavaScript; the test serves a copy with a measuring script added, and
+// keeps a screenshot of each width (SELLERSNAP_SCREENSHOTS=dir).
+func checkLayout(t *testing.T, chromium, pageURL string) {
+	t.Helper()
+	_, page := get(t, pageURL)
+	measure := `<script>document.body.dataset.overflow = String(document.documentElement.scrollWidth > window.innerWidth);` +
+		`document.body.dataset.width = String(window.innerWidth);</script></body>`
+	copyOfPage := strings.Replace(page, "</body>", measure, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = io.WriteString(w, copyOfPage)
+	}))
+	defer srv.Close()
+	for _, width := range []int{1280, 390} {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+			"--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+			"--user-data-dir=" + t.TempDir(), fmt.Sprintf("--window-size=%d,900", width)}
+		out, err := exec.CommandContext(ctx, chromium, append(args, "--dump-dom", srv.URL)...).Output()
+		if err != nil {
+			cancel()
+			t.Fatalf("chromium at %d px: %v", width, err)
+		}
+		if dom := string(out); !strings.Contains(dom, `data-overflow="false"`) {
+			i := strings.Index(dom, "<body")
+			t.Errorf("at %d px the status page is wider than the window: %.200s", width, dom[i:])
+		}
+		if dir := os.Getenv("SELLERSNAP_SCREENSHOTS"); dir != "" {
+			shot := filepath.Join(dir, fmt.Sprintf("status-%d.png", width))
+			if out, err := exec.CommandContext(ctx, chromium, append(args, "--screenshot="+shot, srv.URL)...).CombinedOutput(); err != nil {
+				t.Errorf("screenshot: %v\n%s", err, out)
+			}
+		}
+		cancel()
+	}
 }
 
 // TestMetricsExistFromTheStartAndCountFailures: every series of every job
@@ -142,6 +184,19 @@ func TestMetricsExistFromTheStartAndCountFailures(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+	_, page := get(t, base+"/")
+	broken0 := page[strings.Index(page, `id="job-broken"`):]
+	good0 := page[strings.Index(page, `id="job-new-sellers"`):strings.Index(page, `id="job-broken"`)]
+	if !strings.Contains(broken0, `class="health failing"`) || !strings.Contains(broken0, "open bucket") ||
+		!strings.Contains(broken0, `class="bucket down"`) || !strings.Contains(broken0, `class="last-success">never`) {
+		t.Errorf("the failing job's section:\n%s", broken0)
+	}
+	if !strings.Contains(good0, `class="health ok"`) || !strings.Contains(good0, `class="bucket up"`) || strings.Contains(good0, `class="last-success">never`) {
+		t.Errorf("the healthy job's section:\n%s", good0)
+	}
+	if !strings.Contains(page, `class="db up"`) || !strings.Contains(page, `http-equiv="refresh"`) {
+		t.Errorf("the page lacks the database state or its refresh")
+	}
 	stop()
 
 	// A restart: nothing is pending, and the last success comes from the bucket.
@@ -152,5 +207,13 @@ func TestMetricsExistFromTheStartAndCountFailures(t *testing.T) {
 		_, body = get(t, base+"/metrics")
 		return regexp.MustCompile(`sellersnap_last_success_timestamp_seconds\{job="new-sellers"\} [1-9]`).MatchString(body)
 	})
+	// … and the page shows the exports before the restart, read from the bucket.
+	waitFor(t, "the exports read from the bucket", 10*time.Second, func() bool {
+		_, page = get(t, base+"/")
+		return strings.Count(page, `class="export success"`) == 10
+	})
+	if strings.Contains(page, "No exports yet") {
+		t.Errorf("the restarted page says there are no exports")
+	}
 	stop()
 }
