@@ -1,9 +1,11 @@
 package pipeline
 
 import (
+	"fmt"
 	"html/template"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/sellersnap/sellersnap/config"
@@ -16,9 +18,10 @@ import (
 // bucket at start-up, so a restart loses nothing). It refreshes itself
 // every 30 s and needs no JavaScript.
 var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
-	"ago": func(t time.Time, now time.Time) string { return now.Sub(t).Round(time.Second).String() + " ago" },
-	"ms":  func(d time.Duration) string { return d.Round(time.Millisecond).String() },
-	"age": func(d time.Duration) string { return d.Round(time.Second).String() },
+	"ago":   func(t time.Time, now time.Time) string { return now.Sub(t).Round(time.Second).String() + " ago" },
+	"ms":    func(d time.Duration) string { return d.Round(time.Millisecond).String() },
+	"age":   func(d time.Duration) string { return d.Round(time.Second).String() },
+	"chart": chart,
 	"updown": func(up *bool) string {
 		switch {
 		case up == nil:
@@ -39,6 +42,7 @@ td.id,td.key{overflow-wrap:anywhere;word-break:break-all;font-family:ui-monospac
 .failure,.failing,.down{color:#b00}.success,.ok,.up{color:#070}code{font-size:12px;overflow-wrap:anywhere}
 .health{font-weight:600}.error{white-space:pre-wrap;overflow-wrap:anywhere;font-weight:normal;color:#600}
 section.job{border-top:1px solid #ccc;margin-top:1em}
+svg.chart{display:block;width:100%;max-width:640px;height:90px}svg.chart text{font-size:10px;fill:#555}
 @media (max-width:700px){body{font-size:13px}th.opt,td.opt{display:none}}
 </style></head><body>
 <h1>sellersnap {{.Version}}</h1>
@@ -53,7 +57,7 @@ LISTEN <span class="listen">{{.Listen}}</span> · <a href="/metrics">metrics</a>
 Schedule <code>{{.Schedule}}</code> in {{.Timezone}}; next run <span class="next">{{.Next.Format "2006-01-02 15:04:05 MST"}}</span>.
 Backlog: <span class="backlog">{{.Backlog}}</span>{{if .OldestPending}} (oldest pending for {{age .OldestPending}}){{end}}.
 Bucket <span class="bucket {{updown .BucketUp}}">{{updown .BucketUp}}</span>: <code>{{.Destination}}</code>.</p>
-{{if .Exports}}<div class="scroll">
+{{if .Exports}}{{chart .Exports}}<div class="scroll">
 <table><thead><tr><th>finished</th><th>run / date</th><th class="opt">org</th><th>rows</th><th class="opt">files</th><th class="opt">duration</th><th>outcome</th><th class="opt">manifest</th></tr></thead><tbody>
 {{range .Exports}}<tr class="export {{.Outcome}}">
 <td>{{ago .At $.Now}}</td><td class="id">{{if .RunID}}{{.RunID}}{{else}}{{.Date}}{{end}}</td><td class="id opt">{{.OrgID}}</td><td class="rows">{{.Rows}}</td><td class="opt">{{.Files}}</td>
@@ -65,6 +69,50 @@ Bucket <span class="bucket {{updown .BucketUp}}">{{updown .BucketUp}}</span>: <c
 {{end}}
 </body></html>
 `))
+
+// chart draws the recent exports, oldest on the left: a bar per export for
+// its rows (red for a failure) and a line for its duration, each scaled to
+// the largest shown, with the values in each bar's tooltip.
+func chart(exports []Export) template.HTML {
+	const w, h, top = 640.0, 90.0, 14.0
+	n := len(exports)
+	var maxRows int64
+	var maxDur time.Duration
+	for _, e := range exports {
+		maxRows, maxDur = max(maxRows, e.Rows), max(maxDur, e.Duration)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg class="chart" viewBox="0 0 %.0f %.0f" role="img" aria-label="rows and duration of the last %d exports">`, w, h, n)
+	fmt.Fprintf(&b, `<text x="0" y="10">rows (bars, max %d) · duration (line, max %s)</text>`, maxRows, maxDur.Round(time.Millisecond))
+	slot := w / float64(n)
+	var line []string
+	for i := range exports {
+		e := exports[n-1-i] // History is newest first
+		x := float64(i) * slot
+		bh := 1.0
+		if maxRows > 0 {
+			bh = max((h-top)*float64(e.Rows)/float64(maxRows), 1)
+		}
+		color := "#7a7"
+		if e.Outcome != "success" {
+			color, bh = "#c44", h-top
+		}
+		what := e.RunID
+		if what == "" {
+			what = e.Date + " " + e.OrgID
+		}
+		fmt.Fprintf(&b, `<rect class="bar" x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s: %s, %d rows, %s</title></rect>`,
+			x+slot*0.1, h-bh, slot*0.8, bh, color, template.HTMLEscapeString(what), e.Outcome, e.Rows, e.Duration.Round(time.Millisecond))
+		if maxDur > 0 {
+			line = append(line, fmt.Sprintf("%.1f,%.1f", x+slot/2, h-(h-top)*float64(e.Duration)/float64(maxDur)))
+		}
+	}
+	if len(line) > 1 {
+		fmt.Fprintf(&b, `<polyline class="duration" points="%s" fill="none" stroke="#336" stroke-width="1.5"/>`, strings.Join(line, " "))
+	}
+	b.WriteString(`</svg>`)
+	return template.HTML(b.String())
+}
 
 type statusJob struct {
 	*config.Job

@@ -63,6 +63,9 @@ func TestMetricsStatusPageAndProbes(t *testing.T) {
 		!strings.Contains(body, `class="backlog">0<`) || !strings.Contains(body, "/manifest?key=sellers%2fnew%2forg%3d") {
 		t.Errorf("status page: %d (%d exports, yearly %v, backlog %v, link %v)\n%.3000s", code, strings.Count(body, `class="export success"`), strings.Contains(body, `<code>@yearly</code>`), strings.Contains(body, `class="backlog">0<`), strings.Contains(body, "/manifest?key=sellers%2fnew%2forg%3d"), body)
 	}
+	if !strings.Contains(body, `<svg class="chart"`) || strings.Count(body, `<rect class="bar"`) != 10 || !strings.Contains(body, `<polyline class="duration"`) {
+		t.Errorf("the status page has no chart of the 10 exports")
+	}
 	i := strings.Index(body, `/manifest?key=`)
 	link := strings.ReplaceAll(body[i:i+strings.Index(body[i:], `"`)], "&amp;", "&")
 	if code, m := get(t, base+link); code != 200 || !strings.Contains(m, `"manifest_version": 1`) {
@@ -89,7 +92,7 @@ func TestMetricsStatusPageAndProbes(t *testing.T) {
 		if !strings.Contains(dom, `id="job-new-sellers"`) || strings.Count(dom, `class="export success"`) != 10 || !strings.Contains(dom, "<title>sellersnap</title>") {
 			t.Errorf("the browser rendered:\n%s", dom)
 		}
-		checkLayout(t, chromium, base+"/")
+		checkLayout(t, chromium, base+"/", "healthy")
 	}
 	stop()
 }
@@ -99,7 +102,7 @@ func TestMetricsStatusPageAndProbes(t *testing.T) {
 // long ids that do not wrap, a table that does not fit). The page has no
 // JavaScript; the test serves a copy with a measuring script added, and
 // keeps a screenshot of each width (SELLERSNAP_SCREENSHOTS=dir).
-func checkLayout(t *testing.T, chromium, pageURL string) {
+func checkLayout(t *testing.T, chromium, pageURL, name string) {
 	t.Helper()
 	_, page := get(t, pageURL)
 	measure := `<script>document.body.dataset.overflow = String(document.documentElement.scrollWidth > window.innerWidth);` +
@@ -114,7 +117,7 @@ func checkLayout(t *testing.T, chromium, pageURL string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 			"--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-			"--user-data-dir=" + t.TempDir(), fmt.Sprintf("--window-size=%d,900", width)}
+			"--user-data-dir=" + t.TempDir(), fmt.Sprintf("--window-size=%d,1400", width)}
 		out, err := exec.CommandContext(ctx, chromium, append(args, "--dump-dom", srv.URL)...).Output()
 		if err != nil {
 			cancel()
@@ -125,7 +128,7 @@ func checkLayout(t *testing.T, chromium, pageURL string) {
 			t.Errorf("at %d px the status page is wider than the window: %.200s", width, dom[i:])
 		}
 		if dir := os.Getenv("SELLERSNAP_SCREENSHOTS"); dir != "" {
-			shot := filepath.Join(dir, fmt.Sprintf("status-%d.png", width))
+			shot := filepath.Join(dir, fmt.Sprintf("status-%s-%d.png", name, width))
 			if out, err := exec.CommandContext(ctx, chromium, append(args, "--screenshot="+shot, srv.URL)...).CombinedOutput(); err != nil {
 				t.Errorf("screenshot: %v\n%s", err, out)
 			}
@@ -196,6 +199,9 @@ func TestMetricsExistFromTheStartAndCountFailures(t *testing.T) {
 	}
 	if !strings.Contains(page, `class="db up"`) || !strings.Contains(page, `http-equiv="refresh"`) {
 		t.Errorf("the page lacks the database state or its refresh")
+	}
+	if chromium, err := exec.LookPath("chromium"); err == nil {
+		checkLayout(t, chromium, base+"/", "failing-and-healthy")
 	}
 	stop()
 

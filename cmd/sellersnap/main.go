@@ -138,6 +138,16 @@ common flags: -log-format text|json, -log-level debug|info|warn|error
 exit status: 0 success, 1 an export failed, 2 usage or configuration error
 `
 
+// commandHelp says what each command does, for "sellersnap CMD -h".
+var commandHelp = map[string]string{
+	"validate": "Checks the config, schedules, database (tables, columns, types, grants), schema drift and\nevery bucket (writes and deletes a probe object), then summarises what once would do.",
+	"plan":     "Prints what once would do now: each job's pending runs (or orgs), their rows and the keys\nit would write. Writes nothing.",
+	"once":     "Exports everything pending for every job (or -job), then exits: 0 when all succeeded,\n1 when an export failed (the next once retries it).",
+	"rerun":    "Exports one unit again, whether or not it was exported: a run of a per_run job (-run) or a\ndate of a full job (-date). Rewrites its files and manifest.",
+	"run":      "The daemon: runs each job on its schedule (and per_run jobs on NOTIFY), serves the status\npage, /metrics, /healthz and /readyz, and stops cleanly on SIGTERM.",
+	"status":   "Prints each job's recent exports (read from the manifests in the bucket) and pending runs.",
+}
+
 type options struct {
 	json, verbose                               bool
 	config, job, run, date, logFormat, logLevel string
@@ -152,6 +162,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd, args := args[0], args[1:]
 	fs := flag.NewFlagSet("sellersnap "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "sellersnap %s: %s\n\nflags:\n", cmd, commandHelp[cmd])
+		fs.PrintDefaults()
+	}
 	var o options
 	fs.StringVar(&o.config, "config", "pipeline.yaml", "path of the pipeline config")
 	fs.StringVar(&o.job, "job", "", "job name (default: every job)")
@@ -182,7 +196,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return err
+			return nil // asked for: the help went to stderr
 		}
 		return &usageError{err.Error()}
 	}

@@ -838,3 +838,14 @@ func TestPlanSummarisesUnlessVerbose(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryCommandHasHelp: "sellersnap CMD -h" says what the command does
+// and lists its flags, and exits 0.
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, cmd := range []string{"validate", "plan", "once", "rerun", "run", "status"} {
+		code, _, stderr := cli(t, nil, cmd, "-h")
+		if code != 0 || !strings.Contains(stderr, "sellersnap "+cmd+": ") || !strings.Contains(stderr, "-config") || len(stderr) < 150 {
+			t.Errorf("%s -h: exit %d\n%s", cmd, code, stderr)
+		}
+	}
+}
