@@ -30,12 +30,7 @@ import (
 func TestLostLockNeverChangesAPublishedExport(t *testing.T) {
 	f := newFixture(t, "")
 	ctx := context.Background()
-	job := f.job("new-sellers")
-	runs, err := f.src.CompletedRuns(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	run := runs[len(runs)-1]
+	job, run := f.job("new-sellers"), f.lastRun()
 
 	newRunner := func() *pipeline.Runner {
 		src, err := sources.Open(ctx, sources.Config{DSN: f.dbURL})
@@ -74,10 +69,7 @@ func TestLostLockNeverChangesAPublishedExport(t *testing.T) {
 	if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted`).Scan(&killed); err != nil || killed != 1 {
 		t.Fatalf("terminated %d lock sessions (%v), want 1", killed, err)
 	}
-	if _, err := conn.Exec(ctx, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
-		SELECT gen_random_uuid(), org_id, 'Late', 'late', 'ebay', 1, false, id, now() FROM collection_runs WHERE id = $1`, run.ID); err != nil {
-		t.Fatal(err)
-	}
+	addLateSeller(t, f.dbURL, run.ID)
 	res, err := b.ExportPending(ctx, job, run.ID)
 	if err != nil || len(res.Exported) != 1 {
 		t.Fatalf("B: %+v, %v", res, err)
@@ -145,12 +137,7 @@ func TestExporterWithoutTheLockCannotLeaveAMismatchedManifest(t *testing.T) {
 		t.Run(dest[:4], func(t *testing.T) {
 			f := newFixtureAt(t, dest, dir, "")
 			ctx := context.Background()
-			job := f.job("new-sellers")
-			runs, err := f.src.CompletedRuns(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			run := runs[len(runs)-1]
+			job, run := f.job("new-sellers"), f.lastRun()
 			paused, resume := make(chan struct{}), make(chan struct{})
 			var taken atomic.Bool // only the first export pauses
 			pipeline.SetBeforeCommit(f.runner, func() {
@@ -167,8 +154,7 @@ func TestExporterWithoutTheLockCannotLeaveAMismatchedManifest(t *testing.T) {
 				aDone <- err
 			}()
 			<-paused
-			pgtest.Exec(t, f.dbURL, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
-				SELECT gen_random_uuid(), org_id, 'Late', 'late', 'ebay', 1, false, id, now() FROM collection_runs WHERE id = $1`, run.ID)
+			addLateSeller(t, f.dbURL, run.ID)
 			res, err := f.runner.ExportPending(ctx, job, run.ID)
 			if err != nil || len(res.Exported) != 1 {
 				t.Fatalf("B: %+v, %v", res, err)
@@ -193,4 +179,22 @@ func TestExporterWithoutTheLockCannotLeaveAMismatchedManifest(t *testing.T) {
 			}
 		})
 	}
+}
+
+// lastRun is the fixture's newest completed run.
+func (f *fixture) lastRun() sources.Run {
+	f.t.Helper()
+	runs, err := f.src.CompletedRuns(context.Background())
+	if err != nil || len(runs) == 0 {
+		f.t.Fatalf("completed runs: %d, %v", len(runs), err)
+	}
+	return runs[len(runs)-1]
+}
+
+// addLateSeller adds a seller to a run, so that a later snapshot of it
+// differs from an earlier one.
+func addLateSeller(t *testing.T, dbURL, runID string) {
+	t.Helper()
+	pgtest.Exec(t, dbURL, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+		SELECT gen_random_uuid(), org_id, 'Late', 'late', 'ebay', 1, false, id, now() FROM collection_runs WHERE id = $1`, runID)
 }

@@ -222,14 +222,8 @@ func TestDSNNeverPrinted(t *testing.T) {
 	for deadline := time.Now().Add(30 * time.Second); countManifests(out) == 0 && time.Now().Before(deadline); {
 		time.Sleep(100 * time.Millisecond)
 	}
-	for _, path := range []string{"/", "/metrics", "/healthz", "/readyz", "/manifest?job=new-sellers"} {
-		resp, err := http.Get("http://" + addr + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		leaked("GET "+path, string(body))
+	for path, body := range getAll(t, addr, "/", "/metrics", "/healthz", "/readyz", "/manifest?job=new-sellers") {
+		leaked("GET "+path, body)
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
@@ -848,4 +842,20 @@ func TestEveryCommandHasHelp(t *testing.T) {
 			t.Errorf("%s -h: exit %d\n%s", cmd, code, stderr)
 		}
 	}
+}
+
+// getAll GETs each path from the daemon at addr and returns the bodies.
+func getAll(t *testing.T, addr string, paths ...string) map[string]string {
+	t.Helper()
+	bodies := map[string]string{}
+	for _, path := range paths {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		bodies[path] = string(body)
+	}
+	return bodies
 }
