@@ -290,8 +290,8 @@ func (r *Runner) exportRuns(ctx context.Context, job *config.Job, units []unit, 
 		if err != nil {
 			res.Failed++
 			r.Metrics.failure(u, err, r.now())
+			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...) // the attributes name the unit
 			err = unitError(u, err)
-			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...)
 			errs = append(errs, err)
 			continue
 		}
@@ -375,8 +375,8 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 			// This org only: the others are exported.
 			res.Failed++
 			r.Metrics.failure(u, err, r.now())
+			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...) // the attributes name the unit
 			err = unitError(u, err)
-			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...)
 			conflicts = append(conflicts, err)
 			continue
 		}
@@ -396,8 +396,8 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 			// The snapshot's connection may be gone (a cancelled query
 			// closes it): the remaining orgs wait for the next attempt.
 			res.Failed++
+			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...) // the attributes name the unit
 			err = unitError(u, err)
-			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...)
 			return res, err
 		}
 		res.Exported = append(res.Exported, m)
