@@ -764,3 +764,45 @@ func TestFaultTerminatedBackendPerFormat(t *testing.T) {
 		})
 	}
 }
+
+// TestFaultReadOnlyBucketFailsAtOnce exports into a bucket directory on a
+// read-only file system (a tmpfs mounted ro; needs root). Pass: the
+// permanent error is not retried (retries are configured), `once` exits 1,
+// and each failure's log line names the key once and the cause.
+func TestFaultReadOnlyBucketFailsAtOnce(t *testing.T) {
+	skipShort(t)
+	dbURL := loadDemo(t, 2000, 2)
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_RDONLY, "size=1m"); err != nil {
+		t.Skipf("cannot mount a read-only tmpfs here (%v)", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, 0) })
+	cfg := filepath.Join(t.TempDir(), "p.yaml")
+	yaml := fmt.Sprintf("source: {dsn: %q}\ndaemon: {retry: {attempts: 5, initial: 2s}}\njobs:\n  - {name: new, mode: per_run, destination: 'file://%s'}\n", dbURL, dir)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd, log := runProcess(t, nil, "once", "-config", cfg)
+	err := cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("exit %d (%v), want 1:\n%s", code, err, log)
+	}
+	out := log.String()
+	if strings.Contains(out, "retrying") {
+		t.Errorf("a read-only file system was retried as transient:\n%s", out)
+	}
+	failures := 0
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, `msg="export failed"`) {
+			continue
+		}
+		failures++
+		keys := regexp.MustCompile(`sellers_[0-9-]+_run-[0-9a-f]{8}\.[a-z]+`).FindAllString(line, -1)
+		if len(keys) != 1 || !strings.Contains(line, "read-only file system") || strings.Count(line, "run_id=") != 1 || strings.Contains(line, "job new, run") {
+			t.Errorf("want the key once, the cause, and the unit only in the attributes:\n%s", line)
+		}
+	}
+	if failures == 0 {
+		t.Errorf("no export failure was logged:\n%s", out)
+	}
+}
