@@ -806,3 +806,23 @@ func TestFaultReadOnlyBucketFailsAtOnce(t *testing.T) {
 		t.Errorf("no export failure was logged:\n%s", out)
 	}
 }
+
+// TestFaultReleaseBinaryIgnoresFailpoints: the kill switch of the fault
+// tests lives in the test binary only. A binary built as users build it
+// exports normally with SELLERSNAP_FAILPOINT set.
+func TestFaultReleaseBinaryIgnoresFailpoints(t *testing.T) {
+	skipShort(t)
+	bin := filepath.Join(t.TempDir(), "sellersnap")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	out := t.TempDir()
+	cmd := exec.Command(bin, "once", "-config", filepath.Join("..", "..", "pipeline.yaml"), "-job", "new-sellers")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+pgtest.NewDatabase(t), "SELLERSNAP_BUCKET=file://"+out, "SELLERSNAP_FAILPOINT=before-commit")
+	if log, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("once with SELLERSNAP_FAILPOINT set: %v\n%s", err, log)
+	}
+	if n := countManifests(out); n != 10 {
+		t.Errorf("%d manifests, want 10", n)
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
 	"github.com/sellersnap/sellersnap/internal/demodata"
+	"github.com/sellersnap/sellersnap/internal/failpoint"
 	"github.com/sellersnap/sellersnap/internal/pgtest"
 )
 
@@ -37,6 +38,7 @@ func TestMain(m *testing.M) {
 				panic(err)
 			}
 		}
+		failpoint.Enable()
 		os.Args = append([]string{"sellersnap"}, strings.Split(args, "\x1f")...)
 		main()
 		return

@@ -5,13 +5,20 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 var (
-	mu     sync.Mutex
-	armed  map[string]int // point → hits left before the kill
-	parsed sync.Once
+	enabled atomic.Bool
+	mu      sync.Mutex
+	armed   map[string]int // point → hits left before the kill
+	parsed  sync.Once
 )
+
+// Enable makes Hit honour SELLERSNAP_FAILPOINT. Only test binaries call it
+// (cmd/sellersnap's TestMain, when it runs as the program): a release
+// binary never kills itself, whatever its environment says.
+func Enable() { enabled.Store(true) }
 
 func parse() {
 	v := os.Getenv("SELLERSNAP_FAILPOINT")
@@ -29,6 +36,9 @@ func parse() {
 
 // Hit marks that the process reached point name.
 func Hit(name string) {
+	if !enabled.Load() {
+		return
+	}
 	parsed.Do(parse)
 	if armed == nil {
 		return
