@@ -387,9 +387,10 @@ func Load(path string) (*File, error) {
 	return Parse(path, data)
 }
 
-// Parse is Load for data already read; name is used in errors.
+// yamlLine finds the line in a YAML syntax error.
 var yamlLine = regexp.MustCompile(`^line (\d+): `)
 
+// Parse is Load for data already read; name is used in errors.
 func Parse(name string, data []byte) (*File, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {

@@ -1,5 +1,6 @@
-// Package pipeline runs export jobs: it is the only package that starts
-// goroutines.
+// Package pipeline runs export jobs. It starts the goroutines of an export
+// (its stages) and of the daemon; the only other one is sources opening an
+// export's two connections side by side.
 //
 // A Runner finds what a job has pending (completed runs without a
 // manifest, or today's full snapshot), reads each unit in its own

@@ -1,7 +1,8 @@
 // Package sources reads the collector's tables from PostgreSQL.
 //
-// Postgres lists collection runs and checks the configured columns against
-// information_schema. A Snapshot is one REPEATABLE READ READ ONLY
+// Postgres lists collection runs and checks the configured columns, their
+// types and grants against the catalog (pg_catalog: information_schema
+// hides columns the role may not read). A Snapshot is one REPEATABLE READ READ ONLY
 // transaction on one connection; its Sellers method streams the rows of one
 // run (or one org) in the binary wire format and decodes them straight into
 // Arrow record batches of bounded size, without per-row allocations. The
@@ -9,7 +10,7 @@
 //
 // Type mapping (PostgreSQL → Arrow):
 //
-//	text, varchar, bpchar, name, citext → utf8
+//	text, varchar, bpchar, name         → utf8
 //	uuid                                → utf8 (canonical 36 characters)
 //	json, jsonb                         → utf8 (the JSON text)
 //	int2, int4, int8                    → int16, int32, int64
