@@ -427,11 +427,18 @@ func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, 
 		if err := bucket.Put(ctx, probe, []byte("probe"), "text/plain", nil); err != nil {
 			return fmt.Errorf("job %s: cannot write to %s under %q%s: %w", j.Name, bucket.URL(), staticPrefix(j.Template.String()), permissionHint(err, "write"), err)
 		}
+		if got, err := bucket.ReadAll(ctx, probe); err != nil || string(got) != "probe" {
+			_ = bucket.Delete(ctx, probe)
+			if err == nil {
+				err = fmt.Errorf("read back %q, wrote %q", got, "probe")
+			}
+			return fmt.Errorf("job %s: wrote a probe object to %s but cannot read it back%s: %w", j.Name, bucket.URL(), permissionHint(err, "read"), err)
+		}
 		if err := bucket.Delete(ctx, probe); err != nil {
 			return fmt.Errorf("job %s: wrote a probe object to %s but cannot delete it%s: %w", j.Name, bucket.URL(), permissionHint(err, "delete"), err)
 		}
 		next := j.Cron.Next(time.Now().In(j.Location))
-		fmt.Fprintf(w, "\njob %s (%s), schedule %q %s, next %s\n  destination %s (writable)\n  columns %s\n  formats %s\n",
+		fmt.Fprintf(w, "\njob %s (%s), schedule %q %s, next %s\n  destination %s (writable, readable)\n  columns %s\n  formats %s\n",
 			j.Name, j.Mode, j.Schedule, j.Timezone, next.Format(time.RFC3339), bucket.URL(), columnList(j), strings.Join(j.Formats, ", "))
 		p, err := runner.Plan(ctx, j)
 		if err != nil {
@@ -513,6 +520,9 @@ func permissionHint(err error, op string) string {
 	case gcerrors.PermissionDenied:
 		if op == "delete" {
 			return " (the credentials lack delete permission: s3:DeleteObject, storage.objects.delete, or an Azure role with blob delete; sellersnap deletes files of failed exports)"
+		}
+		if op == "read" {
+			return " (the credentials lack read permission: s3:GetObject, storage.objects.get, or the Storage Blob Data Reader role; sellersnap reads manifests and schema.json)"
 		}
 		return " (the credentials lack write permission: s3:PutObject, storage.objects.create, or the Storage Blob Data Contributor role)"
 	case gcerrors.NotFound:

@@ -76,7 +76,7 @@ func TestCommands(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("validate: exit %d\n%s%s", code, stdout, stderr)
 	}
-	for _, want := range []string{"job new-sellers (per_run)", "pending runs: 10", "rows", "sellers/new/org=", "manifest.json", "job full-nightly (full)", "(writable)"} {
+	for _, want := range []string{"job new-sellers (per_run)", "pending runs: 10", "rows", "sellers/new/org=", "manifest.json", "job full-nightly (full)", "(writable, readable)"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("validate output lacks %q:\n%s", want, stdout)
 		}
