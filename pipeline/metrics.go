@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -166,13 +165,9 @@ func (m *Metrics) SeedLastSuccess(job string, at time.Time) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	g := m.lastSuccess.WithLabelValues(job)
-	var cur dto.Metric
-	if g.Write(&cur) == nil && cur.GetGauge().GetValue() < float64(at.Unix()) {
-		g.Set(float64(at.Unix()))
-	}
 	if h := m.healthOf(job); at.After(h.lastSuccess) {
 		h.lastSuccess = at
+		m.lastSuccess.WithLabelValues(job).Set(float64(at.Unix()))
 	}
 }
 
@@ -368,16 +363,6 @@ func (m *Metrics) DatabaseUp() *bool {
 		return &up
 	}
 	return nil
-}
-
-// Backlog returns the number of units pending for job at the last look.
-func (m *Metrics) Backlog(job string) int {
-	if m == nil {
-		return 0
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.backlogs[job]
 }
 
 func (m *Metrics) setBacklog(job string, n int, oldest time.Duration) {

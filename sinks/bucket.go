@@ -87,7 +87,7 @@ func fileURL(u *url.URL) (*url.URL, error) {
 		return nil, fmt.Errorf("bucket URL %q: %w", Redact(u.String()), err)
 	}
 	q := u.Query()
-	for k, v := range map[string]string{"create_dir": "true", "no_tmp_dir": "true", "metadata": "skip"} {
+	for k, v := range map[string]string{"create_dir": "true", "metadata": "skip"} {
 		if !q.Has(k) {
 			q.Set(k, v)
 		}
