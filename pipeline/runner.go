@@ -102,7 +102,7 @@ func (r *Runner) Bucket(ctx context.Context, url string) (*sinks.Bucket, error) 
 	if b, ok := r.buckets[url]; ok {
 		return b, nil
 	}
-	b, err := sinks.OpenBucket(ctx, url)
+	b, err := sinks.OpenBucket(ctx, url, sinks.WithLogger(r.logger()))
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -38,9 +39,13 @@ type Bucket struct {
 // directory is created, and no .attrs sidecar files are written unless the
 // URL says otherwise. Objects of a file:// bucket are written by localDir:
 // never outside the directory, through hidden temporary files.
-func OpenBucket(ctx context.Context, rawURL string) (*Bucket, error) {
+func OpenBucket(ctx context.Context, rawURL string, opts ...Option) (*Bucket, error) {
+	o := bucketOptions{logger: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	secrets := urlSecrets(rawURL)
-	b, err := openBucket(ctx, rawURL)
+	b, err := openBucket(ctx, rawURL, o)
 	if err != nil {
 		return nil, redactError(err, secrets)
 	}
@@ -48,7 +53,22 @@ func OpenBucket(ctx context.Context, rawURL string) (*Bucket, error) {
 	return b, nil
 }
 
-func openBucket(ctx context.Context, rawURL string) (*Bucket, error) {
+// Option configures OpenBucket.
+type Option func(*bucketOptions)
+
+type bucketOptions struct{ logger *slog.Logger }
+
+// WithLogger sends what the bucket's SDK logs (the AWS SDK's warnings) to l
+// instead of slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(o *bucketOptions) {
+		if l != nil {
+			o.logger = l
+		}
+	}
+}
+
+func openBucket(ctx context.Context, rawURL string, o bucketOptions) (*Bucket, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme == "" {
 		return nil, fmt.Errorf("bucket URL %q: want scheme://…, e.g. s3://bucket or file:///path", Redact(rawURL))
@@ -58,7 +78,12 @@ func openBucket(ctx context.Context, rawURL string) (*Bucket, error) {
 			return nil, err
 		}
 	}
-	b, err := blob.OpenBucket(ctx, u.String())
+	var b *blob.Bucket
+	if u.Scheme == "s3" {
+		b, err = openS3(ctx, u, o.logger)
+	} else {
+		b, err = blob.OpenBucket(ctx, u.String())
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", Redact(rawURL), err)
 	}
