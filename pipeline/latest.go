@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"gocloud.dev/gcerrors"
-
 	"github.com/sellersnap/sellersnap/internal/keys"
 	"github.com/sellersnap/sellersnap/sinks"
 )
@@ -87,7 +85,7 @@ func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit,
 		Manifest: mkey, Rows: m.Rows, RunCompletedAt: m.Snapshot.RunCompletedAt, ExportedAt: m.ExportedAt}
 	old, err := bucket.ReadAll(ctx, key)
 	switch {
-	case gcerrors.Code(err) == gcerrors.NotFound:
+	case sinks.IsNotFound(err):
 	case err != nil:
 		return fmt.Errorf("read %s: %w", key, err)
 	default:

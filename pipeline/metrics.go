@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -229,8 +227,6 @@ func (m *Metrics) dependencyUp(dependency, job string, up bool) {
 func failureReason(err error) string {
 	var be *sinks.BucketError
 	var se *SchemaChangeError
-	var pe *pgconn.PgError
-	var ce *pgconn.ConnectError
 	switch {
 	case errors.As(err, &be):
 		return "bucket"
@@ -238,7 +234,7 @@ func failureReason(err error) string {
 		return "conflict"
 	case errors.As(err, &se):
 		return "schema"
-	case errors.As(err, &pe), errors.As(err, &ce), errors.Is(err, sources.ErrLockLost), pgconn.Timeout(err):
+	case sources.IsDatabaseError(err):
 		return "database"
 	}
 	return "other"

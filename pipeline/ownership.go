@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 
-	"gocloud.dev/gcerrors"
-
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
 )
@@ -48,7 +46,7 @@ func (r *Runner) exported(ctx context.Context, bucket *sinks.Bucket, job *config
 		return true, nil
 	}
 	data, err := bucket.ReadAll(ctx, key)
-	if gcerrors.Code(err) == gcerrors.NotFound {
+	if sinks.IsNotFound(err) {
 		return false, nil // deleted since
 	}
 	if err != nil {

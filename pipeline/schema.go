@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"gocloud.dev/gcerrors"
-
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
@@ -164,7 +162,7 @@ func (r *Runner) checkSchemaDrift(ctx context.Context, job *config.Job) error {
 func readSchema(ctx context.Context, bucket *sinks.Bucket, job *config.Job) (*JobSchema, error) {
 	key := schemaKey(job)
 	b, err := bucket.ReadAll(ctx, key)
-	if gcerrors.Code(err) == gcerrors.NotFound {
+	if sinks.IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {

@@ -129,7 +129,11 @@ func redactError(err error, secrets []string) error {
 	if _, ok := err.(*BucketError); ok {
 		return err
 	}
-	return &BucketError{msg: redactString(err.Error(), secrets), err: err}
+	msg := redactString(err.Error(), secrets)
+	if missingCredentials(err) {
+		msg += credentialsHint
+	}
+	return &BucketError{msg: msg, err: err}
 }
 
 // redact hides the bucket URL's secrets in err and marks it a BucketError.

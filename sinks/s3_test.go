@@ -58,3 +58,37 @@ func TestS3SDKLogsGoThroughSlog(t *testing.T) {
 		}
 	}
 }
+
+// TestS3WithoutCredentialsIsPermanent: a request the SDK could not sign is
+// not retried (the provider chain's wait on the EC2 metadata endpoint
+// would repeat), and the error says what to set.
+func TestS3WithoutCredentialsIsPermanent(t *testing.T) {
+	ctx := context.Background()
+	backend := s3mem.New()
+	if err := backend.CreateBucket("snap"); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gofakes3.New(backend).Server())
+	defer srv.Close()
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("AWS_CONFIG_FILE", t.TempDir()+"/none")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", t.TempDir()+"/none")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	b, err := sinks.OpenBucket(ctx, "s3://snap?region=us-east-1&use_path_style=true&endpoint="+srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	err = b.Put(ctx, "a/b.json", []byte(`{}`), "application/json", nil)
+	if err == nil {
+		t.Fatal("Put without credentials succeeded")
+	}
+	if sinks.Transient(err) {
+		t.Errorf("Transient(%v) = true, want false", err)
+	}
+	if !strings.Contains(err.Error(), "no AWS credentials found: set AWS_ACCESS_KEY_ID") {
+		t.Errorf("error has no hint: %v", err)
+	}
+}

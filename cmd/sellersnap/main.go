@@ -39,8 +39,6 @@ import (
 	_ "gocloud.dev/blob/gcsblob"
 	_ "gocloud.dev/blob/memblob" // s3:// is opened by sinks itself (the AWS SDK's logs go through slog)
 
-	"gocloud.dev/gcerrors"
-
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sinks"
@@ -515,8 +513,8 @@ func printPlan(w io.Writer, j *config.Job, plan []pipeline.Planned, verbose bool
 // permissionHint names, in an operator's words, the permission a bucket
 // error is about.
 func permissionHint(err error, op string) string {
-	switch gcerrors.Code(err) {
-	case gcerrors.PermissionDenied:
+	switch {
+	case sinks.IsPermissionDenied(err):
 		if op == "delete" {
 			return " (the credentials lack delete permission: s3:DeleteObject, storage.objects.delete, or an Azure role with blob delete; sellersnap deletes files of failed exports)"
 		}
@@ -524,7 +522,7 @@ func permissionHint(err error, op string) string {
 			return " (the credentials lack read permission: s3:GetObject, storage.objects.get, or the Storage Blob Data Reader role; sellersnap reads manifests and schema.json)"
 		}
 		return " (the credentials lack write permission: s3:PutObject, storage.objects.create, or the Storage Blob Data Contributor role)"
-	case gcerrors.NotFound:
+	case sinks.IsNotFound(err):
 		return " (the bucket or container does not exist: sellersnap does not create it)"
 	}
 	return ""
