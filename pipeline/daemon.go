@@ -224,6 +224,7 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 	}()
 	job := w.job
 	var err error
+	failedUnits := 0 // each already logged as "export failed", with its unit
 	if job.Mode == config.ModeFull {
 		w.mu.Lock()
 		slot := w.slot
@@ -241,7 +242,10 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 			dates = dedupe(dates)
 		}
 		for _, date := range dates {
-			if _, err = d.Runner.Full(ctx, job, date); err != nil {
+			var res Result
+			res, err = d.Runner.Full(ctx, job, date)
+			failedUnits += res.Failed
+			if err != nil {
 				break
 			}
 		}
@@ -255,7 +259,9 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 				d.logger().Debug("notified run not exported first; the pass looks at every run", "job", job.Name, "run_id", id, "err", err)
 			}
 		}
-		_, err = d.Runner.Once(ctx, job)
+		var res Result
+		res, err = d.Runner.Once(ctx, job)
+		failedUnits = res.Failed
 	}
 	switch {
 	case err != nil && ctx.Err() == nil:
@@ -263,7 +269,11 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 		if w.failingSince.IsZero() {
 			w.failingSince = d.Runner.now()
 		}
-		d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "reason", failureReason(err), "err", err)
+		if failedUnits > 0 {
+			d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "reason", failureReason(err), "failed_units", failedUnits)
+		} else {
+			d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "reason", failureReason(err), "err", err)
+		}
 	case err == nil:
 		d.Runner.Metrics.passSucceeded(job.Name)
 		if !w.failingSince.IsZero() {

@@ -412,6 +412,14 @@ func TestDaemonLogsWhatAnOperatorFollows(t *testing.T) {
 	// A pass fails (the table is gone), then succeeds again.
 	pgtest.Exec(t, f.dbURL, `ALTER TABLE sellers RENAME TO sellers_away`)
 	waitFor(t, "a failed pass", 30*time.Second, func() bool { return rec.count("job pass failed; the next tick retries", "job", "new-sellers") > 0 })
+	// Each failure names its job and unit once: in the attributes, not
+	// again inside the error (a unit's failure is logged by itself; the
+	// pass's line counts them).
+	for _, m := range rec.errors() {
+		if strings.Contains(m["err"], "job new-sellers") {
+			t.Errorf("%q: the job is named again in the error: %v", m["msg"], m)
+		}
+	}
 	pgtest.Exec(t, f.dbURL, `ALTER TABLE sellers_away RENAME TO sellers`)
 	waitFor(t, "the recovery", 30*time.Second, func() bool { return rec.count("job recovered: a pass succeeded again", "job", "new-sellers") == 1 })
 	// The LISTEN connection is terminated and comes back.
