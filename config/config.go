@@ -19,8 +19,6 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sellersnap/sellersnap/internal/keys"
-	"github.com/sellersnap/sellersnap/sinks"
-	"github.com/sellersnap/sellersnap/sources"
 )
 
 // Modes of a job.
@@ -37,27 +35,27 @@ const (
 	DefaultDestination      = "file://./snapshots"
 	DefaultPerRunPath       = "sellers/new/org={org_id}/date={run_date}/run={run_id}/sellers_{run_date}_run-{run_id8}.{ext}"
 	DefaultFullPath         = "sellers/full/org={org_id}/date={date}/sellers_{date}_full.{ext}"
-	DefaultBatchRows        = sources.DefaultBatchRows
 	MaxBatchRows            = 1 << 20
 	DefaultStatementTimeout = 30 * time.Minute
-	DefaultCompression      = "none"
 )
 
 // DefaultColumns are the user-facing seller columns, in export order.
 var DefaultColumns = []string{"display_name", "normalized_name", "platform", "platform_id",
 	"times_seen", "feedback_percent", "feedback_count", "flagged", "created_at"}
 
-// DefaultFormats are written when a job names none.
-var DefaultFormats = []string{"csv", "ndjson", "parquet"}
-
-// Formats lists the known output formats.
-var Formats = []string{"csv", "ndjson", "parquet"}
+// DefaultFormats returns the formats a job writes when it names none.
+func DefaultFormats() []string { return []string{"csv", "ndjson", "parquet"} }
 
 // Placeholders allowed in path templates, per mode.
-var (
-	PerRunPlaceholders = []string{"job", "org_id", "run_id", "run_id8", "run_date", "ext"}
-	FullPlaceholders   = []string{"job", "org_id", "date", "ext"}
-)
+func placeholders(mode string) []string {
+	switch mode {
+	case ModePerRun:
+		return []string{"job", "org_id", "run_id", "run_id8", "run_date", "ext"}
+	case ModeFull:
+		return []string{"job", "org_id", "date", "ext"}
+	}
+	return nil
+}
 
 // Config is a whole pipeline.yaml.
 type Config struct {
@@ -111,13 +109,15 @@ type Retry struct {
 type Source struct {
 	// DSN is a libpq connection string or URL; never printed.
 	DSN string `yaml:"dsn"`
-	// Schema holding both tables. Default "public".
+	// Schema holding both tables. "" (the default) is the source's
+	// default: public.
 	Schema string `yaml:"schema"`
-	// RunsTable. Default "collection_runs".
+	// RunsTable. "" is the source's default: collection_runs.
 	RunsTable string `yaml:"runs_table"`
-	// SellersTable. Default "sellers".
+	// SellersTable. "" is the source's default: sellers.
 	SellersTable string `yaml:"sellers_table"`
-	// CompletedStatus is the status of a finished run. Default "completed".
+	// CompletedStatus is the status of a finished run. "" is the source's
+	// default: completed.
 	CompletedStatus string `yaml:"completed_status"`
 	// StatementTimeout bounds each query of an export. Default 30m; "0s" for none.
 	StatementTimeout *Duration `yaml:"statement_timeout"`
@@ -169,7 +169,8 @@ type Job struct {
 	MaskKeyEnv string `yaml:"mask_key_env"`
 	// MaskKey is the key read from MaskKeyEnv when a column is masked.
 	MaskKey []byte `yaml:"-"`
-	// BatchRows is the most rows per Arrow record batch. Default 2048.
+	// BatchRows is the most rows per Arrow record batch. 0 (the default)
+	// is the reader's default, 2048.
 	BatchRows int     `yaml:"batch_rows"`
 	CSV       CSV     `yaml:"csv"`
 	NDJSON    NDJSON  `yaml:"ndjson"`
@@ -185,7 +186,8 @@ type Job struct {
 type CSV struct {
 	// FormulaGuard neutralises cells starting with = + - @ TAB CR. Default true.
 	FormulaGuard *bool `yaml:"formula_guard"`
-	// Compression: none, gzip or zstd. Default none.
+	// Compression: none (the default), gzip or zstd; checked by the
+	// format (sinks).
 	Compression string `yaml:"compression"`
 	// Delimiter is one character. Default ",".
 	Delimiter string `yaml:"delimiter"`
@@ -221,7 +223,7 @@ func (s Select) Columns(cols []Column) []int {
 
 // NDJSON options of a job.
 type NDJSON struct {
-	// Compression: none, gzip or zstd. Default none.
+	// Compression: none (the default), gzip or zstd.
 	Compression string `yaml:"compression"`
 	// Include keeps only these output columns in this format; Exclude
 	// drops these. Default: every column.
@@ -231,9 +233,10 @@ type NDJSON struct {
 
 // Parquet options of a job.
 type Parquet struct {
-	// Compression: zstd, snappy, gzip, brotli or none. Default zstd.
+	// Compression: zstd (the default), snappy, gzip, brotli or none.
 	Compression string `yaml:"compression"`
-	// RowGroupRows is the most rows per row group. Default 65536.
+	// RowGroupRows is the most rows per row group. 0 (the default) is the
+	// encoder's default, 65536.
 	RowGroupRows int64 `yaml:"row_group_rows"`
 	// Include keeps only these output columns in this format; Exclude
 	// drops these. Default: every column.
@@ -377,21 +380,29 @@ func (f *File) Job(name string) (*Job, int, error) {
 	return nil, -1, fmt.Errorf("no job %q in %s (jobs: %s)", name, f.Path, strings.Join(names, ", "))
 }
 
+// A Check is a check of a job that config cannot make itself because it
+// needs what another package knows (which formats and compressions exist
+// is known to sinks). Load runs each on every job after config's own
+// checks; bad reports a problem with a field below the job
+// ("csv.compression", "formats[1]"), and the error names file, line and
+// the whole field path, among config's own errors.
+type Check func(j *Job, bad func(field, format string, args ...any))
+
 // Load reads, expands and validates a config file. The error lists every
 // problem found, each naming the file, line and field path.
-func Load(path string) (*File, error) {
+func Load(path string, checks ...Check) (*File, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return Parse(path, data)
+	return Parse(path, data, checks...)
 }
 
 // yamlLine finds the line in a YAML syntax error.
 var yamlLine = regexp.MustCompile(`^line (\d+): `)
 
 // Parse is Load for data already read; name is used in errors.
-func Parse(name string, data []byte) (*File, error) {
+func Parse(name string, data []byte, checks ...Check) (*File, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		// yaml.v3 says "yaml: line 5: did not find …": file:line like the rest.
@@ -413,7 +424,7 @@ func Parse(name string, data []byte) (*File, error) {
 		return nil, joinErrors(d.errs)
 	}
 	f := &File{Config: cfg, Path: name, lines: d.lines}
-	if err := f.validate(); err != nil {
+	if err := f.validate(checks); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -423,7 +434,7 @@ var jobName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 var cronParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
-func (f *File) validate() error {
+func (f *File) validate(checks []Check) error {
 	var errs []error
 	bad := func(path, format string, args ...any) { errs = append(errs, f.Errorf(path, format, args...)) }
 
@@ -436,10 +447,6 @@ func (f *File) validate() error {
 			bad(path, "must not be empty")
 		}
 	}
-	s.Schema = cmp.Or(s.Schema, sources.DefaultSchema)
-	s.RunsTable = cmp.Or(s.RunsTable, sources.DefaultRunsTable)
-	s.SellersTable = cmp.Or(s.SellersTable, sources.DefaultSellersTable)
-	s.CompletedStatus = cmp.Or(s.CompletedStatus, sources.DefaultCompletedStatus)
 	if s.StatementTimeout == nil {
 		s.StatementTimeout = &Duration{DefaultStatementTimeout}
 	}
@@ -500,6 +507,9 @@ func (f *File) validate() error {
 			}
 		}
 		errs = append(errs, f.validateJob(j, p)...)
+		for _, c := range checks {
+			c(j, func(field, format string, args ...any) { bad(p+"."+field, format, args...) })
+		}
 	}
 	if len(errs) == 0 {
 		errs = append(errs, f.checkKeysDisjoint()...)
@@ -578,16 +588,13 @@ func (f *File) validateJob(j *Job, p string) []error {
 	var errs []error
 	bad := func(path, format string, args ...any) { errs = append(errs, f.Errorf(path, format, args...)) }
 
-	var placeholders []string
 	switch j.Mode {
 	case ModePerRun:
 		j.Schedule = cmp.Or(j.Schedule, DefaultPerRunSchedule)
 		j.Path = cmp.Or(j.Path, DefaultPerRunPath)
-		placeholders = PerRunPlaceholders
 	case ModeFull:
 		j.Schedule = cmp.Or(j.Schedule, DefaultFullSchedule)
 		j.Path = cmp.Or(j.Path, DefaultFullPath)
-		placeholders = FullPlaceholders
 	case "":
 		bad(p+".mode", "is required: per_run or full")
 	default:
@@ -643,8 +650,8 @@ func (f *File) validateJob(j *Job, p string) []error {
 		bad(p+".destination", "a file URL takes no host (%q here): write file://./%s for a folder relative to the working directory, or file:///absolute/path", u.Host, u.Host+u.Path)
 	}
 
-	if placeholders != nil {
-		t, err := keys.Parse(j.Path, placeholders)
+	if ph := placeholders(j.Mode); ph != nil {
+		t, err := keys.Parse(j.Path, ph)
 		switch {
 		case err != nil:
 			bad(p+".path", "%v", err)
@@ -663,16 +670,13 @@ func (f *File) validateJob(j *Job, p string) []error {
 
 	if len(j.Formats) == 0 {
 		if _, set := f.lines[p+".formats"]; set {
-			bad(p+".formats", "must name at least one format: %s", strings.Join(Formats, ", "))
+			bad(p+".formats", "must name at least one format: %s", strings.Join(DefaultFormats(), ", "))
 		}
-		j.Formats = slices.Clone(DefaultFormats)
+		j.Formats = DefaultFormats()
 	}
 	for i, fm := range j.Formats {
-		fp := fmt.Sprintf("%s.formats[%d]", p, i)
-		if !slices.Contains(Formats, fm) {
-			bad(fp, "unknown format %q: want %s", fm, strings.Join(Formats, ", "))
-		} else if slices.Index(j.Formats, fm) != i {
-			bad(fp, "format %q is listed twice", fm)
+		if slices.Index(j.Formats, fm) != i {
+			bad(fmt.Sprintf("%s.formats[%d]", p, i), "format %q is listed twice", fm)
 		}
 	}
 
@@ -717,10 +721,7 @@ func (f *File) validateJob(j *Job, p string) []error {
 		}
 	}
 
-	switch {
-	case j.BatchRows == 0:
-		j.BatchRows = DefaultBatchRows
-	case j.BatchRows < 1 || j.BatchRows > MaxBatchRows:
+	if j.BatchRows < 0 || j.BatchRows > MaxBatchRows {
 		bad(p+".batch_rows", "must be between 1 and %d, got %d", MaxBatchRows, j.BatchRows)
 	}
 
@@ -728,12 +729,8 @@ func (f *File) validateJob(j *Job, p string) []error {
 		t := true
 		j.CSV.FormulaGuard = &t
 	}
-	j.CSV.Compression = cmp.Or(j.CSV.Compression, DefaultCompression)
-	if _, ok := sinks.Compressions[j.CSV.Compression]; !ok {
-		bad(p+".csv.compression", "unknown compression %q: want none, gzip or zstd", j.CSV.Compression)
-	}
 	j.CSV.Delimiter = cmp.Or(j.CSV.Delimiter, ",")
-	if len(j.CSV.Delimiter) != 1 || strings.ContainsAny(j.CSV.Delimiter, "\"'\r\n") {
+	if len(j.CSV.Delimiter) != 1 {
 		bad(p+".csv.delimiter", "want one ASCII character other than quotes, CR and LF, got %q", j.CSV.Delimiter)
 	}
 	for name, sel := range j.Selects() {
@@ -752,18 +749,7 @@ func (f *File) validateJob(j *Job, p string) []error {
 			bad(sp+".exclude", "leaves no column")
 		}
 	}
-	j.NDJSON.Compression = cmp.Or(j.NDJSON.Compression, DefaultCompression)
-	if _, ok := sinks.Compressions[j.NDJSON.Compression]; !ok {
-		bad(p+".ndjson.compression", "unknown compression %q: want none, gzip or zstd", j.NDJSON.Compression)
-	}
-	j.Parquet.Compression = cmp.Or(j.Parquet.Compression, sinks.DefaultParquetCompression)
-	if _, ok := sinks.ParquetCodecs[j.Parquet.Compression]; !ok {
-		bad(p+".parquet.compression", "unknown compression %q: want zstd, snappy, gzip, brotli or none", j.Parquet.Compression)
-	}
-	switch {
-	case j.Parquet.RowGroupRows == 0:
-		j.Parquet.RowGroupRows = sinks.DefaultRowGroupRows
-	case j.Parquet.RowGroupRows < 1:
+	if j.Parquet.RowGroupRows < 0 {
 		bad(p+".parquet.row_group_rows", "must be positive, got %d", j.Parquet.RowGroupRows)
 	}
 	return errs

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/pipeline"
 )
 
 const base = `source:
@@ -67,7 +68,7 @@ func TestDefaultsAndExpansion(t *testing.T) {
 	if j.Columns[1].Output() != "discovered_at" || j.Columns[1].Name != "created_at" {
 		t.Errorf("rename: %+v", j.Columns)
 	}
-	if j.Path != config.DefaultPerRunPath || j.Schedule != config.DefaultPerRunSchedule || j.Parquet.Compression != "zstd" {
+	if j.Path != config.DefaultPerRunPath || j.Schedule != config.DefaultPerRunSchedule || j.Parquet.Compression != "" { // "": the format's default (sinks)
 		t.Errorf("defaults: %+v", j)
 	}
 	if f.Source.StatementTimeout.Duration != config.DefaultStatementTimeout {
@@ -92,7 +93,7 @@ func TestErrorsNameFieldAndLine(t *testing.T) {
 	for _, path := range files {
 		t.Run(strings.TrimSuffix(filepath.Base(path), ".yaml"), func(t *testing.T) {
 			wants := invalidWants(t, path)
-			_, err := config.Load(path)
+			_, err := config.Load(path, pipeline.CheckConfig)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -104,7 +105,7 @@ func TestErrorsNameFieldAndLine(t *testing.T) {
 		})
 	}
 	for _, path := range []string{"testdata/no-such-file.yaml", "testdata"} {
-		_, err := config.Load(path)
+		_, err := config.Load(path, pipeline.CheckConfig)
 		if err == nil || !strings.Contains(err.Error(), path) {
 			t.Errorf("Load(%q) = %v, want an error naming the file", path, err)
 		}
@@ -176,7 +177,7 @@ func TestManyMistakesAreCounted(t *testing.T) {
 	for i := 0; i < 100; i++ {
 		fmt.Fprintf(&b, "  - {name: j%d, mode: per_run, formats: [tsv]}\n", i)
 	}
-	_, err := config.Parse("many.yaml", []byte(b.String()))
+	_, err := config.Parse("many.yaml", []byte(b.String()), pipeline.CheckConfig)
 	if err == nil {
 		t.Fatal("no error")
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/pipeline"
 )
 
 // FuzzParse feeds the loader arbitrary bytes, seeded with the shipped
@@ -30,7 +31,7 @@ func FuzzParse(f *testing.F) {
 		var cfg *config.File
 		var err error
 		done := make(chan struct{})
-		go func() { cfg, err = config.Parse("fuzz.yaml", data); close(done) }()
+		go func() { cfg, err = config.Parse("fuzz.yaml", data, pipeline.CheckConfig); close(done) }()
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):

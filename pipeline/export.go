@@ -66,40 +66,17 @@ func newOrgUnit(job *config.Job, orgID, date string) unit {
 	}}
 }
 
-// formatFile says how one format is named and typed.
-type formatFile struct {
-	format, ext, contentType, compression string
-}
-
-func fileOf(job *config.Job, format string) formatFile {
-	switch format {
-	case "csv":
-		return textFile("csv", "text/csv; charset=utf-8", job.CSV.Compression)
-	case "ndjson":
-		return textFile("ndjson", "application/x-ndjson", job.NDJSON.Compression)
-	default:
-		return formatFile{format: "parquet", ext: "parquet", contentType: "application/vnd.apache.parquet", compression: job.Parquet.Compression}
-	}
-}
-
-func textFile(format, contentType, compression string) formatFile {
-	f := formatFile{format: format, ext: format + sinks.Compressions[compression], contentType: contentType, compression: compression}
-	switch compression {
-	case "gzip":
-		f.contentType = "application/gzip"
-	case "zstd":
-		f.contentType = "application/zstd"
-	}
-	return f
-}
-
 // key returns the key of the file in format.
 func (u unit) key(format string) (string, error) {
 	vals := make(map[string]string, len(u.values)+1)
 	for k, v := range u.values {
 		vals[k] = v
 	}
-	vals["ext"] = fileOf(u.job, format).ext
+	f, err := formatOf(u.job, format)
+	if err != nil {
+		return "", err
+	}
+	vals["ext"] = f.Ext()
 	return u.job.Template.Execute(vals)
 }
 
@@ -265,8 +242,8 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 				committed = append(committed, p.obj.Key())
 			}
 			mf := ManifestFile{
-				Format: o.file.format, Key: p.obj.Key(), Rows: p.rows, Bytes: p.obj.Size(),
-				SHA256: p.obj.SHA256(), ContentType: o.file.contentType, Compression: o.file.compression,
+				Format: o.format.Name(), Key: p.obj.Key(), Rows: p.rows, Bytes: p.obj.Size(),
+				SHA256: p.obj.SHA256(), ContentType: o.format.ContentType(), Compression: o.format.Compression(),
 			}
 			if o.split {
 				mf.Part = k + 1
@@ -399,9 +376,15 @@ func manifestColumns(job *config.Job, schema *arrow.Schema) []ManifestColumn {
 }
 
 func manifestOptions(job *config.Job) ManifestOptions {
+	comp := func(format string) string {
+		if f, err := formatOf(job, format); err == nil {
+			return f.Compression()
+		}
+		return ""
+	}
 	return ManifestOptions{
-		CSVFormulaGuard: *job.CSV.FormulaGuard, CSVDelimiter: job.CSV.Delimiter, CSVQuoteAll: job.CSV.QuoteAll, CSVCompression: job.CSV.Compression,
-		NDJSONCompression: job.NDJSON.Compression, ParquetCompression: job.Parquet.Compression,
+		CSVFormulaGuard: *job.CSV.FormulaGuard, CSVDelimiter: job.CSV.Delimiter, CSVQuoteAll: job.CSV.QuoteAll, CSVCompression: comp("csv"),
+		NDJSONCompression: comp("ndjson"), ParquetCompression: comp("parquet"),
 		Flagged: job.Flagged, Order: "created_at DESC, id DESC",
 	}
 }

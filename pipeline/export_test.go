@@ -89,7 +89,7 @@ jobs:
     mode: full
     destination: %q
 `, f.dbURL, f.dest, extraYAML, f.dest)
-	cfg, err := config.Parse("test.yaml", []byte(yaml))
+	cfg, err := config.Parse("test.yaml", []byte(yaml), pipeline.CheckConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package pipeline
 import (
 	"context"
 	"fmt"
-	"io"
 	"strings"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -15,7 +14,7 @@ import (
 // output is one format's files of a unit: a single file, or numbered parts
 // when the job splits its output. It is the Encoder the stages write to.
 type output struct {
-	file   formatFile
+	format *sinks.Format
 	parts  []*part // in order; the last one is open until Close
 	rows   int64
 	open   func(n int) (*part, error)
@@ -32,8 +31,7 @@ type output struct {
 // part is one file being written.
 type part struct {
 	obj    *sinks.Object
-	enc    Encoder
-	finish func() error // closes the encoder and the compressor, not the object
+	enc    sinks.Encoder // its Close flushes a compressed stream too, and does not close obj
 	rows   int64
 	// committed: parts that were full were committed as soon as they
 	// ended, so that no more than one part per format is held open.
@@ -90,7 +88,7 @@ func (o *output) full(p *part) bool {
 // next finishes and commits the current part and opens the next one.
 func (o *output) next() error {
 	p := o.cur()
-	if err := p.finish(); err != nil {
+	if err := p.enc.Close(); err != nil {
 		return err
 	}
 	if err := o.held(); err != nil {
@@ -113,7 +111,7 @@ func (o *output) next() error {
 // formats' syncs overlap with each other and with encoding still going on.
 func (o *output) Close() error {
 	p := o.cur()
-	if err := p.finish(); err != nil {
+	if err := p.enc.Close(); err != nil {
 		return err
 	}
 	return p.obj.Sync()
@@ -157,14 +155,21 @@ func (u unit) partKey(format string, n int) (string, error) {
 	if err != nil || !u.job.Split() {
 		return key, err
 	}
-	ext := "." + fileOf(u.job, format).ext
+	f, err := formatOf(u.job, format)
+	if err != nil {
+		return "", err
+	}
+	ext := "." + f.Ext()
 	return strings.TrimSuffix(key, ext) + fmt.Sprintf("_part-%04d", n) + ext, nil
 }
 
 func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, format string, schema *arrow.Schema) (*output, error) {
 	job := u.job
-	f := fileOf(job, format)
-	o := &output{file: f, split: job.Split(), maxRow: job.MaxRowsPerFile, maxLen: int64(job.MaxBytesPerFile),
+	f, err := formatOf(job, format)
+	if err != nil {
+		return nil, err
+	}
+	o := &output{format: f, split: job.Split(), maxRow: job.MaxRowsPerFile, maxLen: int64(job.MaxBytesPerFile),
 		held: func() error { return u.stillHeld(ctx) }}
 	if idx := job.Selects()[format].Columns(job.Columns); len(idx) < schema.NumFields() {
 		fields := make([]arrow.Field, len(idx))
@@ -182,45 +187,16 @@ func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, f
 		if err := bucket.RemoveStaleTemp(ctx, key); err != nil {
 			return nil, err
 		}
-		obj, err := bucket.NewObject(ctx, key, f.contentType)
+		obj, err := bucket.NewObject(ctx, key, f.ContentType())
 		if err != nil {
 			return nil, err
 		}
-		var w io.Writer = obj
-		var comp io.WriteCloser
-		if format != "parquet" {
-			if comp, err = sinks.NewCompressor(obj, f.compression); err != nil {
-				obj.Abort()
-				return nil, err
-			}
-			w = comp
-		}
-		var enc Encoder
-		switch format {
-		case "csv":
-			enc, err = sinks.NewCSV(w, schema, sinks.CSVOptions{FormulaGuard: *job.CSV.FormulaGuard, Delimiter: job.CSV.Delimiter[0], QuoteAll: job.CSV.QuoteAll})
-		case "ndjson":
-			enc, err = sinks.NewNDJSON(w, schema)
-		case "parquet":
-			enc, err = sinks.NewParquet(w, schema, sinks.ParquetOptions{Compression: job.Parquet.Compression, RowGroupRows: job.Parquet.RowGroupRows})
-		default:
-			err = fmt.Errorf("unknown format %q", format)
-		}
+		enc, err := f.NewEncoder(obj, schema)
 		if err != nil {
 			obj.Abort()
 			return nil, err
 		}
-		return &part{obj: obj, enc: enc, finish: func() error {
-			if err := enc.Close(); err != nil {
-				return err
-			}
-			if comp != nil {
-				if err := comp.Close(); err != nil {
-					return fmt.Errorf("compress %s: %w", key, err)
-				}
-			}
-			return nil
-		}}, nil
+		return &part{obj: obj, enc: enc}, nil
 	}
 	p, err := o.open(1)
 	if err != nil {

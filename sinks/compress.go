@@ -9,9 +9,12 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// Compressions are the accepted stream compressions for CSV and NDJSON and
-// the file name suffix each adds.
-var Compressions = map[string]string{"none": "", "gzip": ".gz", "zstd": ".zst"}
+// textCompressions are the stream compressions of CSV and NDJSON (those
+// NewCompressor makes), the default first.
+var textCompressions = []string{"none", "gzip", "zstd"}
+
+// streamSuffix is the extension a stream compression adds to a text file.
+var streamSuffix = map[string]string{"gzip": ".gz", "zstd": ".zst"}
 
 // NewCompressor wraps w so that what is written to it arrives compressed.
 // Close flushes the compressed stream; it does not close w. The output is

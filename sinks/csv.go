@@ -34,17 +34,25 @@ type CSV struct {
 	quote [256]bool
 }
 
+// resolve applies the defaults and checks the options.
+func (o *CSVOptions) resolve() error {
+	if o.Delimiter == 0 {
+		o.Delimiter = ','
+	}
+	switch o.Delimiter {
+	case '"', '\r', '\n', '\'':
+		return fmt.Errorf("csv: delimiter %q: want one ASCII character other than quotes, CR and LF", o.Delimiter)
+	}
+	return nil
+}
+
 // NewCSV returns a CSV encoder that writes the header for schema at once.
 func NewCSV(w io.Writer, schema *arrow.Schema, opts CSVOptions) (*CSV, error) {
 	if err := checkSchema(schema); err != nil {
 		return nil, fmt.Errorf("csv: %w", err)
 	}
-	if opts.Delimiter == 0 {
-		opts.Delimiter = ','
-	}
-	switch opts.Delimiter {
-	case '"', '\r', '\n', '\'':
-		return nil, fmt.Errorf("csv: delimiter %q is not allowed", opts.Delimiter)
+	if err := opts.resolve(); err != nil {
+		return nil, err
 	}
 	c := &CSV{out: newTextOut(w, "csv"), opts: opts}
 	for _, b := range []byte{'"', '\r', '\n', opts.Delimiter} {

@@ -14,7 +14,6 @@ import (
 
 // Defaults for ParquetOptions.
 const (
-	DefaultParquetCompression = "zstd"
 	// DefaultRowGroupRows: ~3 MB row groups with the collector's columns,
 	// and the open one is the largest part of the encoder's memory.
 	DefaultRowGroupRows = 64 * 1024
@@ -28,18 +27,30 @@ const (
 	CreatedBy = "sellersnap"
 )
 
-// ParquetCodecs are the accepted ParquetOptions.Compression values.
-var ParquetCodecs = map[string]compress.Compression{
-	"none":   compress.Codecs.Uncompressed,
-	"snappy": compress.Codecs.Snappy,
-	"gzip":   compress.Codecs.Gzip,
-	"zstd":   compress.Codecs.Zstd,
-	"brotli": compress.Codecs.Brotli,
+// parquetCompressions are the accepted ParquetOptions.Compression values,
+// the default first.
+var parquetCompressions = []string{"zstd", "snappy", "gzip", "brotli", "none"}
+
+// parquetCodec returns the codec of a ParquetOptions.Compression.
+func parquetCodec(name string) (compress.Compression, bool) {
+	switch name {
+	case "", "zstd":
+		return compress.Codecs.Zstd, true
+	case "snappy":
+		return compress.Codecs.Snappy, true
+	case "gzip":
+		return compress.Codecs.Gzip, true
+	case "brotli":
+		return compress.Codecs.Brotli, true
+	case "none":
+		return compress.Codecs.Uncompressed, true
+	}
+	return 0, false
 }
 
 // ParquetOptions tune the Parquet encoder.
 type ParquetOptions struct {
-	// Compression is a key of ParquetCodecs. Default "zstd".
+	// Compression: zstd (the default), snappy, gzip, brotli or none.
 	Compression string
 	// CompressionLevel is the codec's level; 0 means the codec's default.
 	CompressionLevel int
@@ -66,10 +77,8 @@ type Parquet struct {
 
 // NewParquet returns a Parquet encoder for schema.
 func NewParquet(w io.Writer, schema *arrow.Schema, opts ParquetOptions) (*Parquet, error) {
-	if opts.Compression == "" {
-		opts.Compression = DefaultParquetCompression
-	}
-	codec, ok := ParquetCodecs[opts.Compression]
+	useZstdCodec()
+	codec, ok := parquetCodec(opts.Compression)
 	if !ok {
 		return nil, fmt.Errorf("parquet: unknown compression %q", opts.Compression)
 	}

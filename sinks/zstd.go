@@ -11,8 +11,10 @@ import (
 // for every page it compresses (EncodeLevel), which made zstd Parquet files
 // of small runs cost tens of milliseconds each. This codec keeps one
 // encoder per level (zstd.Encoder.EncodeAll is safe for concurrent use),
-// with a window sized for Parquet pages. It replaces Arrow's codec for the
-// whole process; for pages up to the window size it writes the same bytes.
+// with a window sized for Parquet pages. useZstdCodec registers it in place
+// of Arrow's, for the whole process (Arrow's codec registry is global), the
+// first time a Parquet encoder is made; for pages up to the window size it
+// writes the same bytes.
 type zstdCodec struct {
 	compress.Codec // Arrow's, for decoding and streaming
 }
@@ -47,10 +49,15 @@ func zstdEncoder(level int) *zstd.Encoder {
 	return e.(*zstd.Encoder)
 }
 
-func init() {
-	orig, err := compress.GetCodec(compress.Codecs.Zstd)
-	if err != nil {
-		panic(err)
-	}
-	compress.RegisterCodec(compress.Codecs.Zstd, zstdCodec{Codec: orig})
+var zstdRegistered sync.Once
+
+// useZstdCodec replaces Arrow's zstd codec by zstdCodec, once.
+func useZstdCodec() {
+	zstdRegistered.Do(func() {
+		orig, err := compress.GetCodec(compress.Codecs.Zstd)
+		if err != nil {
+			panic(err) // Arrow always has a zstd codec
+		}
+		compress.RegisterCodec(compress.Codecs.Zstd, zstdCodec{Codec: orig})
+	})
 }

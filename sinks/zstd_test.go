@@ -8,6 +8,7 @@ import (
 )
 
 func TestZstdCodecWritesWhatArrowWrites(t *testing.T) {
+	useZstdCodec()
 	c, err := compress.GetCodec(compress.Codecs.Zstd)
 	if err != nil {
 		t.Fatal(err)

@@ -224,7 +224,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}()
 	}
 
-	cfg, err := config.Load(o.config)
+	cfg, err := config.Load(o.config, pipeline.CheckConfig)
 	if err != nil {
 		return &configError{err}
 	}

@@ -1,0 +1,71 @@
+package sinks_test
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow/go/v17/arrow/memory"
+
+	"github.com/sellersnap/sellersnap/sinks"
+)
+
+// TestFormats: each format's name, extension, content type and resolved
+// compression, and the errors of bad options.
+func TestFormats(t *testing.T) {
+	for _, tc := range []struct {
+		format string
+		opts   sinks.FormatOptions
+		ext    string
+		ctype  string
+		comp   string
+		err    string
+	}{
+		{format: "csv", ext: "csv", ctype: "text/csv; charset=utf-8", comp: "none"},
+		{format: "csv", opts: sinks.FormatOptions{Compression: "gzip"}, ext: "csv.gz", ctype: "application/gzip", comp: "gzip"},
+		{format: "ndjson", opts: sinks.FormatOptions{Compression: "zstd"}, ext: "ndjson.zst", ctype: "application/zstd", comp: "zstd"},
+		{format: "ndjson", ext: "ndjson", ctype: "application/x-ndjson", comp: "none"},
+		{format: "parquet", ext: "parquet", ctype: "application/vnd.apache.parquet", comp: "zstd"},
+		{format: "parquet", opts: sinks.FormatOptions{Compression: "snappy"}, ext: "parquet", ctype: "application/vnd.apache.parquet", comp: "snappy"},
+		{format: "csv", opts: sinks.FormatOptions{Compression: "snappy"}, err: `unknown compression "snappy": want none, gzip or zstd`},
+		{format: "parquet", opts: sinks.FormatOptions{Compression: "rar"}, err: `unknown compression "rar": want zstd, snappy, gzip, brotli or none`},
+		{format: "csv", opts: sinks.FormatOptions{CSV: sinks.CSVOptions{Delimiter: '"'}}, err: "want one ASCII character other than quotes, CR and LF"},
+		{format: "tsv", err: `unknown format "tsv": want csv, ndjson or parquet`},
+	} {
+		f, err := sinks.NewFormat(tc.format, tc.opts)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s %+v: err = %v, want %q", tc.format, tc.opts, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s %+v: %v", tc.format, tc.opts, err)
+			continue
+		}
+		if f.Name() != tc.format || f.Ext() != tc.ext || f.ContentType() != tc.ctype || f.Compression() != tc.comp {
+			t.Errorf("%s %+v = %s %s %q %s, want %s %q %s", tc.format, tc.opts, f.Name(), f.Ext(), f.ContentType(), f.Compression(), tc.ext, tc.ctype, tc.comp)
+		}
+		// The encoder writes a file the compression's magic starts.
+		rec := buildRecord(t, memory.DefaultAllocator, testRows())
+		var buf bytes.Buffer
+		enc, err := f.NewEncoder(&buf, rec.Schema())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := enc.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+		if err := enc.Close(); err != nil {
+			t.Fatal(err)
+		}
+		rec.Release()
+		magic := map[string]string{"gzip": "\x1f\x8b", "zstd": "\x28\xb5\x2f\xfd"}[tc.comp]
+		if tc.format == "parquet" {
+			magic = "PAR1"
+		}
+		if !strings.HasPrefix(buf.String(), magic) {
+			t.Errorf("%s %s: file starts %q, want %q", tc.format, tc.comp, buf.String()[:4], magic)
+		}
+	}
+}
