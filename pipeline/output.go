@@ -30,9 +30,9 @@ type output struct {
 
 // part is one file being written.
 type part struct {
-	obj    *sinks.Object
-	enc    sinks.Encoder // its Close flushes a compressed stream too, and does not close obj
-	rows   int64
+	obj  *sinks.Object
+	enc  sinks.Encoder // its Close flushes a compressed stream too, and does not close obj
+	rows int64
 	// committed: parts that were full were committed as soon as they
 	// ended, so that no more than one part per format is held open.
 	committed bool
