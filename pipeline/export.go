@@ -385,7 +385,7 @@ func manifestOptions(job *config.Job) ManifestOptions {
 	return ManifestOptions{
 		CSVFormulaGuard: *job.CSV.FormulaGuard, CSVDelimiter: job.CSV.Delimiter, CSVQuoteAll: job.CSV.QuoteAll, CSVCompression: comp("csv"),
 		NDJSONCompression: comp("ndjson"), ParquetCompression: comp("parquet"),
-		Flagged: job.Flagged, Order: "created_at DESC, id DESC",
+		Flagged: job.Flagged, Order: sources.Order,
 	}
 }
 

@@ -396,6 +396,15 @@ type Filter struct {
 	Flagged *bool
 }
 
+// where is the filter's SQL condition on column col (flagged, s.flagged)
+// with its value as parameter $n, or "" for no filter.
+func (f Filter) where(col string, n int) string {
+	if f.Flagged == nil {
+		return ""
+	}
+	return fmt.Sprintf(" AND %s = $%d", col, n)
+}
+
 // CountByRun returns the number of live sellers (matching f) first seen in
 // each of the given runs and scoped to the run's org.
 func (p *Postgres) CountByRun(ctx context.Context, runs []Run, f Filter) (map[string]int64, error) {
@@ -405,15 +414,13 @@ func (p *Postgres) CountByRun(ctx context.Context, runs []Run, f Filter) (map[st
 		ids[i], orgs[i] = r.ID, r.OrgID
 	}
 	args := []any{ids, orgs}
-	flagged := ""
 	if f.Flagged != nil {
 		args = append(args, *f.Flagged)
-		flagged = " AND s.flagged = $3"
 	}
 	q := fmt.Sprintf(`SELECT r.id, count(s.*) FROM unnest($1::uuid[], $2::text[]) AS r(id, org)
 		LEFT JOIN %s s ON s.first_seen_run_id = r.id AND s.deleted_at IS NULL
 		 AND s.org_id IS NOT DISTINCT FROM nullif(r.org, '')::uuid%s
-		GROUP BY r.id`, p.table(p.cfg.SellersTable), flagged)
+		GROUP BY r.id`, p.table(p.cfg.SellersTable), f.where("s.flagged", 3))
 	rows, err := p.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("count sellers: %w", err)
@@ -431,10 +438,9 @@ func (p *Postgres) CountByRun(ctx context.Context, runs []Run, f Filter) (map[st
 // CountByOrg returns the number of live sellers (matching f) per org, ""
 // standing for sellers without an org.
 func (p *Postgres) CountByOrg(ctx context.Context, f Filter) (map[string]int64, error) {
-	q := fmt.Sprintf(`SELECT coalesce(org_id::text, ''), count(*) FROM %s WHERE deleted_at IS NULL`, p.table(p.cfg.SellersTable))
+	q := fmt.Sprintf(`SELECT coalesce(org_id::text, ''), count(*) FROM %s WHERE deleted_at IS NULL`, p.table(p.cfg.SellersTable)) + f.where("flagged", 1)
 	var args []any
 	if f.Flagged != nil {
-		q += ` AND flagged = $1`
 		args = append(args, *f.Flagged)
 	}
 	rows, err := p.pool.Query(ctx, q+` GROUP BY 1`, args...)
@@ -562,10 +568,9 @@ func (s *Snapshot) Orgs(ctx context.Context, f Filter) ([]string, error) {
 	ctx, cancel := bound(ctx, s.cfg)
 	defer cancel()
 	q := fmt.Sprintf(`SELECT DISTINCT coalesce(org_id::text, '') FROM %s WHERE deleted_at IS NULL`,
-		pgx.Identifier{s.cfg.Schema, s.cfg.SellersTable}.Sanitize())
+		pgx.Identifier{s.cfg.Schema, s.cfg.SellersTable}.Sanitize()) + f.where("flagged", 1)
 	var args []any
 	if f.Flagged != nil {
-		q += ` AND flagged = $1`
 		args = append(args, *f.Flagged)
 	}
 	rows, err := s.tx.Query(ctx, q+` ORDER BY 1`, args...)

@@ -75,11 +75,15 @@ func (q Query) SQL(schema, table string) (string, []string, []uint32) {
 	if q.Filter.Flagged != nil {
 		params = append(params, fmt.Sprint(*q.Filter.Flagged))
 		oids = append(oids, pgtype.BoolOID)
-		fmt.Fprintf(&b, ` AND "flagged" = $%d`, len(params))
+		b.WriteString(q.Filter.where(`"flagged"`, len(params)))
 	}
-	b.WriteString(` ORDER BY "created_at" DESC, "id" DESC`)
+	b.WriteString(" ORDER BY " + Order)
 	return b.String(), params, oids
 }
+
+// Order is the order of the sellers of every export: newest first, the id
+// breaking ties, so that the same rows always come out the same way.
+const Order = "created_at DESC, id DESC"
 
 // Reader streams the result of a Query as Arrow records. It is not safe
 // for concurrent use.
