@@ -43,7 +43,7 @@ func TestAlertRulesUseRealSeries(t *testing.T) {
 
 	m := pipeline.NewMetrics()
 	f := newFixture(t, "")
-	m.InitJobs(f.cfg.Jobs)
+	m.InitJobs(f.jobs())
 	pipeline.MarkDependency(m, "postgres", "", true) // the daemon's first check, at start-up
 	families, err := m.Registry.Gather()
 	if err != nil {

@@ -29,7 +29,7 @@ import (
 // their catchup setting asks for.
 type Daemon struct {
 	Runner *Runner
-	Jobs   []*config.Job
+	Jobs   []*Job
 	// NotifyChannel is LISTENed on when set: a notification makes every
 	// per_run job look for pending runs at once.
 	NotifyChannel string
@@ -47,7 +47,7 @@ type Daemon struct {
 }
 
 type worker struct {
-	job    *config.Job
+	job    *Job
 	signal chan struct{} // capacity 1: a pending signal coalesces later ones
 	mu     sync.Mutex
 	slot   time.Time // full jobs: the newest slot not yet run
@@ -288,7 +288,7 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 const maxCatchup = 31
 
 // prevSlots returns up to n schedule slots at or before t, newest first.
-func prevSlots(job *config.Job, t time.Time, n int) []time.Time {
+func prevSlots(job *Job, t time.Time, n int) []time.Time {
 	t = t.In(job.Location)
 	for window := 26 * time.Hour; window <= 800*24*time.Hour; window *= 4 {
 		var slots []time.Time
@@ -481,7 +481,7 @@ func (d *Daemon) watchDependencies(ctx context.Context) {
 }
 
 // bucketReadable checks that job's bucket answers a read.
-func (d *Daemon) bucketReadable(ctx context.Context, j *config.Job) error {
+func (d *Daemon) bucketReadable(ctx context.Context, j *Job) error {
 	b, err := d.Runner.Bucket(ctx, j.Destination)
 	if err != nil {
 		return err

@@ -71,10 +71,10 @@ func (f *fixture) daemon(schedule, table string, notify bool, grace time.Duratio
 		f.t.Fatal(err)
 	}
 	job.Cron, job.Schedule = sched, schedule
-	return f.daemonFor([]*config.Job{&job}, table, notify, grace)
+	return f.daemonFor([]*pipeline.Job{&job}, table, notify, grace)
 }
 
-func (f *fixture) daemonFor(jobs []*config.Job, table string, notify bool, grace time.Duration) (rec *records, stop func()) {
+func (f *fixture) daemonFor(jobs []*pipeline.Job, table string, notify bool, grace time.Duration) (rec *records, stop func()) {
 	t := f.t
 	t.Helper()
 	ctx := context.Background()
@@ -349,7 +349,7 @@ func TestFullJobCatchup(t *testing.T) {
 			f := newFixture(t, "")
 			job := *f.job("full-nightly") // schedule 0 2 * * * UTC; the fixture's clock says 2026-11-22 12:00
 			job.Catchup = tc.catchup
-			_, stop := f.daemonFor([]*config.Job{&job}, "sellers", false, 5*time.Second)
+			_, stop := f.daemonFor([]*pipeline.Job{&job}, "sellers", false, 5*time.Second)
 			want := tc.dates * pgtest.DemoOptions.Orgs
 			count := func() (n int, dates map[string]bool) {
 				dates = map[string]bool{}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path"
 	"slices"
 	"strings"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/memory"
 
-	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/internal/failpoint"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
@@ -22,7 +20,7 @@ import (
 // unit is one set of files with one manifest: a run (per_run) or an org's
 // snapshot for one date (full).
 type unit struct {
-	job    *config.Job
+	job    *Job
 	run    *sources.Run // per_run only
 	orgID  string
 	date   string
@@ -41,7 +39,7 @@ func (u unit) stillHeld(ctx context.Context) error {
 // noOrg stands for sellers without an org in keys.
 const noOrg = "none"
 
-func newRunUnit(job *config.Job, run sources.Run) unit {
+func newRunUnit(job *Job, run sources.Run) unit {
 	date := run.CompletedAt.In(job.Location).Format(time.DateOnly)
 	org := run.OrgID
 	if org == "" {
@@ -56,7 +54,7 @@ func newRunUnit(job *config.Job, run sources.Run) unit {
 	}}
 }
 
-func newOrgUnit(job *config.Job, orgID, date string) unit {
+func newOrgUnit(job *Job, orgID, date string) unit {
 	org := orgID
 	if org == "" {
 		org = noOrg
@@ -66,31 +64,27 @@ func newOrgUnit(job *config.Job, orgID, date string) unit {
 	}}
 }
 
-// key returns the key of the file in format.
-func (u unit) key(format string) (string, error) {
-	vals := make(map[string]string, len(u.values)+1)
-	for k, v := range u.values {
-		vals[k] = v
-	}
-	f, err := formatOf(u.job, format)
-	if err != nil {
-		return "", err
-	}
-	vals["ext"] = f.Ext()
-	return u.job.Template.Execute(vals)
+// key returns the key of part n of the file in format (0: unsplit).
+func (u unit) key(f *sinks.Format, part int) (string, error) {
+	return u.job.Layout.File(u.values, f.Ext(), part)
 }
 
 // manifestKey is the manifest's key: beside the data files.
 func (u unit) manifestKey() (string, error) {
-	k, err := u.key(u.job.Formats[0])
+	folder, err := u.job.Layout.Folder(u.values)
 	if err != nil {
 		return "", err
 	}
-	return path.Join(path.Dir(k), ManifestName), nil
+	return u.job.Layout.Manifest(folder), nil
+}
+
+// latestKey is the key of the unit's latest.json.
+func (u unit) latestKey(manifestKey string) string {
+	return u.job.Layout.Latest(manifestKey, u.values["org_id"])
 }
 
 func (u unit) query() sources.Query {
-	q := sources.Query{Columns: u.job.SourceColumns(), OrgID: u.orgID, Filter: sources.Filter{Flagged: u.job.Flagged}}
+	q := sources.Query{Columns: u.job.sourceColumns, OrgID: u.orgID, Filter: u.job.filter}
 	if u.run != nil {
 		q.RunID = u.run.ID
 	}
@@ -124,7 +118,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	rd, err := snap.Sellers(ctx, u.query(), sources.ReadOptions{BatchRows: job.BatchRows, Allocator: r.allocator()})
+	rd, err := snap.Sellers(ctx, u.query(), sources.ReadOptions{BatchRows: job.batchRows, Allocator: r.allocator()})
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +133,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	if err != nil {
 		return nil, err
 	}
-	schemaChange, err := checkSchema(job, current, schemaColumns(mcols), schemaKey(job))
+	schemaChange, err := checkSchema(job, current, schemaColumns(mcols), job.Layout.Schema())
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +178,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		Rows: rd.Rows(), NulledValues: rd.Nulled(),
 		Snapshot:   ManifestSnapshot{ReadAt: snap.Time().UTC(), Isolation: "repeatable read, read only"},
 		Tool:       ManifestTool{Name: "sellersnap", Version: r.Version},
-		Options:    manifestOptions(job),
+		Options:    job.options,
 		ExportedAt: r.now().UTC(),
 	}
 	if m.NulledValues == nil {
@@ -257,7 +251,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
 	// _SUCCESS: the data files are whole (Hadoop/Spark convention).
-	skey := path.Join(path.Dir(mkey), SuccessName)
+	skey := job.Layout.Success(mkey)
 	err = u.stillHeld(ctx)
 	if err == nil {
 		err = bucket.Put(ctx, skey, nil, "application/octet-stream", nil)
@@ -347,11 +341,11 @@ func (r *Runner) unpublish(ctx context.Context, bucket *sinks.Bucket, u unit, ke
 }
 
 // outputSchema renames the source columns to the job's output names.
-func outputSchema(job *config.Job, src *arrow.Schema) *arrow.Schema {
+func outputSchema(job *Job, src *arrow.Schema) *arrow.Schema {
 	fields := make([]arrow.Field, src.NumFields())
 	for i, f := range src.Fields() {
-		f.Name = job.Columns[i].Output()
-		if job.Columns[i].Redact {
+		f.Name = job.columns[i].Output()
+		if job.columns[i].Redact {
 			f.Nullable = true
 		}
 		fields[i] = f
@@ -360,11 +354,11 @@ func outputSchema(job *config.Job, src *arrow.Schema) *arrow.Schema {
 }
 
 // manifestColumns describes the output columns for the manifest.
-func manifestColumns(job *config.Job, schema *arrow.Schema) []ManifestColumn {
+func manifestColumns(job *Job, schema *arrow.Schema) []ManifestColumn {
 	cols := make([]ManifestColumn, schema.NumFields())
 	for i, f := range schema.Fields() {
-		mc := ManifestColumn{Name: f.Name, Source: job.Columns[i].Name, Type: f.Type.String(), Nullable: f.Nullable}
-		switch c := job.Columns[i]; {
+		mc := ManifestColumn{Name: f.Name, Source: job.columns[i].Name, Type: f.Type.String(), Nullable: f.Nullable}
+		switch c := job.columns[i]; {
 		case c.Redact:
 			mc.Transform = "redact"
 		case c.Mask != "":
@@ -373,20 +367,6 @@ func manifestColumns(job *config.Job, schema *arrow.Schema) []ManifestColumn {
 		cols[i] = mc
 	}
 	return cols
-}
-
-func manifestOptions(job *config.Job) ManifestOptions {
-	comp := func(format string) string {
-		if f, err := formatOf(job, format); err == nil {
-			return f.Compression()
-		}
-		return ""
-	}
-	return ManifestOptions{
-		CSVFormulaGuard: *job.CSV.FormulaGuard, CSVDelimiter: job.CSV.Delimiter, CSVQuoteAll: job.CSV.QuoteAll, CSVCompression: comp("csv"),
-		NDJSONCompression: comp("ndjson"), ParquetCompression: comp("parquet"),
-		Flagged: job.Flagged, Order: sources.Order,
-	}
 }
 
 func (r *Runner) allocator() memory.Allocator {

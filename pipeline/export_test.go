@@ -112,12 +112,25 @@ jobs:
 	})
 }
 
-func (f *fixture) job(name string) *config.Job {
+func (f *fixture) job(name string) *pipeline.Job {
 	j, _, err := f.cfg.Job(name)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	return j
+	job, err := pipeline.NewJob(j)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return job
+}
+
+// jobs returns every job of the fixture's config, compiled.
+func (f *fixture) jobs() []*pipeline.Job {
+	var out []*pipeline.Job
+	for _, j := range f.cfg.Jobs {
+		out = append(out, f.job(j.Name))
+	}
+	return out
 }
 
 // once runs Once for job and returns its result and the bucket's objects.

@@ -1,11 +1,119 @@
 package pipeline
 
 import (
+	"context"
 	"fmt"
+	"time"
+
+	"github.com/robfig/cron/v3"
 
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sources"
 )
+
+// Job is a job compiled once from its configuration: its schedule, the
+// source query, the columns with their transforms, the formats and the
+// key layout, resolved and checked. The runner, the daemon and every
+// export take a *Job; none of them reads the YAML again.
+type Job struct {
+	Name     string
+	Mode     string // config.ModePerRun or config.ModeFull
+	Schedule string // as configured, for logs and the status page
+	Cron     cron.Schedule
+	Location *time.Location
+	// Catchup (full jobs): config.CatchupLatest, CatchupAll or CatchupNone.
+	Catchup string
+	// Destination is the bucket URL (with its secrets: never print it
+	// unredacted).
+	Destination string
+	// Formats are written in this order; the first one's folder holds the
+	// manifest.
+	Formats []*sinks.Format
+	// Layout names every key the job writes.
+	Layout Layout
+
+	filter         sources.Filter
+	columns        []config.Column
+	sourceColumns  []string
+	selects        map[string][]int // per format: the columns it writes; nil for all
+	onSchemaChange string
+	maxRows        int64
+	maxBytes       int64
+	batchRows      int
+	maskKey        []byte
+	options        ManifestOptions
+}
+
+// NewJob compiles j, which config.Load has checked (with CheckConfig).
+func NewJob(j *config.Job) (*Job, error) {
+	if j.Template == nil || j.Cron == nil || j.Location == nil {
+		return nil, fmt.Errorf("job %s: not loaded by config.Load", j.Name)
+	}
+	job := &Job{
+		Name: j.Name, Mode: j.Mode, Schedule: j.Schedule, Cron: j.Cron, Location: j.Location,
+		Catchup: j.Catchup, Destination: j.Destination,
+		Layout: newLayout(j.Template, j.Split()),
+		filter: sources.Filter{Flagged: j.Flagged}, columns: j.Columns, sourceColumns: j.SourceColumns(),
+		selects: map[string][]int{}, onSchemaChange: j.OnSchemaChange,
+		maxRows: j.MaxRowsPerFile, maxBytes: int64(j.MaxBytesPerFile), batchRows: j.BatchRows, maskKey: j.MaskKey,
+	}
+	for _, name := range j.Formats {
+		f, err := sinks.NewFormat(name, formatOptions(j, name))
+		if err != nil {
+			return nil, fmt.Errorf("job %s: %w", j.Name, err)
+		}
+		job.Formats = append(job.Formats, f)
+		if sel := j.Selects()[name]; len(sel.Include) > 0 || len(sel.Exclude) > 0 {
+			job.selects[name] = sel.Columns(j.Columns)
+		}
+	}
+	comp := func(format string) string {
+		f, _ := sinks.NewFormat(format, formatOptions(j, format)) // checked by CheckConfig
+		if f == nil {
+			return ""
+		}
+		return f.Compression()
+	}
+	job.options = ManifestOptions{
+		CSVFormulaGuard: j.CSV.FormulaGuard == nil || *j.CSV.FormulaGuard, CSVDelimiter: j.CSV.Delimiter, CSVQuoteAll: j.CSV.QuoteAll,
+		CSVCompression: comp("csv"), NDJSONCompression: comp("ndjson"), ParquetCompression: comp("parquet"),
+		Flagged: j.Flagged, Order: sources.Order,
+	}
+	return job, nil
+}
+
+// Compile compiles every job of f and checks each against the source's
+// catalog: the tables' own contract first (blamed on source), then each
+// job's columns and masks (blamed on the job's fields). Errors name file,
+// line and field.
+func Compile(ctx context.Context, f *config.File, catalog *sources.Catalog) ([]*Job, error) {
+	if err := catalog.Check(ctx, nil); err != nil {
+		return nil, f.Errorf("source", "%v (README, \"Source contract\")", err)
+	}
+	jobs := make([]*Job, len(f.Jobs))
+	for i, j := range f.Jobs {
+		if err := catalog.Check(ctx, j.SourceColumns()); err != nil {
+			return nil, f.Errorf(fmt.Sprintf("jobs[%d].columns", i), "%v", err)
+		}
+		for k, c := range j.Columns {
+			if c.Mask == "" {
+				continue
+			}
+			for _, sc := range catalog.Sellers() {
+				if sc.Name == c.Name && !sources.TextType(sc.Type) {
+					return nil, f.Errorf(fmt.Sprintf("jobs[%d].columns[%d]", i, k), "mask: column %q is %s; mask applies to text columns (redact works on any)", c.Name, sc.Type)
+				}
+			}
+		}
+		job, err := NewJob(j)
+		if err != nil {
+			return nil, err
+		}
+		jobs[i] = job
+	}
+	return jobs, nil
+}
 
 // CheckConfig is the config.Check of what sinks knows: every format a job
 // names exists, and each format's options (compression, CSV delimiter)
@@ -48,7 +156,20 @@ func formatOptions(j *config.Job, format string) sinks.FormatOptions {
 	return sinks.FormatOptions{}
 }
 
-// formatOf returns j's format called name, with j's options.
-func formatOf(j *config.Job, name string) (*sinks.Format, error) {
-	return sinks.NewFormat(name, formatOptions(j, name))
+// FormatNames are the names of the job's formats, in order.
+func (j *Job) FormatNames() []string {
+	out := make([]string, len(j.Formats))
+	for i, f := range j.Formats {
+		out[i] = f.Name()
+	}
+	return out
 }
+
+// Columns are the job's columns as configured (do not modify).
+func (j *Job) Columns() []config.Column { return j.columns }
+
+// SourceColumns are the sellers columns the job reads, in order.
+func (j *Job) SourceColumns() []string { return j.sourceColumns }
+
+// Split reports whether the job splits its output into numbered parts.
+func (j *Job) Split() bool { return j.maxRows > 0 || j.maxBytes > 0 }

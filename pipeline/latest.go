@@ -4,11 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path"
-	"strings"
 	"time"
 
-	"github.com/sellersnap/sellersnap/internal/keys"
 	"github.com/sellersnap/sellersnap/sinks"
 )
 
@@ -51,28 +48,6 @@ func (l *Latest) newer(old *Latest) bool {
 		return l.RunID > old.RunID
 	}
 	return !l.ExportedAt.Before(old.ExportedAt)
-}
-
-// latestKey is where the unit's latest.json lives: in the folder of the
-// path's first segment holding {org_id} (sellers/new/org=…/latest.json),
-// or, without one, under the static prefix as latest/org=….json.
-func (u unit) latestKey(manifestKey string) string {
-	tmpl := strings.Split(u.job.Template.String(), "/")
-	tmpl = tmpl[:len(tmpl)-1]                   // the folders
-	rendered := strings.Split(manifestKey, "/") // Escape never adds a '/'
-	for i, seg := range tmpl {
-		if strings.Contains(seg, "{org_id}") {
-			return path.Join(path.Join(rendered[:i+1]...), LatestName)
-		}
-	}
-	var prefix []string
-	for _, seg := range tmpl {
-		if strings.Contains(seg, "{") {
-			break
-		}
-		prefix = append(prefix, seg)
-	}
-	return path.Join(append(prefix, "latest", "org="+keys.Escape(u.values["org_id"])+".json")...)
 }
 
 // updateLatest points the unit's latest.json at m unless it already names

@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
 )
@@ -125,7 +124,7 @@ var (
 
 // InitJobs creates every series of jobs at zero (last success at 0: never,
 // until SeedLastSuccess or an export says otherwise).
-func (m *Metrics) InitJobs(jobs []*config.Job) {
+func (m *Metrics) InitJobs(jobs []*Job) {
 	if m == nil {
 		return
 	}
@@ -134,8 +133,8 @@ func (m *Metrics) InitJobs(jobs []*config.Job) {
 			m.runs.WithLabelValues(j.Name, o)
 		}
 		for _, f := range j.Formats {
-			m.rows.WithLabelValues(j.Name, f)
-			m.bytes.WithLabelValues(j.Name, f)
+			m.rows.WithLabelValues(j.Name, f.Name())
+			m.bytes.WithLabelValues(j.Name, f.Name())
 		}
 		for _, r := range failureReasons {
 			m.passFails.WithLabelValues(j.Name, r)

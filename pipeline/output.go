@@ -2,8 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"fmt"
-	"strings"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -148,30 +146,11 @@ func (o *output) committedKeys() []string {
 	return keys
 }
 
-// partKey is the key of part n (1-based) of format: the unit's key, with
-// _part-0001 before the extension when the job splits its output.
-func (u unit) partKey(format string, n int) (string, error) {
-	key, err := u.key(format)
-	if err != nil || !u.job.Split() {
-		return key, err
-	}
-	f, err := formatOf(u.job, format)
-	if err != nil {
-		return "", err
-	}
-	ext := "." + f.Ext()
-	return strings.TrimSuffix(key, ext) + fmt.Sprintf("_part-%04d", n) + ext, nil
-}
-
-func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, format string, schema *arrow.Schema) (*output, error) {
+func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, f *sinks.Format, schema *arrow.Schema) (*output, error) {
 	job := u.job
-	f, err := formatOf(job, format)
-	if err != nil {
-		return nil, err
-	}
-	o := &output{format: f, split: job.Split(), maxRow: job.MaxRowsPerFile, maxLen: int64(job.MaxBytesPerFile),
+	o := &output{format: f, split: job.Split(), maxRow: job.maxRows, maxLen: job.maxBytes,
 		held: func() error { return u.stillHeld(ctx) }}
-	if idx := job.Selects()[format].Columns(job.Columns); len(idx) < schema.NumFields() {
+	if idx := job.selects[f.Name()]; idx != nil && len(idx) < schema.NumFields() {
 		fields := make([]arrow.Field, len(idx))
 		for i, c := range idx {
 			fields[i] = schema.Field(c)
@@ -180,7 +159,7 @@ func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, f
 		schema = o.schema
 	}
 	o.open = func(n int) (*part, error) {
-		key, err := u.partKey(format, n)
+		key, err := u.key(f, n)
 		if err != nil {
 			return nil, err
 		}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
 )
 
@@ -33,7 +32,7 @@ func isConflict(err error) bool {
 // by job. A manifest of another job is a *ConflictError; one that is not a
 // manifest at all is an error too. A manifest once read is remembered, so a
 // pass costs one HEAD per unit, as before, and one GET per unit and process.
-func (r *Runner) exported(ctx context.Context, bucket *sinks.Bucket, job *config.Job, key string) (bool, error) {
+func (r *Runner) exported(ctx context.Context, bucket *sinks.Bucket, job *Job, key string) (bool, error) {
 	ok, err := bucket.Exists(ctx, key)
 	if err != nil || !ok {
 		return false, err

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -140,7 +139,7 @@ type Result struct {
 // without a manifest, oldest first; for a full job today's snapshot (in the
 // job's time zone) of every org that has none yet. A failed unit does not
 // stop the others; the returned error joins every failure.
-func (r *Runner) Once(ctx context.Context, job *config.Job) (Result, error) {
+func (r *Runner) Once(ctx context.Context, job *Job) (Result, error) {
 	if job.Mode == config.ModeFull {
 		return r.Full(ctx, job, r.now().In(job.Location).Format(time.DateOnly))
 	}
@@ -157,7 +156,7 @@ func (r *Runner) Once(ctx context.Context, job *config.Job) (Result, error) {
 // ExportPending exports one run if it is completed and has no manifest
 // yet, as Once would, without looking at any other run. The daemon uses it
 // for the run a notification names.
-func (r *Runner) ExportPending(ctx context.Context, job *config.Job, runID string) (Result, error) {
+func (r *Runner) ExportPending(ctx context.Context, job *Job, runID string) (Result, error) {
 	run, err := r.Source.RunByID(ctx, runID)
 	if err != nil {
 		return Result{}, err
@@ -180,7 +179,7 @@ func (r *Runner) ExportPending(ctx context.Context, job *config.Job, runID strin
 
 // RerunRun exports one run again, whether or not it was exported before.
 // With the same database contents the data files are byte-identical.
-func (r *Runner) RerunRun(ctx context.Context, job *config.Job, runID string) (Result, error) {
+func (r *Runner) RerunRun(ctx context.Context, job *Job, runID string) (Result, error) {
 	if job.Mode != config.ModePerRun {
 		return Result{}, fmt.Errorf("job %s is a %s job: rerun it with -date", job.Name, job.Mode)
 	}
@@ -193,7 +192,7 @@ func (r *Runner) RerunRun(ctx context.Context, job *config.Job, runID string) (R
 
 // Full exports the full snapshot for date (YYYY-MM-DD) of every org that
 // has none for that date yet, retrying transient errors.
-func (r *Runner) Full(ctx context.Context, job *config.Job, date string) (Result, error) {
+func (r *Runner) Full(ctx context.Context, job *Job, date string) (Result, error) {
 	var res Result
 	err := r.retry(ctx, job.Name, []any{"job", job.Name, "date", date}, func() error {
 		var err error
@@ -205,7 +204,7 @@ func (r *Runner) Full(ctx context.Context, job *config.Job, date string) (Result
 
 // RerunDate writes the full snapshot of every org for date again, with the
 // database as it is now.
-func (r *Runner) RerunDate(ctx context.Context, job *config.Job, date string) (Result, error) {
+func (r *Runner) RerunDate(ctx context.Context, job *Job, date string) (Result, error) {
 	if job.Mode != config.ModeFull {
 		return Result{}, fmt.Errorf("job %s is a %s job: rerun it with -run", job.Name, job.Mode)
 	}
@@ -217,7 +216,7 @@ func (r *Runner) RerunDate(ctx context.Context, job *config.Job, date string) (R
 
 // pendingRuns lists, oldest first, the completed runs of a per_run job
 // that have no manifest in the job's destination.
-func (r *Runner) pendingRuns(ctx context.Context, job *config.Job) ([]unit, error) {
+func (r *Runner) pendingRuns(ctx context.Context, job *Job) ([]unit, error) {
 	bucket, err := r.Bucket(ctx, job.Destination)
 	if err != nil {
 		return nil, err
@@ -260,7 +259,7 @@ func (r *Runner) pendingRuns(ctx context.Context, job *config.Job) ([]unit, erro
 // exportRuns exports units one after the other, each under its lock.
 // Unless force, a unit whose manifest exists once its lock is held is
 // skipped, and the manifest is written create-only.
-func (r *Runner) exportRuns(ctx context.Context, job *config.Job, units []unit, force bool) (Result, error) {
+func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force bool) (Result, error) {
 	var res Result
 	if len(units) == 0 {
 		return res, nil
@@ -337,7 +336,7 @@ func (r *Runner) exportRunLocked(ctx context.Context, bucket *sinks.Bucket, u un
 // full exports one date's snapshot of every org, all orgs read in one
 // REPEATABLE READ transaction. Unless force, orgs whose manifest for the
 // date exists are skipped.
-func (r *Runner) full(ctx context.Context, job *config.Job, date string, force bool) (Result, error) {
+func (r *Runner) full(ctx context.Context, job *Job, date string, force bool) (Result, error) {
 	var res Result
 	bucket, err := r.Bucket(ctx, job.Destination)
 	if err != nil {
@@ -358,7 +357,7 @@ func (r *Runner) full(ctx context.Context, job *config.Job, date string, force b
 		return res, err
 	}
 	defer snap.Close(context.WithoutCancel(ctx))
-	orgs, err := snap.Orgs(ctx, sources.Filter{Flagged: job.Flagged})
+	orgs, err := snap.Orgs(ctx, job.filter)
 	if err != nil {
 		return res, err
 	}
@@ -423,7 +422,7 @@ type Planned struct {
 // Plan says what Once would export now, without writing anything. It
 // fails as Once would when the output schema drifted from schema.json
 // under on_schema_change: fail.
-func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
+func (r *Runner) Plan(ctx context.Context, job *Job) ([]Planned, error) {
 	if err := r.checkSchemaDrift(ctx, job); err != nil {
 		return nil, err
 	}
@@ -435,7 +434,7 @@ func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
 			return nil, err
 		}
 		date := r.now().In(job.Location).Format(time.DateOnly)
-		if counts, err = r.Source.CountByOrg(ctx, sources.Filter{Flagged: job.Flagged}); err != nil {
+		if counts, err = r.Source.CountByOrg(ctx, job.filter); err != nil {
 			return nil, err
 		}
 		for org := range counts {
@@ -460,7 +459,7 @@ func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
 		for i, u := range units {
 			runs[i] = *u.run
 		}
-		if counts, err = r.Source.CountByRun(ctx, runs, sources.Filter{Flagged: job.Flagged}); err != nil {
+		if counts, err = r.Source.CountByRun(ctx, runs, job.filter); err != nil {
 			return nil, err
 		}
 	}
@@ -472,14 +471,14 @@ func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
 		}
 		p.MoreParts = job.Split()
 		for _, f := range job.Formats {
-			k, err := u.partKey(f, 1)
+			k, err := u.key(f, 1)
 			if err != nil {
 				return nil, unitError(u, err)
 			}
 			p.Keys = append(p.Keys, k)
 		}
 		mk, _ := u.manifestKey()
-		p.Keys = append(p.Keys, path.Join(path.Dir(mk), SuccessName), mk, u.latestKey(mk))
+		p.Keys = append(p.Keys, job.Layout.Success(mk), mk, u.latestKey(mk))
 		plan = append(plan, p)
 	}
 	if len(plan) > 0 {
@@ -487,10 +486,10 @@ func (r *Runner) Plan(ctx context.Context, job *config.Job) ([]Planned, error) {
 		if err != nil {
 			return nil, err
 		}
-		if ok, err := bucket.Exists(ctx, schemaKey(job)); err != nil {
+		if ok, err := bucket.Exists(ctx, job.Layout.Schema()); err != nil {
 			return nil, err
 		} else if !ok {
-			plan[0].Keys = append(plan[0].Keys, schemaKey(job)) // the first export records the schema
+			plan[0].Keys = append(plan[0].Keys, job.Layout.Schema()) // the first export records the schema
 		}
 	}
 	return plan, nil
@@ -512,21 +511,18 @@ func (l pgLocker) TryLock(ctx context.Context, key string) (Unlocker, bool, erro
 
 // Recent returns the n newest manifests of job in its destination, newest
 // first (by the time the bucket stored them).
-func (r *Runner) Recent(ctx context.Context, job *config.Job, n int) ([]*Manifest, error) {
+func (r *Runner) Recent(ctx context.Context, job *Job, n int) ([]*Manifest, error) {
 	ms, _, err := r.recent(ctx, job, n)
 	return ms, err
 }
 
 // recent is Recent with each manifest's key.
-func (r *Runner) recent(ctx context.Context, job *config.Job, n int) ([]*Manifest, []string, error) {
+func (r *Runner) recent(ctx context.Context, job *Job, n int) ([]*Manifest, []string, error) {
 	bucket, err := r.Bucket(ctx, job.Destination)
 	if err != nil {
 		return nil, nil, err
 	}
-	tmpl := job.Template.String()
-	prefix := tmpl[:strings.IndexByte(tmpl+"{", '{')]
-	prefix = prefix[:strings.LastIndexByte(prefix, '/')+1]
-	objs, err := bucket.List(ctx, prefix, "/"+ManifestName)
+	objs, err := bucket.List(ctx, job.Layout.Prefix(), "/"+ManifestName)
 	if err != nil {
 		return nil, nil, err
 	}

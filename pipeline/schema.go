@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"path"
 	"strings"
 	"time"
 
@@ -118,15 +117,6 @@ func (e *SchemaChangeError) Error() string {
 		e.Job, e.Key, strings.Join(e.Diff, "\n  "))
 }
 
-// schemaKey is the job's schema.json key: at the static prefix of its path.
-func schemaKey(job *config.Job) string {
-	t := job.Template.String()
-	if i := strings.IndexByte(t, '{'); i >= 0 {
-		t = t[:i]
-	}
-	return path.Join(t[:strings.LastIndexByte(t, '/')+1], SchemaName)
-}
-
 // noRun matches no collection run: a query for it returns the columns an
 // export would read, and no rows.
 const noRun = "00000000-0000-0000-0000-000000000000"
@@ -134,7 +124,7 @@ const noRun = "00000000-0000-0000-0000-000000000000"
 // checkSchemaDrift returns the *SchemaChangeError an export of job would
 // fail with now, reading the output schema from the database as an export
 // does (types with their modifiers, nullability) and writing nothing.
-func (r *Runner) checkSchemaDrift(ctx context.Context, job *config.Job) error {
+func (r *Runner) checkSchemaDrift(ctx context.Context, job *Job) error {
 	bucket, err := r.Bucket(ctx, job.Destination)
 	if err != nil {
 		return err
@@ -154,13 +144,13 @@ func (r *Runner) checkSchemaDrift(ctx context.Context, job *config.Job) error {
 	}
 	defer rd.Close()
 	cols := schemaColumns(manifestColumns(job, outputSchema(job, rd.Schema())))
-	_, err = checkSchema(job, current, cols, schemaKey(job))
+	_, err = checkSchema(job, current, cols, job.Layout.Schema())
 	return err
 }
 
 // readSchema returns the job's schema.json, or nil if there is none.
-func readSchema(ctx context.Context, bucket *sinks.Bucket, job *config.Job) (*JobSchema, error) {
-	key := schemaKey(job)
+func readSchema(ctx context.Context, bucket *sinks.Bucket, job *Job) (*JobSchema, error) {
+	key := job.Layout.Schema()
 	b, err := bucket.ReadAll(ctx, key)
 	if sinks.IsNotFound(err) {
 		return nil, nil
@@ -178,12 +168,12 @@ func readSchema(ctx context.Context, bucket *sinks.Bucket, job *config.Job) (*Jo
 // checkSchema compares the export's columns with schema.json before any
 // data is written. It returns the change to record (nil when none), or a
 // SchemaChangeError when the job does not accept changes.
-func checkSchema(job *config.Job, current *JobSchema, cols []SchemaColumn, key string) ([]string, error) {
+func checkSchema(job *Job, current *JobSchema, cols []SchemaColumn, key string) ([]string, error) {
 	if current == nil || current.Fingerprint == fingerprint(cols) {
 		return nil, nil
 	}
 	diff := schemaDiff(current.Columns, cols)
-	if job.OnSchemaChange != config.SchemaEvolve {
+	if job.onSchemaChange != config.SchemaEvolve {
 		return nil, &SchemaChangeError{Job: job.Name, Key: key, Diff: diff}
 	}
 	return diff, nil
@@ -191,7 +181,7 @@ func checkSchema(job *config.Job, current *JobSchema, cols []SchemaColumn, key s
 
 // recordSchema writes schema.json after a manifest with these columns was
 // published: the first time, or when the schema evolved.
-func recordSchema(ctx context.Context, bucket *sinks.Bucket, job *config.Job, current *JobSchema, m *Manifest, mkey string) error {
+func recordSchema(ctx context.Context, bucket *sinks.Bucket, job *Job, current *JobSchema, m *Manifest, mkey string) error {
 	cols := schemaColumns(m.Columns)
 	fp := fingerprint(cols)
 	if current != nil && current.Fingerprint == fp {
@@ -206,5 +196,5 @@ func recordSchema(ctx context.Context, bucket *sinks.Bucket, job *config.Job, cu
 	if err != nil {
 		return err
 	}
-	return bucket.Put(ctx, schemaKey(job), append(b, '\n'), "application/json", nil)
+	return bucket.Put(ctx, job.Layout.Schema(), append(b, '\n'), "application/json", nil)
 }

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
 )
 
@@ -54,7 +53,7 @@ LISTEN <span class="listen">{{.Listen}}</span> · <a href="/metrics">metrics</a>
 {{if .FailingSince.IsZero}}<p class="health ok">ok</p>{{else}}<p class="health failing">failing since {{.FailingSince.Format "2006-01-02 15:04:05 MST"}} ({{ago .FailingSince $.Now}})
 <span class="error">{{.LastError}}</span></p>{{end}}
 <p>Last success: <span class="last-success">{{if .LastSuccess.IsZero}}never{{else}}{{ago .LastSuccess $.Now}}{{end}}</span>.
-Schedule <code>{{.Schedule}}</code> in {{.Timezone}}; next run <span class="next">{{.Next.Format "2006-01-02 15:04:05 MST"}}</span>.
+Schedule <code>{{.Schedule}}</code> in {{.Location}}; next run <span class="next">{{.Next.Format "2006-01-02 15:04:05 MST"}}</span>.
 Backlog: <span class="backlog">{{.Backlog}}</span>{{if .OldestPending}} (oldest pending for {{age .OldestPending}}){{end}}.
 Bucket <span class="bucket {{updown .BucketUp}}">{{updown .BucketUp}}</span>: <code>{{.Destination}}</code>.</p>
 {{if .Exports}}{{chart .Exports}}<div class="scroll">
@@ -115,7 +114,7 @@ func chart(exports []Export) template.HTML {
 }
 
 type statusJob struct {
-	*config.Job
+	*Job
 	JobStatus
 	Destination string // redacted: the page is unauthenticated
 	Next        time.Time
@@ -149,7 +148,7 @@ func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
 // page is no window onto the rest of the bucket).
 func (d *Daemon) serveManifest(w http.ResponseWriter, r *http.Request) {
 	job, key := r.URL.Query().Get("job"), r.URL.Query().Get("key")
-	i := slices.IndexFunc(d.Jobs, func(j *config.Job) bool { return j.Name == job })
+	i := slices.IndexFunc(d.Jobs, func(j *Job) bool { return j.Name == job })
 	if i < 0 || !slices.ContainsFunc(d.Runner.Metrics.History(job), func(e Export) bool { return e.Manifest == key && key != "" }) {
 		http.NotFound(w, r)
 		return

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/pipeline"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -156,7 +156,7 @@ func TestMetricsExistFromTheStartAndCountFailures(t *testing.T) {
 	good := *f.job("new-sellers")
 	broken := *f.job("new-sellers")
 	broken.Name, broken.Destination = "broken", "file://"+notADir+"/bucket"
-	_, stop := f.daemonFor([]*config.Job{&good, &broken}, "sellers", false, 5*time.Second)
+	_, stop := f.daemonFor([]*pipeline.Job{&good, &broken}, "sellers", false, 5*time.Second)
 	waitFor(t, "the HTTP server", 10*time.Second, func() bool { return f.daemons[0].Addr() != nil })
 	base := "http://" + f.daemons[0].Addr().String()
 	var body string
@@ -213,7 +213,7 @@ func TestMetricsExistFromTheStartAndCountFailures(t *testing.T) {
 	stop()
 
 	// A restart: nothing is pending, and the last success comes from the bucket.
-	_, stop = f.daemonFor([]*config.Job{&good}, "sellers", false, 5*time.Second)
+	_, stop = f.daemonFor([]*pipeline.Job{&good}, "sellers", false, 5*time.Second)
 	waitFor(t, "the HTTP server", 10*time.Second, func() bool { return f.daemons[1].Addr() != nil })
 	base = "http://" + f.daemons[1].Addr().String()
 	waitFor(t, "the last success read from the bucket", 10*time.Second, func() bool {

@@ -20,9 +20,9 @@ type columnTransform func(a arrow.Array) (arrow.Array, error)
 
 // transforms returns the per-column transforms of job (nil entries pass
 // the column through) and checks that they fit the source schema.
-func transforms(job *config.Job, src *arrow.Schema, mem memory.Allocator) ([]columnTransform, error) {
+func transforms(job *Job, src *arrow.Schema, mem memory.Allocator) ([]columnTransform, error) {
 	out := make([]columnTransform, src.NumFields())
-	for i, c := range job.Columns {
+	for i, c := range job.columns {
 		f := src.Field(i)
 		switch {
 		case c.Redact:
@@ -33,7 +33,7 @@ func transforms(job *config.Job, src *arrow.Schema, mem memory.Allocator) ([]col
 			if f.Type.ID() != arrow.STRING {
 				return nil, fmt.Errorf("column %q is %s: mask applies to text columns (redact works on any)", c.Name, f.Type)
 			}
-			mac := hmac.New(sha256.New, job.MaskKey)
+			mac := hmac.New(sha256.New, job.maskKey)
 			out[i] = func(a arrow.Array) (arrow.Array, error) { return maskHMAC(a.(*array.String), mac, mem), nil }
 		}
 	}

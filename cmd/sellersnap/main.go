@@ -28,6 +28,7 @@ import (
 	"regexp"
 	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -100,22 +101,6 @@ func exitCode(err error, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sellersnap: %v\n", err)
 		return 1
 	}
-}
-
-// checkMasks fails for a masked column that is not text.
-func checkMasks(cols []sources.Column, cfg *config.File, i int) error {
-	j := cfg.Jobs[i]
-	for k, c := range j.Columns {
-		if c.Mask == "" {
-			continue
-		}
-		for _, sc := range cols {
-			if sc.Name == c.Name && !sources.TextType(sc.Type) {
-				return &configError{cfg.Errorf(fmt.Sprintf("jobs[%d].columns[%d]", i, k), "mask: column %q is %s; mask applies to text columns (redact works on any)", c.Name, sc.Type)}
-			}
-		}
-	}
-	return nil
 }
 
 func indent(s string) string {
@@ -228,13 +213,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return &configError{err}
 	}
-	jobs := cfg.Jobs
+	only := cfg.Jobs // the jobs this command runs
 	if o.job != "" {
 		j, _, err := cfg.Job(o.job)
 		if err != nil {
 			return &usageError{err.Error()}
 		}
-		jobs = []*config.Job{j}
+		only = []*config.Job{j}
 	}
 	if cmd == "rerun" {
 		if o.job == "" || (o.run == "") == (o.date == "") {
@@ -243,7 +228,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if o.run != "" && !uuidPattern.MatchString(o.run) {
 			return &usageError{fmt.Sprintf("-run %q: want a collection run id (a UUID)", o.run)}
 		}
-		switch j := jobs[0]; {
+		switch j := only[0]; {
 		case o.run != "" && j.Mode != config.ModePerRun:
 			return &usageError{fmt.Sprintf("job %s is a %s job: rerun it with -date YYYY-MM-DD", j.Name, j.Mode)}
 		case o.date != "" && j.Mode != config.ModeFull:
@@ -276,17 +261,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return &configError{cfg.Errorf("source", "%v (README, \"Source contract\")", err)}
 	}
-	// The tables' own contract first, so that its problems are not blamed
-	// on a job's columns.
-	if err := catalog.Check(ctx, nil); err != nil {
-		return &configError{cfg.Errorf("source", "%v (README, \"Source contract\")", err)}
+	compiled, err := pipeline.Compile(ctx, cfg, catalog)
+	if err != nil {
+		return &configError{err}
 	}
-	for i, j := range cfg.Jobs {
-		if err := catalog.Check(ctx, j.SourceColumns()); err != nil {
-			return &configError{cfg.Errorf(fmt.Sprintf("jobs[%d].columns", i), "%v", err)}
-		}
-		if err := checkMasks(catalog.Sellers(), cfg, i); err != nil {
-			return err
+	var jobs []*pipeline.Job
+	for _, j := range compiled {
+		if slices.ContainsFunc(only, func(c *config.Job) bool { return c.Name == j.Name }) {
+			jobs = append(jobs, j)
 		}
 	}
 	runner := &pipeline.Runner{Source: src, Version: toolVersion(), Logger: logger,
@@ -365,13 +347,13 @@ func abortAfter(ctx context.Context, grace time.Duration, logger *slog.Logger) c
 
 // status prints, per job, the recent exports (from the manifests in the
 // bucket) and what is pending.
-func status(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer) error {
+func status(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, w io.Writer) error {
 	for i, j := range jobs {
 		if i > 0 {
 			fmt.Fprintln(w)
 		}
 		next := j.Cron.Next(time.Now().In(j.Location))
-		fmt.Fprintf(w, "job %s (%s), schedule %q %s, next %s\n", j.Name, j.Mode, j.Schedule, j.Timezone, next.Format(time.RFC3339))
+		fmt.Fprintf(w, "job %s (%s), schedule %q %s, next %s\n", j.Name, j.Mode, j.Schedule, j.Location, next.Format(time.RFC3339))
 		recent, err := runner.Recent(ctx, j, 10)
 		if err != nil {
 			return err
@@ -413,16 +395,16 @@ func status(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w 
 	return nil
 }
 
-func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer, verbose bool) error {
+func validate(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, w io.Writer, verbose bool) error {
 	fmt.Fprintln(w, "config: ok; database: ok (tables and columns checked)")
 	for _, j := range jobs {
 		bucket, err := runner.Bucket(ctx, j.Destination)
 		if err != nil {
 			return err
 		}
-		probe := staticPrefix(j.Template.String()) + ".sellersnap-probe-" + randomHex()
+		probe := j.Layout.Prefix() + ".sellersnap-probe-" + randomHex()
 		if err := bucket.Put(ctx, probe, []byte("probe"), "text/plain", nil); err != nil {
-			return fmt.Errorf("job %s: cannot write to %s under %q%s: %w", j.Name, bucket.URL(), staticPrefix(j.Template.String()), permissionHint(err, "write"), err)
+			return fmt.Errorf("job %s: cannot write to %s under %q%s: %w", j.Name, bucket.URL(), j.Layout.Prefix(), permissionHint(err, "write"), err)
 		}
 		if got, err := bucket.ReadAll(ctx, probe); err != nil || string(got) != "probe" {
 			_ = bucket.Delete(ctx, probe)
@@ -436,7 +418,7 @@ func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, 
 		}
 		next := j.Cron.Next(time.Now().In(j.Location))
 		fmt.Fprintf(w, "\njob %s (%s), schedule %q %s, next %s\n  destination %s (writable, readable)\n  columns %s\n  formats %s\n",
-			j.Name, j.Mode, j.Schedule, j.Timezone, next.Format(time.RFC3339), bucket.URL(), columnList(j), strings.Join(j.Formats, ", "))
+			j.Name, j.Mode, j.Schedule, j.Location, next.Format(time.RFC3339), bucket.URL(), columnList(j), strings.Join(j.FormatNames(), ", "))
 		p, err := runner.Plan(ctx, j)
 		if err != nil {
 			return err
@@ -448,7 +430,7 @@ func validate(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, 
 
 // plan prints what `once` would do now, writing nothing: per job, each
 // pending run (or org, for full jobs), its row count and every key.
-func plan(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io.Writer, asJSON, verbose bool) error {
+func plan(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, w io.Writer, asJSON, verbose bool) error {
 	type jobPlan struct {
 		Job     string             `json:"job"`
 		Mode    string             `json:"mode"`
@@ -480,7 +462,7 @@ func plan(ctx context.Context, runner *pipeline.Runner, jobs []*config.Job, w io
 
 // printPlan prints a job's pending units: a summary (counts, the first unit
 // with its keys, the last unit), or with verbose every unit and key.
-func printPlan(w io.Writer, j *config.Job, plan []pipeline.Planned, verbose bool) {
+func printPlan(w io.Writer, j *pipeline.Job, plan []pipeline.Planned, verbose bool) {
 	what := "pending runs"
 	if j.Mode == config.ModeFull {
 		what = "orgs pending for today's snapshot"
@@ -528,9 +510,9 @@ func permissionHint(err error, op string) string {
 	return ""
 }
 
-func columnList(j *config.Job) string {
+func columnList(j *pipeline.Job) string {
 	var parts []string
-	for _, c := range j.Columns {
+	for _, c := range j.Columns() {
 		if c.As != "" {
 			parts = append(parts, c.Name+" as "+c.As)
 		} else {
@@ -538,17 +520,6 @@ func columnList(j *config.Job) string {
 		}
 	}
 	return strings.Join(parts, ", ")
-}
-
-// staticPrefix is the folder part of a template before its first placeholder.
-func staticPrefix(tmpl string) string {
-	if i := strings.IndexByte(tmpl, '{'); i >= 0 {
-		tmpl = tmpl[:i]
-	}
-	if i := strings.LastIndexByte(tmpl, '/'); i >= 0 {
-		return tmpl[:i+1]
-	}
-	return ""
 }
 
 func randomHex() string {
