@@ -36,6 +36,7 @@ import (
 	_ "gocloud.dev/blob/s3blob"
 
 	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/internal/pipelinetest"
 	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
@@ -128,18 +129,18 @@ func TestBucketConformance(t *testing.T) {
 		t.Run(d.name, func(t *testing.T) {
 			dest, dir := d.open(t)
 			f := newFixtureAt(t, dest, dir, "    csv: {compression: gzip}\n")
-			f.readObject = d.read
+			f.ReadObject = d.read
 			ctx := context.Background()
-			bucket, err := f.runner.Bucket(ctx, dest)
+			bucket, err := f.Runner.Bucket(ctx, dest)
 			if err != nil {
 				t.Fatal(err)
 			}
 
-			res, err := f.runner.Once(ctx, f.job("new-sellers"))
+			res, err := f.Runner.Once(ctx, f.Job("new-sellers"))
 			if err != nil || len(res.Exported) != 10 {
 				t.Fatalf("once: %d exported, %v", len(res.Exported), err)
 			}
-			files := f.files()
+			files := f.Files()
 			wantTypes := map[string]string{"csv": "application/gzip", "ndjson": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
 			wantExt := map[string]string{"csv": ".csv.gz", "ndjson": ".ndjson", "parquet": ".parquet"}
 			for _, m := range res.Exported {
@@ -200,7 +201,7 @@ func TestBucketConformance(t *testing.T) {
 			}
 
 			// A failure mid-stream and a cancelled export leave nothing behind.
-			pgtest.Exec(t, f.dbURL, `
+			pgtest.Exec(t, f.DBURL, `
 				CREATE FUNCTION boom(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
 				BEGIN IF t = 'BOOM' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN t; END $$;
 				CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.01); RETURN true; END $$;
@@ -211,25 +212,25 @@ func TestBucketConformance(t *testing.T) {
 					AND first_seen_run_id = (SELECT id FROM collection_runs WHERE status = 'completed' ORDER BY completed_at LIMIT 1 OFFSET 2)
 					ORDER BY created_at LIMIT 1)`)
 			for _, name := range []string{"new-sellers", "full-nightly"} {
-				before := f.files()
-				src, err := sources.Open(ctx, sources.Config{DSN: f.dbURL, SellersTable: "sellers_boom"})
+				before := f.Files()
+				src, err := sources.Open(ctx, sources.Config{DSN: f.DBURL, SellersTable: "sellers_boom"})
 				if err != nil {
 					t.Fatal(err)
 				}
-				f.runner.Source = src
+				f.Runner.Source = src
 				cctx, cancel := context.WithTimeout(ctx, 700*time.Millisecond)
-				job := f.job(name)
+				job := f.Job(name)
 				if name == "new-sellers" {
-					_, err = f.runner.RerunRun(ctx, job, res.Exported[2].RunID) // fails on BOOM
+					_, err = f.Runner.RerunRun(ctx, job, res.Exported[2].RunID) // fails on BOOM
 				} else {
-					_, err = f.runner.RerunDate(cctx, job, "2026-01-01") // cancelled while streaming
+					_, err = f.Runner.RerunDate(cctx, job, "2026-01-01") // cancelled while streaming
 				}
 				cancel()
 				src.Close()
 				if err == nil {
 					t.Fatalf("%s: the injected failure did not fail the export", name)
 				}
-				after := f.files()
+				after := f.Files()
 				for k, v := range after {
 					if len(v) == 0 && !strings.HasSuffix(k, ".ndjson") && path.Base(k) != pipeline.SuccessName {
 						t.Errorf("%s: zero-byte object %s", name, k)
@@ -471,17 +472,17 @@ func TestS3ServerFaults(t *testing.T) {
 			dest := "s3://snap?region=us-east-1&use_path_style=true&endpoint=" + psrv.URL
 			// Large enough for multipart (gocloud v0.47 switches at 16 MiB): ~21 MB of NDJSON.
 			f := newFixtureAt(t, dest, "", "    formats: [ndjson, parquet]\n")
-			insertRun(t, f.dbURL, f.anyOrg(), 100000, false)
-			f.runner.Retry = pipeline.Backoff{Attempts: 2, Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
+			pipelinetest.InsertRun(t, f.DBURL, f.AnyOrg(), 100000, false)
+			f.Runner.Retry = pipeline.Backoff{Attempts: 2, Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 			var res pipeline.Result
 			var err error
 			if tc.wantOK {
-				res, err = f.runner.Once(context.Background(), f.job("new-sellers"))
+				res, err = f.Runner.Once(context.Background(), f.Job("new-sellers"))
 			} else {
-				runs, _ := f.src.CompletedRuns(context.Background())
-				res, err = f.runner.RerunRun(context.Background(), f.job("new-sellers"), runs[len(runs)-1].ID) // the big one
+				runs, _ := f.Src.CompletedRuns(context.Background())
+				res, err = f.Runner.RerunRun(context.Background(), f.Job("new-sellers"), runs[len(runs)-1].ID) // the big one
 			}
-			files := f.files()
+			files := f.Files()
 			if tc.wantOK {
 				if err != nil || len(res.Exported) != 11 {
 					t.Fatalf("with transient faults: %d exported, %v", len(res.Exported), err)

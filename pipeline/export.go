@@ -114,7 +114,7 @@ func (u unit) logAttrs() []any {
 func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
 	start := time.Now()
 	job := u.job
-	defer r.Metrics.started(job.Name)()
+	defer r.observer().ExportStarted(job.Name)()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
@@ -282,11 +282,13 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	// The pointer is a convenience: a failure leaves the export published
 	// and the pointer at the previous export until the next one.
 	if err := r.updateLatest(ctx, bucket, u, mkey, m); err != nil {
-		r.Metrics.latestFailed(job.Name)
+		r.observer().LatestFailed(job.Name)
 		r.logger().Error("could not update latest.json", append(u.logAttrs(), "err", err)...)
 	}
 	elapsed := time.Since(start)
-	r.Metrics.success(job.Name, m, elapsed, r.now(), mkey)
+	e := ExportOf(m, mkey)
+	e.Duration, e.At = elapsed, r.now()
+	r.observer().Exported(e, m)
 	r.logger().Info("exported", append(u.logAttrs(),
 		"rows", m.Rows, "files", len(m.Files), "duration", elapsed.Round(time.Millisecond),
 		"rows_per_sec", int64(float64(m.Rows)/max(elapsed.Seconds(), 1e-9)), "manifest", mkey)...)

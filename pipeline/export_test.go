@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"math/big"
 	"os"
 	"path"
@@ -36,6 +35,7 @@ import (
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/internal/demodata"
 	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/internal/pipelinetest"
 	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sources"
 )
@@ -43,161 +43,27 @@ import (
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 // fixture is a database with demo data, a file:// bucket and a runner.
-type fixture struct {
-	t     *testing.T
-	dbURL string
-	dir   string // the file:// bucket's directory, "" for other buckets
-	dest  string // the destination URL
-	// readObject, when set, reads objects back instead of the bucket
-	// driver (for an emulator whose download path the driver cannot use).
-	readObject func(key string) ([]byte, error)
-	cfg        *config.File
-	src        *sources.Postgres
-	runner     *pipeline.Runner
-	mem        *memory.CheckedAllocator
-	// daemons started by f.daemon, in order
-	daemons []*pipeline.Daemon
-}
+type fixture struct{ *pipelinetest.Fixture }
 
 func newFixture(t *testing.T, extraYAML string) *fixture {
 	t.Helper()
-	dir := t.TempDir()
-	return newFixtureAt(t, "file://"+dir, dir, extraYAML)
+	return &fixture{pipelinetest.New(t, extraYAML)}
 }
 
 // newFixtureAt is newFixture writing to any bucket URL; dir is the
 // directory behind a file:// URL, else "".
 func newFixtureAt(t *testing.T, dest, dir, extraYAML string) *fixture {
 	t.Helper()
-	f := &fixture{t: t, dbURL: pgtest.NewDatabase(t), dir: dir, dest: dest}
-	f.load(extraYAML)
-	return f
-}
-
-func (f *fixture) load(extraYAML string) {
-	t := f.t
-	t.Helper()
-	yaml := fmt.Sprintf(`source:
-  dsn: %q
-jobs:
-  - name: new-sellers
-    mode: per_run
-    destination: %q
-    batch_rows: 64
-%s
-  - name: full-nightly
-    mode: full
-    destination: %q
-`, f.dbURL, f.dest, extraYAML, f.dest)
-	cfg, err := config.Parse("test.yaml", []byte(yaml), pipeline.CheckConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.cfg = cfg
-	if f.src != nil {
-		f.src.Close()
-	}
-	src, err := sources.Open(context.Background(), sources.Config{DSN: f.dbURL, SellersTable: cfg.Source.SellersTable})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.src = src
-	f.mem = memory.NewCheckedAllocator(memory.NewGoAllocator())
-	f.runner = &pipeline.Runner{Source: src, Version: "test", Allocator: f.mem, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Now: func() time.Time { return time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC) }}
-	t.Cleanup(func() {
-		f.runner.Close()
-		src.Close()
-		f.mem.AssertSize(t, 0)
-	})
-}
-
-func (f *fixture) job(name string) *pipeline.Job {
-	j, _, err := f.cfg.Job(name)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	job, err := pipeline.NewJob(j)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return job
-}
-
-// jobs returns every job of the fixture's config, compiled.
-func (f *fixture) jobs() []*pipeline.Job {
-	var out []*pipeline.Job
-	for _, j := range f.cfg.Jobs {
-		out = append(out, f.job(j.Name))
-	}
-	return out
-}
-
-// once runs Once for job and returns its result and the bucket's objects.
-func (f *fixture) once(job string) (pipeline.Result, map[string][]byte) {
-	f.t.Helper()
-	res, err := f.runner.Once(context.Background(), f.job(job))
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return res, f.files()
-}
-
-// files returns every object in the bucket, by key (temporary files of
-// a file:// bucket left out).
-func (f *fixture) files() map[string][]byte {
-	out := map[string][]byte{}
-	if f.dir == "" {
-		ctx := context.Background()
-		b, err := f.runner.Bucket(ctx, f.dest)
-		if err != nil {
-			f.t.Fatal(err)
-		}
-		objs, err := b.List(ctx, "", "")
-		if err != nil {
-			f.t.Fatal(err)
-		}
-		read := func(key string) ([]byte, error) { return b.ReadAll(ctx, key) }
-		if f.readObject != nil {
-			read = f.readObject
-		}
-		for _, o := range objs {
-			data, err := read(o.Key)
-			if err != nil {
-				f.t.Fatal(err)
-			}
-			out[o.Key] = data
-		}
-		return out
-	}
-	err := filepath.WalkDir(f.dir, func(p string, d fs.DirEntry, err error) error {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil // a temporary file renamed or removed mid-walk
-		}
-		if err != nil || d.IsDir() || strings.HasSuffix(p, ".tmp") {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		rel, _ := filepath.Rel(f.dir, p)
-		out[filepath.ToSlash(rel)] = b
-		return err
-	})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return out
+	return &fixture{pipelinetest.NewAt(t, dest, dir, extraYAML)}
 }
 
 // expected returns Postgres's own rendering of a run's rows, in export
 // order: text as stored, numbers and booleans as PostgreSQL prints them,
 // timestamps in UTC with six fractional digits.
 func (f *fixture) expected(runID, orgID string) [][]*string {
-	t := f.t
+	t := f.T
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, f.dbURL)
+	conn, err := pgx.Connect(ctx, f.DBURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,19 +99,19 @@ var textColumns = []int{0, 1, 2, 3} // the text columns the CSV guard applies to
 func TestOnceExportsEveryCompletedRunExactly(t *testing.T) {
 	f := newFixture(t, "")
 	ctx := context.Background()
-	job := f.job("new-sellers")
-	runs, err := f.src.CompletedRuns(ctx)
+	job := f.Job("new-sellers")
+	runs, err := f.Src.CompletedRuns(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := f.runner.Once(ctx, job)
+	res, err := f.Runner.Once(ctx, job)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(res.Exported) != len(runs) {
 		t.Fatalf("exported %d runs, %d are completed", len(res.Exported), len(runs))
 	}
-	files := f.files()
+	files := f.Files()
 	sawEmpty, sawCRLF, sawEmptyString := false, false, false
 	for i, m := range res.Exported {
 		if m.RunID != runs[i].ID {
@@ -314,11 +180,11 @@ func TestOnceExportsEveryCompletedRunExactly(t *testing.T) {
 	}
 
 	// A second once finds nothing to do and touches nothing.
-	res, err = f.runner.Once(ctx, job)
+	res, err = f.Runner.Once(ctx, job)
 	if err != nil || len(res.Exported) != 0 {
 		t.Fatalf("second once exported %d runs, err %v", len(res.Exported), err)
 	}
-	if !mapsEqual(files, f.files()) {
+	if !mapsEqual(files, f.Files()) {
 		t.Error("second once changed the bucket")
 	}
 }
@@ -326,18 +192,18 @@ func TestOnceExportsEveryCompletedRunExactly(t *testing.T) {
 func TestRerunIsByteIdentical(t *testing.T) {
 	f := newFixture(t, "    csv: {compression: gzip}\n    ndjson: {compression: zstd}\n")
 	ctx := context.Background()
-	job := f.job("new-sellers")
-	res, err := f.runner.Once(ctx, job)
+	job := f.Job("new-sellers")
+	res, err := f.Runner.Once(ctx, job)
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := f.files()
+	before := f.Files()
 	for _, m := range res.Exported {
-		if _, err := f.runner.RerunRun(ctx, job, m.RunID); err != nil {
+		if _, err := f.Runner.RerunRun(ctx, job, m.RunID); err != nil {
 			t.Fatal(err)
 		}
 	}
-	after := f.files()
+	after := f.Files()
 	if len(before) != len(after) {
 		t.Fatalf("%d files before rerun, %d after", len(before), len(after))
 	}
@@ -356,7 +222,7 @@ func TestRerunIsByteIdentical(t *testing.T) {
 
 func TestEmptyRun(t *testing.T) {
 	f := newFixture(t, "")
-	res, files := f.once("new-sellers")
+	res, files := f.Once("new-sellers")
 	var empty *pipeline.Manifest
 	for _, m := range res.Exported {
 		if m.Rows == 0 {
@@ -393,15 +259,15 @@ func TestEmptyRun(t *testing.T) {
 func TestFullSnapshotPerOrg(t *testing.T) {
 	f := newFixture(t, "")
 	ctx := context.Background()
-	job := f.job("full-nightly")
-	res, err := f.runner.Once(ctx, job)
+	job := f.Job("full-nightly")
+	res, err := f.Runner.Once(ctx, job)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(res.Exported) != pgtest.DemoOptions.Orgs {
 		t.Fatalf("%d org snapshots, want %d", len(res.Exported), pgtest.DemoOptions.Orgs)
 	}
-	files := f.files()
+	files := f.Files()
 	for _, m := range res.Exported {
 		if m.Date != "2026-11-22" || !strings.Contains(m.Files[0].Key, "sellers/full/org="+m.OrgID+"/date=2026-11-22/sellers_2026-11-22_full.") {
 			t.Errorf("full snapshot keys: %+v", m.Files[0])
@@ -413,17 +279,17 @@ func TestFullSnapshotPerOrg(t *testing.T) {
 		}
 	}
 	// Today's snapshot exists: once does nothing; rerun -date rewrites it.
-	if res, err := f.runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
+	if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
 		t.Errorf("second once: %d, %v", len(res.Exported), err)
 	}
-	if res, err := f.runner.RerunDate(ctx, job, "2026-11-22"); err != nil || len(res.Exported) != 3 {
+	if res, err := f.Runner.RerunDate(ctx, job, "2026-11-22"); err != nil || len(res.Exported) != 3 {
 		t.Errorf("rerun -date: %d, %v", len(res.Exported), err)
 	}
 }
 
 func TestRenameAndFlaggedFilter(t *testing.T) {
 	f := newFixture(t, "    flagged: true\n    columns: [display_name, {name: created_at, as: discovered_at}, {name: id, as: seller_id}]\n    formats: [ndjson]\n")
-	res, files := f.once("new-sellers")
+	res, files := f.Once("new-sellers")
 	var total int64
 	for _, m := range res.Exported {
 		total += m.Rows
@@ -437,7 +303,7 @@ func TestRenameAndFlaggedFilter(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	conn, _ := pgx.Connect(ctx, f.dbURL)
+	conn, _ := pgx.Connect(ctx, f.DBURL)
 	defer conn.Close(ctx)
 	var want int64
 	conn.QueryRow(ctx, `SELECT count(*) FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id AND r.org_id = s.org_id
@@ -452,7 +318,7 @@ func TestFailureMidStreamLeavesNothing(t *testing.T) {
 	ctx := context.Background()
 	// A view that fails on one row deep inside the biggest run; with sorts
 	// disabled the rows before it stream out first.
-	pgtest.Exec(t, f.dbURL, `
+	pgtest.Exec(t, f.DBURL, `
 		CREATE FUNCTION boom(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
 		BEGIN IF t = 'BOOM' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN t; END $$;
 		CREATE VIEW sellers_boom AS SELECT id, org_id, boom(display_name) AS display_name, normalized_name, platform,
@@ -463,21 +329,21 @@ func TestFailureMidStreamLeavesNothing(t *testing.T) {
 				SELECT first_seen_run_id FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id
 				WHERE r.status = 'completed' GROUP BY 1 ORDER BY count(*) DESC LIMIT 1)
 			ORDER BY created_at DESC, id DESC OFFSET 200 LIMIT 1)`)
-	pgtest.Exec(t, f.dbURL, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET enable_sort = off', current_database()); END $$`)
-	f.load("") // reconnect: the database setting applies to new sessions
-	f.cfg.Source.SellersTable = "sellers_boom"
-	src, err := sources.Open(ctx, sources.Config{DSN: f.dbURL, SellersTable: "sellers_boom"})
+	pgtest.Exec(t, f.DBURL, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET enable_sort = off', current_database()); END $$`)
+	f.Load("") // reconnect: the database setting applies to new sessions
+	f.Cfg.Source.SellersTable = "sellers_boom"
+	src, err := sources.Open(ctx, sources.Config{DSN: f.DBURL, SellersTable: "sellers_boom"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	f.runner.Source = src
+	f.Runner.Source = src
 
-	res, err := f.runner.Once(ctx, f.job("new-sellers"))
+	res, err := f.Runner.Once(ctx, f.Job("new-sellers"))
 	if err == nil || !strings.Contains(err.Error(), "injected failure") || res.Failed != 1 {
 		t.Fatalf("once: failed=%d err=%v, want one run failing with the injected error", res.Failed, err)
 	}
-	files := f.files()
+	files := f.Files()
 	for _, m := range res.Exported {
 		for _, mf := range m.Files {
 			delete(files, mf.Key)
@@ -700,22 +566,22 @@ func keys(m map[string][]byte) []string {
 func TestSelectOnlyRoleAndTimezoneDates(t *testing.T) {
 	f := newFixture(t, "    timezone: America/Los_Angeles\n    formats: [csv]\n")
 	ctx := context.Background()
-	pgtest.Exec(t, f.dbURL, `DO $$ BEGIN
+	pgtest.Exec(t, f.DBURL, `DO $$ BEGIN
 		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'snap_reader') THEN CREATE ROLE snap_reader LOGIN; END IF;
 		END $$;
 		GRANT USAGE ON SCHEMA public TO snap_reader;
 		GRANT SELECT ON collection_runs, sellers TO snap_reader;`)
-	readerURL := strings.Replace(f.dbURL, "postgres://postgres@", "postgres://snap_reader@", 1)
+	readerURL := strings.Replace(f.DBURL, "postgres://postgres@", "postgres://snap_reader@", 1)
 	src, err := sources.Open(ctx, sources.Config{DSN: readerURL})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	if err := src.Check(ctx, f.job("new-sellers").SourceColumns()); err != nil {
+	if err := src.Check(ctx, f.Job("new-sellers").SourceColumns()); err != nil {
 		t.Fatalf("check as a SELECT-only role: %v", err)
 	}
-	f.runner.Source = src
-	res, err := f.runner.Once(ctx, f.job("new-sellers"))
+	f.Runner.Source = src
+	res, err := f.Runner.Once(ctx, f.Job("new-sellers"))
 	if err != nil || len(res.Exported) == 0 {
 		t.Fatalf("once as a SELECT-only role: %d exported, %v", len(res.Exported), err)
 	}
@@ -735,26 +601,26 @@ func TestSelectOnlyRoleAndTimezoneDates(t *testing.T) {
 func TestStaleTempFilesOfAKilledExportAreRemoved(t *testing.T) {
 	f := newFixture(t, "")
 	ctx := context.Background()
-	job := f.job("new-sellers")
-	runs, err := f.src.CompletedRuns(ctx)
+	job := f.Job("new-sellers")
+	runs, err := f.Src.CompletedRuns(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// What fileblob leaves when the process dies mid-upload.
-	res, err := f.runner.RerunRun(ctx, job, runs[1].ID)
+	res, err := f.Runner.RerunRun(ctx, job, runs[1].ID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	key := res.Exported[0].Files[2].Key
-	stale := filepath.Join(f.dir, filepath.FromSlash(key)) + ".18ea45230aab137f.tmp"
+	stale := filepath.Join(f.Dir, filepath.FromSlash(key)) + ".18ea45230aab137f.tmp"
 	if err := os.WriteFile(stale, []byte("PAR1 partial"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	other := filepath.Join(f.dir, filepath.FromSlash(key)) + ".keep"
+	other := filepath.Join(f.Dir, filepath.FromSlash(key)) + ".keep"
 	if err := os.WriteFile(other, []byte("not ours"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.runner.RerunRun(ctx, job, runs[1].ID); err != nil {
+	if _, err := f.Runner.RerunRun(ctx, job, runs[1].ID); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(stale); !errors.Is(err, fs.ErrNotExist) {
@@ -771,12 +637,12 @@ func TestStaleTempFilesOfAKilledExportAreRemoved(t *testing.T) {
 func TestOneRowAllNulls(t *testing.T) {
 	f := newFixture(t, "")
 	runID := "00000000-0000-4000-8000-00000000a11e"
-	pgtest.Exec(t, f.dbURL, `INSERT INTO collection_runs (id, org_id, status, started_at, completed_at)
+	pgtest.Exec(t, f.DBURL, `INSERT INTO collection_runs (id, org_id, status, started_at, completed_at)
 			SELECT $1, org_id, 'completed', now() - interval '1 hour', now() FROM collection_runs LIMIT 1;
 		`, runID)
-	pgtest.Exec(t, f.dbURL, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+	pgtest.Exec(t, f.DBURL, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
 			SELECT gen_random_uuid(), org_id, 'Only', 'only', 'ebay', 1, false, id, '2026-03-01T00:00:00Z' FROM collection_runs WHERE id = $1`, runID)
-	res, files := f.once("new-sellers")
+	res, files := f.Once("new-sellers")
 	var m *pipeline.Manifest
 	for _, e := range res.Exported {
 		if e.RunID == runID {
@@ -852,7 +718,7 @@ func TestLatestPointsAtTheNewestCompleteExport(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, tc.extra)
-			res, _ := f.once("new-sellers")
+			res, _ := f.Once("new-sellers")
 			newest := map[string]*pipeline.Manifest{}
 			oldest := map[string]*pipeline.Manifest{}
 			for _, m := range res.Exported {
@@ -864,7 +730,7 @@ func TestLatestPointsAtTheNewestCompleteExport(t *testing.T) {
 				}
 			}
 			check := func(when string) {
-				files := f.files()
+				files := f.Files()
 				for org, m := range newest {
 					var l pipeline.Latest
 					if err := json.Unmarshal(files[tc.key(org)], &l); err != nil {
@@ -880,7 +746,7 @@ func TestLatestPointsAtTheNewestCompleteExport(t *testing.T) {
 			}
 			check("after once")
 			for _, m := range oldest {
-				if _, err := f.runner.RerunRun(context.Background(), f.job("new-sellers"), m.RunID); err != nil {
+				if _, err := f.Runner.RerunRun(context.Background(), f.Job("new-sellers"), m.RunID); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -898,8 +764,8 @@ func TestMaskAndRedact(t *testing.T) {
 	const key = "test-mask-key-0123456789abcdef"
 	t.Setenv("SELLERSNAP_MASK_KEY", key)
 	f := newFixture(t, "    formats: [csv, ndjson, parquet]\n    csv: {formula_guard: false}\n    columns: [display_name, {name: normalized_name, redact: true}, {name: platform_id, mask: hmac-sha256, as: platform_hash}, created_at]")
-	res, files := f.once("new-sellers")
-	conn, err := pgx.Connect(context.Background(), f.dbURL)
+	res, files := f.Once("new-sellers")
+	conn, err := pgx.Connect(context.Background(), f.DBURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -989,7 +855,7 @@ func TestMaskAndRedact(t *testing.T) {
 // fingerprint and the change, and schema.json records the history.
 func TestSchemaChangeFailsOrEvolves(t *testing.T) {
 	f := newFixture(t, "")
-	res, files := f.once("new-sellers")
+	res, files := f.Once("new-sellers")
 	var first pipeline.JobSchema
 	if err := json.Unmarshal(files["sellers/new/schema.json"], &first); err != nil {
 		t.Fatalf("schema.json after the first export: %v", err)
@@ -998,25 +864,25 @@ func TestSchemaChangeFailsOrEvolves(t *testing.T) {
 		t.Fatalf("schema.json %+v, manifest fingerprint %s", first, res.Exported[0].SchemaFingerprint)
 	}
 	// The collector widens a column, then completes another run.
-	pgtest.Exec(t, f.dbURL, `ALTER TABLE sellers ALTER COLUMN feedback_percent TYPE numeric(6,2);
+	pgtest.Exec(t, f.DBURL, `ALTER TABLE sellers ALTER COLUMN feedback_percent TYPE numeric(6,2);
 		INSERT INTO collection_runs (id, org_id, status, started_at, completed_at)
 			SELECT '00000000-0000-4000-8000-0000000000aa', org_id, 'completed', now() - interval '1 hour', now() FROM collection_runs LIMIT 1;
 		UPDATE sellers SET first_seen_run_id = '00000000-0000-4000-8000-0000000000aa'
 			WHERE id IN (SELECT s.id FROM sellers s JOIN collection_runs r ON r.id = '00000000-0000-4000-8000-0000000000aa' AND s.org_id = r.org_id LIMIT 3)`)
-	f.load("") // new connections see the new type
-	res, err := f.runner.Once(context.Background(), f.job("new-sellers"))
+	f.Load("") // new connections see the new type
+	res, err := f.Runner.Once(context.Background(), f.Job("new-sellers"))
 	var sce *pipeline.SchemaChangeError
 	if !errors.As(err, &sce) || len(res.Exported) != 0 || !strings.Contains(err.Error(), "~ feedback_percent: decimal(5, 2) → decimal(6, 2)") {
 		t.Fatalf("fail: exported %d, err %v", len(res.Exported), err)
 	}
-	for k := range f.files() {
+	for k := range f.Files() {
 		if strings.Contains(k, "0000000000aa") {
 			t.Errorf("the failed export wrote %s", k)
 		}
 	}
 
-	f.load("    on_schema_change: evolve")
-	res, err = f.runner.Once(context.Background(), f.job("new-sellers"))
+	f.Load("    on_schema_change: evolve")
+	res, err = f.Runner.Once(context.Background(), f.Job("new-sellers"))
 	if err != nil || len(res.Exported) != 1 {
 		t.Fatalf("evolve: exported %d, err %v", len(res.Exported), err)
 	}
@@ -1025,7 +891,7 @@ func TestSchemaChangeFailsOrEvolves(t *testing.T) {
 		t.Errorf("evolved manifest: fingerprint %s, change %v", m.SchemaFingerprint, m.SchemaChange)
 	}
 	var next pipeline.JobSchema
-	if err := json.Unmarshal(f.files()["sellers/new/schema.json"], &next); err != nil {
+	if err := json.Unmarshal(f.Files()["sellers/new/schema.json"], &next); err != nil {
 		t.Fatal(err)
 	}
 	if next.Fingerprint != m.SchemaFingerprint || len(next.History) != 1 || next.History[0].Fingerprint != first.Fingerprint || len(next.History[0].Change) != 1 {
@@ -1050,13 +916,12 @@ func TestSplitFiles(t *testing.T) {
 	conn.Close(context.Background())
 	export := func(extra string) (map[string][]byte, []*pipeline.Manifest) {
 		dir := t.TempDir()
-		f := &fixture{t: t, dbURL: dbURL, dir: dir, dest: "file://" + dir}
-		f.load("    formats: [csv, ndjson, parquet]\n    csv: {compression: none}\n    parquet: {row_group_rows: 4096}\n" + extra)
-		res, err := f.runner.Once(context.Background(), f.job("new-sellers"))
+		f := &fixture{pipelinetest.NewOn(t, dbURL, "file://"+dir, dir, "    formats: [csv, ndjson, parquet]\n    csv: {compression: none}\n    parquet: {row_group_rows: 4096}\n"+extra)}
+		res, err := f.Runner.Once(context.Background(), f.Job("new-sellers"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		return f.files(), res.Exported
+		return f.Files(), res.Exported
 	}
 	plain, _ := export("")
 	for _, tc := range []struct {
@@ -1155,7 +1020,7 @@ func TestSplitFiles(t *testing.T) {
 // are quoted except NULLs.
 func TestPerFormatColumnsAndQuoteAll(t *testing.T) {
 	f := newFixture(t, "    formats: [csv, ndjson, parquet]\n    csv: {exclude: [normalized_name], quote_all: true, formula_guard: false}\n    parquet: {include: [display_name, created_at]}")
-	res, files := f.once("new-sellers")
+	res, files := f.Once("new-sellers")
 	checked := 0
 	for _, m := range res.Exported {
 		if m.Rows == 0 {
@@ -1209,19 +1074,19 @@ func TestPerFormatColumnsAndQuoteAll(t *testing.T) {
 func TestManifestOfAnotherJobIsAConflict(t *testing.T) {
 	f := newFixture(t, "")
 	ctx := context.Background()
-	first, _ := f.once("new-sellers")
+	first, _ := f.Once("new-sellers")
 	if len(first.Exported) == 0 {
 		t.Fatal("nothing exported")
 	}
-	if _, err := f.runner.Once(ctx, f.job("full-nightly")); err != nil {
+	if _, err := f.Runner.Once(ctx, f.Job("full-nightly")); err != nil {
 		t.Fatal(err)
 	}
-	before := f.files()
+	before := f.Files()
 
 	for _, name := range []string{"new-sellers", "full-nightly"} {
-		other := *f.job(name)
+		other := *f.Job(name)
 		other.Name = "other-" + name
-		res, err := f.runner.Once(ctx, &other)
+		res, err := f.Runner.Once(ctx, &other)
 		var conflict *pipeline.ConflictError
 		if !errors.As(err, &conflict) || conflict.OtherJob != name || conflict.Job != other.Name {
 			t.Fatalf("%s: Once = %+v, %v; want a ConflictError naming job %s", other.Name, res, err, name)
@@ -1229,17 +1094,17 @@ func TestManifestOfAnotherJobIsAConflict(t *testing.T) {
 		if len(res.Exported) != 0 || res.Failed == 0 {
 			t.Errorf("%s: exported %d, failed %d; want 0 exported and every unit failed", other.Name, len(res.Exported), res.Failed)
 		}
-		plan, err := f.runner.Plan(ctx, &other)
+		plan, err := f.Runner.Plan(ctx, &other)
 		if err != nil || len(plan) == 0 {
 			t.Errorf("%s: plan = %d units, %v; want the conflicting units listed as pending", other.Name, len(plan), err)
 		}
 	}
-	other := *f.job("new-sellers")
+	other := *f.Job("new-sellers")
 	other.Name = "other"
-	if _, err := f.runner.RerunRun(ctx, &other, first.Exported[0].RunID); !errors.As(err, new(*pipeline.ConflictError)) {
+	if _, err := f.Runner.RerunRun(ctx, &other, first.Exported[0].RunID); !errors.As(err, new(*pipeline.ConflictError)) {
 		t.Errorf("rerun over another job's unit: %v, want a ConflictError", err)
 	}
-	after := f.files()
+	after := f.Files()
 	if len(after) != len(before) {
 		t.Errorf("%d files before, %d after", len(before), len(after))
 	}

@@ -30,10 +30,10 @@ import (
 func TestLostLockNeverChangesAPublishedExport(t *testing.T) {
 	f := newFixture(t, "")
 	ctx := context.Background()
-	job, run := f.job("new-sellers"), f.lastRun()
+	job, run := f.Job("new-sellers"), f.lastRun()
 
 	newRunner := func() *pipeline.Runner {
-		src, err := sources.Open(ctx, sources.Config{DSN: f.dbURL})
+		src, err := sources.Open(ctx, sources.Config{DSN: f.DBURL})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +60,7 @@ func TestLostLockNeverChangesAPublishedExport(t *testing.T) {
 	}
 
 	// A's lock session dies; the database changes; B exports the unit.
-	conn, err := pgx.Connect(ctx, f.dbURL)
+	conn, err := pgx.Connect(ctx, f.DBURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestLostLockNeverChangesAPublishedExport(t *testing.T) {
 	if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted`).Scan(&killed); err != nil || killed != 1 {
 		t.Fatalf("terminated %d lock sessions (%v), want 1", killed, err)
 	}
-	addLateSeller(t, f.dbURL, run.ID)
+	addLateSeller(t, f.DBURL, run.ID)
 	res, err := b.ExportPending(ctx, job, run.ID)
 	if err != nil || len(res.Exported) != 1 {
 		t.Fatalf("B: %+v, %v", res, err)
@@ -81,7 +81,7 @@ func TestLostLockNeverChangesAPublishedExport(t *testing.T) {
 	} else {
 		t.Logf("A: %v", err)
 	}
-	bucket, err := b.Bucket(ctx, f.dest)
+	bucket, err := b.Bucket(ctx, f.Dest)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,10 +137,10 @@ func TestExporterWithoutTheLockCannotLeaveAMismatchedManifest(t *testing.T) {
 		t.Run(dest[:4], func(t *testing.T) {
 			f := newFixtureAt(t, dest, dir, "")
 			ctx := context.Background()
-			job, run := f.job("new-sellers"), f.lastRun()
+			job, run := f.Job("new-sellers"), f.lastRun()
 			paused, resume := make(chan struct{}), make(chan struct{})
 			var taken atomic.Bool // only the first export pauses
-			pipeline.SetBeforeCommit(f.runner, func() {
+			pipeline.SetBeforeCommit(f.Runner, func() {
 				if taken.CompareAndSwap(false, true) {
 					close(paused)
 					<-resume
@@ -150,18 +150,18 @@ func TestExporterWithoutTheLockCannotLeaveAMismatchedManifest(t *testing.T) {
 			var aRes pipeline.Result
 			go func() {
 				var err error
-				aRes, err = f.runner.ExportPending(ctx, job, run.ID)
+				aRes, err = f.Runner.ExportPending(ctx, job, run.ID)
 				aDone <- err
 			}()
 			<-paused
-			addLateSeller(t, f.dbURL, run.ID)
-			res, err := f.runner.ExportPending(ctx, job, run.ID)
+			addLateSeller(t, f.DBURL, run.ID)
+			res, err := f.Runner.ExportPending(ctx, job, run.ID)
 			if err != nil || len(res.Exported) != 1 {
 				t.Fatalf("B: %+v, %v", res, err)
 			}
 			close(resume)
 			aErr := <-aDone
-			bucket, err := f.runner.Bucket(ctx, dest)
+			bucket, err := f.Runner.Bucket(ctx, dest)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -183,10 +183,10 @@ func TestExporterWithoutTheLockCannotLeaveAMismatchedManifest(t *testing.T) {
 
 // lastRun is the fixture's newest completed run.
 func (f *fixture) lastRun() sources.Run {
-	f.t.Helper()
-	runs, err := f.src.CompletedRuns(context.Background())
+	f.T.Helper()
+	runs, err := f.Src.CompletedRuns(context.Background())
 	if err != nil || len(runs) == 0 {
-		f.t.Fatalf("completed runs: %d, %v", len(runs), err)
+		f.T.Fatalf("completed runs: %d, %v", len(runs), err)
 	}
 	return runs[len(runs)-1]
 }

@@ -111,15 +111,15 @@ func TestManifestsMatchTheJSONSchema(t *testing.T) {
 	}
 	t.Setenv("SELLERSNAP_MASK_KEY", "0123456789abcdef0123456789abcdef")
 	f := newFixture(t, "    max_rows_per_file: 100\n    columns: [display_name, {name: platform_id, mask: hmac-sha256}, {name: normalized_name, redact: true}, created_at]")
-	f.once("new-sellers")
-	f.once("full-nightly")
-	pgtest.Exec(t, f.dbURL, `UPDATE sellers SET feedback_percent = 'NaN' WHERE id IN (SELECT id FROM sellers WHERE feedback_percent IS NOT NULL LIMIT 3)`)
-	f.load("    on_schema_change: evolve\n    formats: [csv]")
-	pgtest.Exec(t, f.dbURL, `INSERT INTO collection_runs (id, org_id, status, started_at, completed_at)
+	f.Once("new-sellers")
+	f.Once("full-nightly")
+	pgtest.Exec(t, f.DBURL, `UPDATE sellers SET feedback_percent = 'NaN' WHERE id IN (SELECT id FROM sellers WHERE feedback_percent IS NOT NULL LIMIT 3)`)
+	f.Load("    on_schema_change: evolve\n    formats: [csv]")
+	pgtest.Exec(t, f.DBURL, `INSERT INTO collection_runs (id, org_id, status, started_at, completed_at)
 		SELECT '00000000-0000-4000-8000-0000000000bb', org_id, 'completed', now() - interval '1 hour', now() FROM collection_runs LIMIT 1`)
-	f.once("new-sellers")
+	f.Once("new-sellers")
 	checked, seen := 0, map[string]bool{}
-	for key, data := range f.files() {
+	for key, data := range f.Files() {
 		if path.Base(key) != "manifest.json" {
 			continue
 		}

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"time"
 
 	"github.com/sellersnap/sellersnap/sinks"
@@ -28,7 +29,7 @@ func (r *Runner) retry(ctx context.Context, job string, what []any, f func() err
 			return err
 		}
 		d := jitter(max(wait, time.Millisecond))
-		r.Metrics.retried(job)
+		r.observer().Retried(job)
 		r.logger().Warn("transient error; retrying", append(what, "attempt", attempt, "in", d.Round(time.Millisecond), "err", err)...)
 		if !sleep(ctx, d) {
 			return err
@@ -45,4 +46,21 @@ func transient(err error) bool {
 		return false
 	}
 	return sources.Transient(err) || sinks.Transient(err)
+}
+
+// jitter returns a duration between d/2 and d.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits d, or until ctx is done (then false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }

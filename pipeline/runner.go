@@ -36,8 +36,8 @@ type Runner struct {
 	// Retry retries transient errors within one export. The zero value
 	// tries once.
 	Retry Backoff
-	// Metrics, when set, records every export.
-	Metrics *Metrics
+	// Observer, when set, is told of every export (the daemon's metrics).
+	Observer Observer
 	// ProgressEvery is how often a long export logs its progress.
 	// Default 10s.
 	ProgressEvery time.Duration
@@ -148,7 +148,7 @@ func (r *Runner) Once(ctx context.Context, job *Job) (Result, error) {
 		return Result{}, err
 	}
 	if len(units) == 0 {
-		r.Metrics.setBacklog(job.Name, 0, 0)
+		r.observer().Backlog(job.Name, 0, 0)
 	}
 	return r.exportRuns(ctx, job, units, false)
 }
@@ -274,7 +274,7 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 			errs = append(errs, ctx.Err())
 			break
 		}
-		r.Metrics.setBacklog(job.Name, len(units)-i, r.now().Sub(u.run.CompletedAt))
+		r.observer().Backlog(job.Name, len(units)-i, r.now().Sub(u.run.CompletedAt))
 		var m *Manifest
 		err := r.retry(ctx, job.Name, u.logAttrs(), func() error {
 			var err error
@@ -283,12 +283,12 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 		})
 		if errors.Is(err, errExportedElsewhere) {
 			res.Skipped++
-			r.Metrics.skipped(job.Name)
+			r.observer().Skipped(job.Name)
 			continue
 		}
 		if err != nil {
 			res.Failed++
-			r.Metrics.failure(u, err, r.now())
+			r.failed(u, err)
 			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...) // the attributes name the unit
 			err = unitError(u, err)
 			errs = append(errs, err)
@@ -297,7 +297,7 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 		res.Exported = append(res.Exported, m)
 	}
 	if ctx.Err() == nil {
-		r.Metrics.setBacklog(job.Name, res.Failed, 0)
+		r.observer().Backlog(job.Name, res.Failed, 0)
 	}
 	return res, errors.Join(errs...)
 }
@@ -373,7 +373,7 @@ func (r *Runner) full(ctx context.Context, job *Job, date string, force bool) (R
 		if isConflict(err) {
 			// This org only: the others are exported.
 			res.Failed++
-			r.Metrics.failure(u, err, r.now())
+			r.failed(u, err)
 			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...) // the attributes name the unit
 			err = unitError(u, err)
 			conflicts = append(conflicts, err)
@@ -391,7 +391,7 @@ func (r *Runner) full(ctx context.Context, job *Job, date string, force bool) (R
 			continue
 		}
 		if err != nil {
-			r.Metrics.failure(u, err, r.now())
+			r.failed(u, err)
 			// The snapshot's connection may be gone (a cancelled query
 			// closes it): the remaining orgs wait for the next attempt.
 			res.Failed++
@@ -545,4 +545,18 @@ func (r *Runner) recent(ctx context.Context, job *Job, n int) ([]*Manifest, []st
 		keys = append(keys, o.Key)
 	}
 	return out, keys, nil
+}
+
+// RecentExports returns up to n of job's most recent exports found in its
+// bucket (from their manifests), newest first.
+func (r *Runner) RecentExports(ctx context.Context, job *Job, n int) ([]Export, error) {
+	ms, keys, err := r.recent(ctx, job, n)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Export, len(ms))
+	for i, m := range ms {
+		out[i] = ExportOf(m, keys[i])
+	}
+	return out, nil
 }

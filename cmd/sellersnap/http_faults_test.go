@@ -19,8 +19,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sellersnap/sellersnap/internal/daemon"
 	"github.com/sellersnap/sellersnap/internal/pgtest"
-	"github.com/sellersnap/sellersnap/pipeline"
 )
 
 // TestFaultHeldHTTPConnectionsDoNotStopExports holds 300 keep-alive
@@ -119,7 +119,7 @@ func TestFaultHeldHTTPConnectionsDoNotStopExports(t *testing.T) {
 }
 
 // idleTimeout is the daemon's HTTP idle timeout.
-const idleTimeout = pipeline.HTTPIdleTimeout
+const idleTimeout = daemon.HTTPIdleTimeout
 
 func waitFor(t *testing.T, d time.Duration, ok func() bool, what string, log fmt.Stringer) {
 	t.Helper()

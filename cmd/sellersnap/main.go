@@ -41,6 +41,7 @@ import (
 	_ "gocloud.dev/blob/memblob" // s3:// is opened by sinks itself (the AWS SDK's logs go through slog)
 
 	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/internal/daemon"
 	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
@@ -289,8 +290,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if *o.listen != "" {
 			listen = *o.listen
 		}
-		runner.Metrics = pipeline.NewMetrics()
-		d := &pipeline.Daemon{Runner: runner, Jobs: jobs, NotifyChannel: *cfg.Daemon.NotifyChannel,
+		d := &daemon.Daemon{Runner: runner, Jobs: jobs, Metrics: daemon.NewMetrics(), NotifyChannel: *cfg.Daemon.NotifyChannel,
 			Listen: listen, Pprof: cfg.Daemon.Pprof}
 		return d.Run(ctx, abortAfter(ctx, cfg.Daemon.ShutdownGrace.Duration, logger))
 	case "rerun":

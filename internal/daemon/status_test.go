@@ -1,4 +1,4 @@
-package pipeline_test
+package daemon_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sellersnap/sellersnap/internal/pipelinetest"
 	"github.com/sellersnap/sellersnap/pipeline"
 )
 
@@ -31,10 +32,10 @@ func get(t *testing.T, url string) (int, string) {
 func TestMetricsStatusPageAndProbes(t *testing.T) {
 	f := newFixture(t, "")
 	_, stop := f.daemon("@yearly", "sellers", false, 5*time.Second)
-	waitFor(t, "start-up catch-up", 30*time.Second, func() bool { return len(f.manifests()) == 10 })
+	pipelinetest.WaitFor(t, "start-up catch-up", 30*time.Second, func() bool { return len(f.Manifests()) == 10 })
 	base := "http://" + f.daemons[0].Addr().String()
 	// A manifest is on disk a moment before its export is counted.
-	waitFor(t, "the exports counted", 10*time.Second, func() bool {
+	pipelinetest.WaitFor(t, "the exports counted", 10*time.Second, func() bool {
 		_, m := get(t, base+"/metrics")
 		return strings.Contains(m, `sellersnap_runs_total{job="new-sellers",outcome="success"} 10`)
 	})
@@ -153,14 +154,14 @@ func TestMetricsExistFromTheStartAndCountFailures(t *testing.T) {
 	if err := os.WriteFile(notADir, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	good := *f.job("new-sellers")
-	broken := *f.job("new-sellers")
+	good := *f.Job("new-sellers")
+	broken := *f.Job("new-sellers")
 	broken.Name, broken.Destination = "broken", "file://"+notADir+"/bucket"
 	_, stop := f.daemonFor([]*pipeline.Job{&good, &broken}, "sellers", false, 5*time.Second)
-	waitFor(t, "the HTTP server", 10*time.Second, func() bool { return f.daemons[0].Addr() != nil })
+	pipelinetest.WaitFor(t, "the HTTP server", 10*time.Second, func() bool { return f.daemons[0].Addr() != nil })
 	base := "http://" + f.daemons[0].Addr().String()
 	var body string
-	waitFor(t, "exports and a failed pass", 30*time.Second, func() bool {
+	pipelinetest.WaitFor(t, "exports and a failed pass", 30*time.Second, func() bool {
 		_, body = get(t, base+"/metrics")
 		// At least one failed pass (a quarter-hour tick may add one).
 		// The metrics, not the manifests: a manifest is on disk before its export is counted.
@@ -214,14 +215,14 @@ func TestMetricsExistFromTheStartAndCountFailures(t *testing.T) {
 
 	// A restart: nothing is pending, and the last success comes from the bucket.
 	_, stop = f.daemonFor([]*pipeline.Job{&good}, "sellers", false, 5*time.Second)
-	waitFor(t, "the HTTP server", 10*time.Second, func() bool { return f.daemons[1].Addr() != nil })
+	pipelinetest.WaitFor(t, "the HTTP server", 10*time.Second, func() bool { return f.daemons[1].Addr() != nil })
 	base = "http://" + f.daemons[1].Addr().String()
-	waitFor(t, "the last success read from the bucket", 10*time.Second, func() bool {
+	pipelinetest.WaitFor(t, "the last success read from the bucket", 10*time.Second, func() bool {
 		_, body = get(t, base+"/metrics")
 		return regexp.MustCompile(`sellersnap_last_success_timestamp_seconds\{job="new-sellers"\} [1-9]`).MatchString(body)
 	})
 	// … and the page shows the exports before the restart, read from the bucket.
-	waitFor(t, "the exports read from the bucket", 10*time.Second, func() bool {
+	pipelinetest.WaitFor(t, "the exports read from the bucket", 10*time.Second, func() bool {
 		_, page = get(t, base+"/")
 		return strings.Count(page, `class="export success"`) == 10
 	})

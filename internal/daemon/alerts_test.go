@@ -1,4 +1,4 @@
-package pipeline_test
+package daemon_test
 
 import (
 	"os"
@@ -10,7 +10,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/sellersnap/sellersnap/pipeline"
+	"github.com/sellersnap/sellersnap/internal/daemon"
 )
 
 // TestAlertRulesUseRealSeries checks docs/alerts.yaml: valid YAML in the
@@ -19,7 +19,7 @@ import (
 // names among those a daemon exports at start-up (a renamed metric would
 // otherwise silently disarm an alert).
 func TestAlertRulesUseRealSeries(t *testing.T) {
-	data, err := os.ReadFile("../docs/alerts.yaml")
+	data, err := os.ReadFile("../../docs/alerts.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,10 +41,10 @@ func TestAlertRulesUseRealSeries(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	m := pipeline.NewMetrics()
+	m := daemon.NewMetrics()
 	f := newFixture(t, "")
-	m.InitJobs(f.jobs())
-	pipeline.MarkDependency(m, "postgres", "", true) // the daemon's first check, at start-up
+	m.InitJobs(f.Jobs())
+	daemon.MarkDependency(m, "postgres", "", true) // the daemon's first check, at start-up
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +92,7 @@ func TestAlertRulesUseRealSeries(t *testing.T) {
 		t.Log("promtool is not installed (Debian package prometheus): the expressions were not parsed")
 		return
 	}
-	if out, err := exec.Command(promtool, "check", "rules", "../docs/alerts.yaml").CombinedOutput(); err != nil {
+	if out, err := exec.Command(promtool, "check", "rules", "../../docs/alerts.yaml").CombinedOutput(); err != nil {
 		t.Errorf("promtool check rules: %v\n%s", err, out)
 	}
 }

@@ -1,4 +1,4 @@
-package pipeline_test
+package daemon_test
 
 import (
 	"context"
@@ -13,7 +13,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/internal/daemon"
 	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/internal/pipelinetest"
 	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sources"
 )
@@ -64,30 +66,29 @@ func (r *records) errors() []map[string]string {
 // daemon starts a daemon on f's database and bucket; stop stops it
 // (soft, then abort after grace) and waits for Run to return.
 func (f *fixture) daemon(schedule, table string, notify bool, grace time.Duration) (rec *records, stop func()) {
-	f.t.Helper()
-	job := *f.job("new-sellers")
+	f.T.Helper()
+	job := *f.Job("new-sellers")
 	sched, err := config.ParseSchedule(schedule)
 	if err != nil {
-		f.t.Fatal(err)
+		f.T.Fatal(err)
 	}
 	job.Cron, job.Schedule = sched, schedule
 	return f.daemonFor([]*pipeline.Job{&job}, table, notify, grace)
 }
 
 func (f *fixture) daemonFor(jobs []*pipeline.Job, table string, notify bool, grace time.Duration) (rec *records, stop func()) {
-	t := f.t
+	t := f.T
 	t.Helper()
 	ctx := context.Background()
-	src, err := sources.Open(ctx, sources.Config{DSN: f.dbURL, SellersTable: table})
+	src, err := sources.Open(ctx, sources.Config{DSN: f.DBURL, SellersTable: table})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec = &records{}
 	runner := &pipeline.Runner{Source: src, Version: "test", Logger: slog.New(rec), Locker: pipeline.PostgresLocker(src),
 		Retry: pipeline.Backoff{Attempts: 3, Initial: 100 * time.Millisecond, Max: time.Second}}
-	runner.Now = f.runner.Now
-	runner.Metrics = pipeline.NewMetrics()
-	d := &pipeline.Daemon{Runner: runner, Jobs: jobs, Listen: "127.0.0.1:0"}
+	runner.Now = f.Runner.Now
+	d := &daemon.Daemon{Runner: runner, Jobs: jobs, Listen: "127.0.0.1:0", Metrics: daemon.NewMetrics()}
 	f.daemons = append(f.daemons, d)
 	if notify {
 		d.NotifyChannel = "collection_run_completed"
@@ -121,73 +122,16 @@ func (f *fixture) daemonFor(jobs []*pipeline.Job, table string, notify bool, gra
 	return rec, stop
 }
 
-// insertRun adds a completed run of org with n sellers and returns its id.
-func insertRun(t *testing.T, dbURL, org string, n int, notify bool) string {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var id string
-	err = conn.QueryRow(ctx, `INSERT INTO collection_runs VALUES (gen_random_uuid(), $1, 'completed', now() - interval '1 minute', clock_timestamp()) RETURNING id::text`, org).Scan(&id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = conn.Exec(ctx, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
-		SELECT gen_random_uuid(), $1, 'New ' || g, 'new ' || g, 'ebay', 1, false, $2, now() - g * interval '1 ms' FROM generate_series(1, $3) g`, org, id, n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if notify {
-		if _, err := conn.Exec(ctx, `SELECT pg_notify('collection_run_completed', $1)`, id); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return id
-}
-
-func (f *fixture) anyOrg() string {
-	runs, err := f.src.CompletedRuns(context.Background())
-	if err != nil || len(runs) == 0 {
-		f.t.Fatal(err)
-	}
-	return runs[0].OrgID
-}
-
-// manifests returns the run ids that have a manifest in the bucket.
-func (f *fixture) manifests() map[string]bool {
-	out := map[string]bool{}
-	for k := range f.files() {
-		if i := strings.Index(k, "/run="); i >= 0 && strings.HasSuffix(k, "/manifest.json") {
-			out[strings.TrimSuffix(k[i+5:], "/manifest.json")] = true
-		}
-	}
-	return out
-}
-
-func waitFor(t *testing.T, what string, deadline time.Duration, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("timed out after %s waiting for %s", deadline, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func TestDaemonCatchUpThenNotify(t *testing.T) {
 	f := newFixture(t, "")
-	runs, err := f.src.CompletedRuns(context.Background())
+	runs, err := f.Src.CompletedRuns(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec, stop := f.daemon("@yearly", "sellers", true, 5*time.Second)
 
 	// Start-up catch-up: every completed run, oldest first.
-	waitFor(t, "start-up catch-up", 30*time.Second, func() bool { return len(f.manifests()) == len(runs) })
+	pipelinetest.WaitFor(t, "start-up catch-up", 30*time.Second, func() bool { return len(f.Manifests()) == len(runs) })
 	var want []string
 	for _, r := range runs {
 		want = append(want, r.ID)
@@ -197,8 +141,8 @@ func TestDaemonCatchUpThenNotify(t *testing.T) {
 	}
 
 	// A notification exports a new run at once (the schedule is yearly).
-	id := insertRun(t, f.dbURL, f.anyOrg(), 50, true)
-	waitFor(t, "the notified run's manifest", 10*time.Second, func() bool { return f.manifests()[id] })
+	id := pipelinetest.InsertRun(t, f.DBURL, f.AnyOrg(), 50, true)
+	pipelinetest.WaitFor(t, "the notified run's manifest", 10*time.Second, func() bool { return f.Manifests()[id] })
 	stop()
 	if errs := rec.errors(); len(errs) > 0 {
 		t.Errorf("errors logged: %v", errs)
@@ -208,13 +152,13 @@ func TestDaemonCatchUpThenNotify(t *testing.T) {
 func TestDaemonScheduleExportsRunsAsTheyComplete(t *testing.T) {
 	f := newFixture(t, "")
 	rec, stop := f.daemon("* * * * * *", "sellers", false, 5*time.Second)
-	waitFor(t, "start-up catch-up", 30*time.Second, func() bool { return len(f.manifests()) == 10 })
+	pipelinetest.WaitFor(t, "start-up catch-up", 30*time.Second, func() bool { return len(f.Manifests()) == 10 })
 	var ids []string
 	for i := 0; i < 3; i++ {
-		ids = append(ids, insertRun(t, f.dbURL, f.anyOrg(), 20, false))
+		ids = append(ids, pipelinetest.InsertRun(t, f.DBURL, f.AnyOrg(), 20, false))
 	}
-	waitFor(t, "runs completed while the daemon runs", 15*time.Second, func() bool {
-		m := f.manifests()
+	pipelinetest.WaitFor(t, "runs completed while the daemon runs", 15*time.Second, func() bool {
+		m := f.Manifests()
 		return m[ids[0]] && m[ids[1]] && m[ids[2]]
 	})
 	stop()
@@ -231,12 +175,12 @@ func TestThreeDaemonsExportEachRunOnce(t *testing.T) {
 		rec, stop := f.daemon("* * * * * *", "sellers", true, 5*time.Second)
 		recs, stops = append(recs, rec), append(stops, stop)
 	}
-	org := f.anyOrg()
+	org := f.AnyOrg()
 	for i := 0; i < 20; i++ {
-		insertRun(t, f.dbURL, org, 30, i%2 == 0)
+		pipelinetest.InsertRun(t, f.DBURL, org, 30, i%2 == 0)
 		time.Sleep(20 * time.Millisecond)
 	}
-	waitFor(t, "30 manifests", 60*time.Second, func() bool { return len(f.manifests()) == 30 })
+	pipelinetest.WaitFor(t, "30 manifests", 60*time.Second, func() bool { return len(f.Manifests()) == 30 })
 	for _, stop := range stops {
 		stop()
 	}
@@ -269,7 +213,7 @@ func TestThreeDaemonsExportEachRunOnce(t *testing.T) {
 
 func TestShutdownCancelsAnExportCleanly(t *testing.T) {
 	f := newFixture(t, "")
-	pgtest.Exec(t, f.dbURL, `CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN true; END $$;
+	pgtest.Exec(t, f.DBURL, `CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.02); RETURN true; END $$;
 		CREATE VIEW slow_sellers AS SELECT * FROM sellers WHERE slow(id)`)
 	_, stop := f.daemon("@yearly", "slow_sellers", false, 300*time.Millisecond)
 	time.Sleep(time.Second) // the first run (a few hundred rows at 20 ms each) is in flight
@@ -278,7 +222,7 @@ func TestShutdownCancelsAnExportCleanly(t *testing.T) {
 	if took := time.Since(start); took > 10*time.Second {
 		t.Errorf("stopping took %s with a 300ms grace", took)
 	}
-	files := f.files()
+	files := f.Files()
 	for k := range files {
 		if _, ok := files[k[:strings.LastIndex(k, "/")]+"/manifest.json"]; !ok {
 			t.Errorf("an aborted export left %s", k)
@@ -286,18 +230,18 @@ func TestShutdownCancelsAnExportCleanly(t *testing.T) {
 	}
 	// The next start exports everything.
 	_, stop = f.daemon("@yearly", "sellers", false, 5*time.Second)
-	waitFor(t, "export after restart", 30*time.Second, func() bool { return len(f.manifests()) == 10 })
+	pipelinetest.WaitFor(t, "export after restart", 30*time.Second, func() bool { return len(f.Manifests()) == 10 })
 	stop()
 }
 
 func TestTerminatedConnectionsRecover(t *testing.T) {
 	f := newFixture(t, "")
-	pgtest.Exec(t, f.dbURL, `CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN true; END $$;
+	pgtest.Exec(t, f.DBURL, `CREATE FUNCTION slow(uuid) RETURNS bool LANGUAGE plpgsql VOLATILE AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN true; END $$;
 		CREATE VIEW slow_sellers AS SELECT * FROM sellers WHERE slow(id)`)
 	rec, stop := f.daemon("@yearly", "slow_sellers", true, 5*time.Second)
 	defer stop()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, f.dbURL)
+	conn, err := pgx.Connect(ctx, f.DBURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,9 +263,9 @@ func TestTerminatedConnectionsRecover(t *testing.T) {
 	}
 	// Retries and the next passes export everything; the LISTEN
 	// connection is back: a notified run lands.
-	waitFor(t, "all runs after terminations", 60*time.Second, func() bool { return len(f.manifests()) == 10 })
-	id := insertRun(t, f.dbURL, f.anyOrg(), 5, true)
-	waitFor(t, "a notified run after LISTEN reconnected", 30*time.Second, func() bool { return f.manifests()[id] })
+	pipelinetest.WaitFor(t, "all runs after terminations", 60*time.Second, func() bool { return len(f.Manifests()) == 10 })
+	id := pipelinetest.InsertRun(t, f.DBURL, f.AnyOrg(), 5, true)
+	pipelinetest.WaitFor(t, "a notified run after LISTEN reconnected", 30*time.Second, func() bool { return f.Manifests()[id] })
 	stop()
 	retried := false
 	for _, m := range rec.errors() {
@@ -332,7 +276,7 @@ func TestTerminatedConnectionsRecover(t *testing.T) {
 	if !retried {
 		t.Errorf("no retry or reconnect was logged after %d terminations", killed)
 	}
-	files := f.files()
+	files := f.Files()
 	for k := range files {
 		if _, ok := files[k[:strings.LastIndex(k, "/")]+"/manifest.json"]; !ok && path.Base(k) != pipeline.LatestName && path.Base(k) != pipeline.SchemaName {
 			t.Errorf("a terminated export left %s", k)
@@ -347,13 +291,13 @@ func TestFullJobCatchup(t *testing.T) {
 	}{{"none", 0}, {"latest", 1}, {"all", 31}} {
 		t.Run(tc.catchup, func(t *testing.T) {
 			f := newFixture(t, "")
-			job := *f.job("full-nightly") // schedule 0 2 * * * UTC; the fixture's clock says 2026-11-22 12:00
+			job := *f.Job("full-nightly") // schedule 0 2 * * * UTC; the fixture's clock says 2026-11-22 12:00
 			job.Catchup = tc.catchup
 			_, stop := f.daemonFor([]*pipeline.Job{&job}, "sellers", false, 5*time.Second)
 			want := tc.dates * pgtest.DemoOptions.Orgs
 			count := func() (n int, dates map[string]bool) {
 				dates = map[string]bool{}
-				for k := range f.files() {
+				for k := range f.Files() {
 					if strings.HasPrefix(k, "sellers/full/") && strings.HasSuffix(k, "/manifest.json") {
 						n++
 						dates[k[strings.Index(k, "/date=")+6:][:10]] = true
@@ -364,7 +308,7 @@ func TestFullJobCatchup(t *testing.T) {
 			if want == 0 {
 				time.Sleep(1500 * time.Millisecond)
 			} else {
-				waitFor(t, "catch-up snapshots", 60*time.Second, func() bool { n, _ := count(); return n == want })
+				pipelinetest.WaitFor(t, "catch-up snapshots", 60*time.Second, func() bool { n, _ := count(); return n == want })
 			}
 			stop()
 			n, dates := count()
@@ -406,12 +350,12 @@ func (r *records) count(msg string, kv ...string) int {
 func TestDaemonLogsWhatAnOperatorFollows(t *testing.T) {
 	f := newFixture(t, "")
 	rec, stop := f.daemon("*/1 * * * * *", "sellers", true, 5*time.Second)
-	waitFor(t, "start-up", 30*time.Second, func() bool {
+	pipelinetest.WaitFor(t, "start-up", 30*time.Second, func() bool {
 		return rec.count("job scheduled", "job", "new-sellers", "schedule", "*/1 * * * * *") == 1 && rec.count("listening for notifications") == 1
 	})
 	// A pass fails (the table is gone), then succeeds again.
-	pgtest.Exec(t, f.dbURL, `ALTER TABLE sellers RENAME TO sellers_away`)
-	waitFor(t, "a failed pass", 30*time.Second, func() bool { return rec.count("job pass failed; the next tick retries", "job", "new-sellers") > 0 })
+	pgtest.Exec(t, f.DBURL, `ALTER TABLE sellers RENAME TO sellers_away`)
+	pipelinetest.WaitFor(t, "a failed pass", 30*time.Second, func() bool { return rec.count("job pass failed; the next tick retries", "job", "new-sellers") > 0 })
 	// Each failure names its job and unit once: in the attributes, not
 	// again inside the error (a unit's failure is logged by itself; the
 	// pass's line counts them).
@@ -420,11 +364,11 @@ func TestDaemonLogsWhatAnOperatorFollows(t *testing.T) {
 			t.Errorf("%q: the job is named again in the error: %v", m["msg"], m)
 		}
 	}
-	pgtest.Exec(t, f.dbURL, `ALTER TABLE sellers_away RENAME TO sellers`)
-	waitFor(t, "the recovery", 30*time.Second, func() bool { return rec.count("job recovered: a pass succeeded again", "job", "new-sellers") == 1 })
+	pgtest.Exec(t, f.DBURL, `ALTER TABLE sellers_away RENAME TO sellers`)
+	pipelinetest.WaitFor(t, "the recovery", 30*time.Second, func() bool { return rec.count("job recovered: a pass succeeded again", "job", "new-sellers") == 1 })
 	// The LISTEN connection is terminated and comes back.
-	pgtest.Exec(t, f.dbURL, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()`)
-	waitFor(t, "LISTEN back", 30*time.Second, func() bool { return rec.count("LISTEN recovered") == 1 })
+	pgtest.Exec(t, f.DBURL, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()`)
+	pipelinetest.WaitFor(t, "LISTEN back", 30*time.Second, func() bool { return rec.count("LISTEN recovered") == 1 })
 	stop()
 	if n := rec.count("stopped"); n != 1 {
 		t.Errorf("%d 'stopped' lines, want 1", n)

@@ -1,7 +1,6 @@
-package pipeline
+package daemon
 
 import (
-	"errors"
 	"path"
 	"slices"
 	"sync"
@@ -10,11 +9,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/sellersnap/sellersnap/sinks"
-	"github.com/sellersnap/sellersnap/sources"
+	"github.com/sellersnap/sellersnap/pipeline"
 )
 
-// Metrics are the Prometheus metrics of a Runner. A nil *Metrics records
+// Metrics are the Prometheus metrics of a daemon and what its status page
+// shows: it is the Runner's pipeline.Observer. A nil *Metrics records
 // nothing.
 //
 //	sellersnap_runs_total{job,outcome}              exports by outcome: success, failure, skipped
@@ -55,7 +54,7 @@ type Metrics struct {
 	interval    *prometheus.GaugeVec
 
 	mu       sync.Mutex
-	history  map[string][]Export // job → newest last
+	history  map[string][]pipeline.Export // job → newest last
 	backlogs map[string]int
 	oldests  map[string]time.Duration
 	health   map[string]*jobHealth
@@ -69,28 +68,13 @@ type jobHealth struct {
 	lastSuccess  time.Time
 }
 
-// Export is one finished export, for the status page.
-type Export struct {
-	Job      string
-	RunID    string
-	OrgID    string
-	Date     string
-	Rows     int64
-	Files    int
-	Duration time.Duration
-	Outcome  string // success or failure
-	Manifest string
-	Error    string
-	At       time.Time
-}
-
 // historySize is how many exports per job the status page keeps.
 const historySize = 20
 
 // NewMetrics registers the metrics, with Go and process collectors, in a
 // registry of their own.
 func NewMetrics() *Metrics {
-	m := &Metrics{Registry: prometheus.NewRegistry(), history: map[string][]Export{}, backlogs: map[string]int{},
+	m := &Metrics{Registry: prometheus.NewRegistry(), history: map[string][]pipeline.Export{}, backlogs: map[string]int{},
 		oldests: map[string]time.Duration{}, health: map[string]*jobHealth{}, deps: map[string]bool{}}
 	job := []string{"job"}
 	m.runs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_runs_total", Help: "Exports by outcome (success, failure, skipped)."}, []string{"job", "outcome"})
@@ -115,28 +99,24 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-// Outcomes of an export and reasons of a failed pass: every series exists
-// from the start.
-var (
-	outcomes       = []string{"success", "failure", "skipped"}
-	failureReasons = []string{"bucket", "database", "schema", "conflict", "other"}
-)
+// outcomes of an export: every series exists from the start.
+func outcomes() []string { return []string{"success", "failure", "skipped"} }
 
 // InitJobs creates every series of jobs at zero (last success at 0: never,
 // until SeedLastSuccess or an export says otherwise).
-func (m *Metrics) InitJobs(jobs []*Job) {
+func (m *Metrics) InitJobs(jobs []*pipeline.Job) {
 	if m == nil {
 		return
 	}
 	for _, j := range jobs {
-		for _, o := range outcomes {
+		for _, o := range outcomes() {
 			m.runs.WithLabelValues(j.Name, o)
 		}
 		for _, f := range j.Formats {
 			m.rows.WithLabelValues(j.Name, f.Name())
 			m.bytes.WithLabelValues(j.Name, f.Name())
 		}
-		for _, r := range failureReasons {
+		for _, r := range pipeline.FailureReasons() {
 			m.passFails.WithLabelValues(j.Name, r)
 		}
 		m.duration.WithLabelValues(j.Name)
@@ -195,7 +175,7 @@ func (m *Metrics) passFailed(job string, err error, at time.Time) {
 	if m == nil {
 		return
 	}
-	m.passFails.WithLabelValues(job, failureReason(err)).Inc()
+	m.passFails.WithLabelValues(job, pipeline.FailureReason(err)).Inc()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	h := m.healthOf(job)
@@ -222,58 +202,39 @@ func (m *Metrics) dependencyUp(dependency, job string, up bool) {
 	m.mu.Unlock()
 }
 
-// failureReason sorts a pass's error for sellersnap_pass_failures_total.
-func failureReason(err error) string {
-	var be *sinks.BucketError
-	var se *SchemaChangeError
-	switch {
-	case errors.As(err, &be):
-		return "bucket"
-	case isConflict(err):
-		return "conflict"
-	case errors.As(err, &se):
-		return "schema"
-	case sources.IsDatabaseError(err):
-		return "database"
-	}
-	return "other"
-}
-
-func (m *Metrics) latestFailed(job string) {
+// LatestFailed implements pipeline.Observer.
+func (m *Metrics) LatestFailed(job string) {
 	if m == nil {
 		return
 	}
 	m.latestFails.WithLabelValues(job).Inc()
 }
 
-func (m *Metrics) success(job string, man *Manifest, took time.Duration, at time.Time, manifestKey string) {
+// Exported implements pipeline.Observer.
+func (m *Metrics) Exported(e pipeline.Export, man *pipeline.Manifest) {
 	if m == nil {
 		return
 	}
-	m.runs.WithLabelValues(job, "success").Inc()
+	m.runs.WithLabelValues(e.Job, "success").Inc()
 	for _, f := range man.Files {
-		m.rows.WithLabelValues(job, f.Format).Add(float64(f.Rows))
-		m.bytes.WithLabelValues(job, f.Format).Add(float64(f.Bytes))
+		m.rows.WithLabelValues(e.Job, f.Format).Add(float64(f.Rows))
+		m.bytes.WithLabelValues(e.Job, f.Format).Add(float64(f.Bytes))
 	}
-	m.duration.WithLabelValues(job).Observe(took.Seconds())
-	m.SeedLastSuccess(job, at)
-	m.remember(Export{Job: job, RunID: man.RunID, OrgID: man.OrgID, Date: man.Date, Rows: man.Rows, Files: len(man.Files),
-		Duration: took, Outcome: "success", Manifest: manifestKey, At: at})
-}
-
-func (m *Metrics) failure(u unit, err error, at time.Time) {
-	if m == nil {
-		return
-	}
-	m.runs.WithLabelValues(u.job.Name, "failure").Inc()
-	e := Export{Job: u.job.Name, OrgID: u.orgID, Date: u.date, Outcome: "failure", Error: err.Error(), At: at}
-	if u.run != nil {
-		e.RunID = u.run.ID
-	}
+	m.duration.WithLabelValues(e.Job).Observe(e.Duration.Seconds())
+	m.SeedLastSuccess(e.Job, e.At)
 	m.remember(e)
 }
 
-func (m *Metrics) remember(e Export) {
+// ExportFailed implements pipeline.Observer.
+func (m *Metrics) ExportFailed(e pipeline.Export) {
+	if m == nil {
+		return
+	}
+	m.runs.WithLabelValues(e.Job, "failure").Inc()
+	m.remember(e)
+}
+
+func (m *Metrics) remember(e pipeline.Export) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	h := append(m.history[e.Job], e)
@@ -284,14 +245,14 @@ func (m *Metrics) remember(e Export) {
 }
 
 // History returns the recent exports of job, newest first.
-func (m *Metrics) History(job string) []Export {
+func (m *Metrics) History(job string) []pipeline.Export {
 	if m == nil {
 		return nil
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	h := m.history[job]
-	out := make([]Export, len(h))
+	out := make([]pipeline.Export, len(h))
 	for i, e := range h {
 		out[len(h)-1-i] = e
 	}
@@ -301,16 +262,16 @@ func (m *Metrics) History(job string) []Export {
 // seedHistory puts exports read from the bucket before the ones this
 // process recorded (newest last, as History keeps them), skipping any it
 // already has.
-func (m *Metrics) seedHistory(job string, older []Export) {
+func (m *Metrics) seedHistory(job string, older []pipeline.Export) {
 	if m == nil {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	h := m.history[job]
-	var add []Export
+	var add []pipeline.Export
 	for _, e := range older {
-		if e.Manifest != "" && !slices.ContainsFunc(h, func(x Export) bool { return x.Manifest == e.Manifest }) {
+		if e.Manifest != "" && !slices.ContainsFunc(h, func(x pipeline.Export) bool { return x.Manifest == e.Manifest }) {
 			add = append(add, e)
 		}
 	}
@@ -360,7 +321,8 @@ func (m *Metrics) DatabaseUp() *bool {
 	return nil
 }
 
-func (m *Metrics) setBacklog(job string, n int, oldest time.Duration) {
+// Backlog implements pipeline.Observer.
+func (m *Metrics) Backlog(job string, n int, oldest time.Duration) {
 	if m == nil {
 		return
 	}
@@ -372,19 +334,22 @@ func (m *Metrics) setBacklog(job string, n int, oldest time.Duration) {
 	m.mu.Unlock()
 }
 
-func (m *Metrics) skipped(job string) {
+// Skipped implements pipeline.Observer.
+func (m *Metrics) Skipped(job string) {
 	if m != nil {
 		m.runs.WithLabelValues(job, "skipped").Inc()
 	}
 }
 
-func (m *Metrics) retried(job string) {
+// Retried implements pipeline.Observer.
+func (m *Metrics) Retried(job string) {
 	if m != nil {
 		m.retries.WithLabelValues(job).Inc()
 	}
 }
 
-func (m *Metrics) started(job string) func() {
+// ExportStarted implements pipeline.Observer.
+func (m *Metrics) ExportStarted(job string) func() {
 	if m == nil {
 		return func() {}
 	}

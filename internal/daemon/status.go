@@ -1,4 +1,4 @@
-package pipeline
+package daemon
 
 import (
 	"fmt"
@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sinks"
 )
 
@@ -72,7 +73,7 @@ Bucket <span class="bucket {{updown .BucketUp}}">{{updown .BucketUp}}</span>: <c
 // chart draws the recent exports, oldest on the left: a bar per export for
 // its rows (red for a failure) and a line for its duration, each scaled to
 // the largest shown, with the values in each bar's tooltip.
-func chart(exports []Export) template.HTML {
+func chart(exports []pipeline.Export) template.HTML {
 	const w, h, top = 640.0, 90.0, 14.0
 	n := len(exports)
 	var maxRows int64
@@ -114,11 +115,11 @@ func chart(exports []Export) template.HTML {
 }
 
 type statusJob struct {
-	*Job
+	*pipeline.Job
 	JobStatus
 	Destination string // redacted: the page is unauthenticated
 	Next        time.Time
-	Exports     []Export
+	Exports     []pipeline.Export
 }
 
 func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
@@ -126,17 +127,17 @@ func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	now := d.Runner.now()
+	now := d.now()
 	data := struct {
 		Version    string
 		Now        time.Time
 		DatabaseUp *bool
 		Listen     string
 		Jobs       []statusJob
-	}{Version: d.Runner.Version, Now: now, DatabaseUp: d.Runner.Metrics.DatabaseUp(), Listen: d.ListenState()}
+	}{Version: d.Runner.Version, Now: now, DatabaseUp: d.Metrics.DatabaseUp(), Listen: d.ListenState()}
 	for _, j := range d.Jobs {
-		data.Jobs = append(data.Jobs, statusJob{Job: j, JobStatus: d.Runner.Metrics.Status(j.Name), Destination: sinks.Redact(j.Destination),
-			Next: j.Cron.Next(now.In(j.Location)), Exports: d.Runner.Metrics.History(j.Name)})
+		data.Jobs = append(data.Jobs, statusJob{Job: j, JobStatus: d.Metrics.Status(j.Name), Destination: sinks.Redact(j.Destination),
+			Next: j.Cron.Next(now.In(j.Location)), Exports: d.Metrics.History(j.Name)})
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := statusPage.Execute(w, data); err != nil {
@@ -148,8 +149,8 @@ func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
 // page is no window onto the rest of the bucket).
 func (d *Daemon) serveManifest(w http.ResponseWriter, r *http.Request) {
 	job, key := r.URL.Query().Get("job"), r.URL.Query().Get("key")
-	i := slices.IndexFunc(d.Jobs, func(j *Job) bool { return j.Name == job })
-	if i < 0 || !slices.ContainsFunc(d.Runner.Metrics.History(job), func(e Export) bool { return e.Manifest == key && key != "" }) {
+	i := slices.IndexFunc(d.Jobs, func(j *pipeline.Job) bool { return j.Name == job })
+	if i < 0 || !slices.ContainsFunc(d.Metrics.History(job), func(e pipeline.Export) bool { return e.Manifest == key && key != "" }) {
 		http.NotFound(w, r)
 		return
 	}

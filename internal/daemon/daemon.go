@@ -1,4 +1,4 @@
-package pipeline
+package daemon
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sinks"
 )
 
@@ -28,8 +30,11 @@ import (
 // job's time zone is the snapshot's identity) and, at start-up, the slots
 // their catchup setting asks for.
 type Daemon struct {
-	Runner *Runner
-	Jobs   []*Job
+	Runner *pipeline.Runner
+	Jobs   []*pipeline.Job
+	// Metrics, when set, are served on /metrics and feed the status page;
+	// Run makes them the Runner's Observer.
+	Metrics *Metrics
 	// NotifyChannel is LISTENed on when set: a notification makes every
 	// per_run job look for pending runs at once.
 	NotifyChannel string
@@ -47,7 +52,7 @@ type Daemon struct {
 }
 
 type worker struct {
-	job    *Job
+	job    *pipeline.Job
 	signal chan struct{} // capacity 1: a pending signal coalesces later ones
 	mu     sync.Mutex
 	slot   time.Time // full jobs: the newest slot not yet run
@@ -89,7 +94,7 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 		d.logger().Info("serving", "addr", ln.Addr().String())
 	}
 	close(d.ready)
-	now := d.Runner.now()
+	now := d.now()
 	for _, j := range d.Jobs {
 		d.logger().Info("job scheduled", "job", j.Name, "mode", j.Mode, "schedule", j.Schedule, "timezone", j.Location.String(),
 			"next", j.Cron.Next(now.In(j.Location)).Format(time.RFC3339), "destination", sinks.Redact(j.Destination))
@@ -98,9 +103,10 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 		d.logger().Info("not listening for notifications (daemon.notify_channel is empty): per_run jobs run on their schedule")
 	}
 
-	d.Runner.Metrics.InitJobs(d.Jobs)
+	d.Metrics.InitJobs(d.Jobs)
 	var wg sync.WaitGroup
-	if d.Runner.Metrics != nil {
+	if d.Metrics != nil {
+		d.Runner.Observer = d.Metrics
 		wg.Go(func() { d.watchDependencies(ctx) })
 		wg.Go(func() { d.seedFromBucket(ctx) })
 	}
@@ -154,7 +160,7 @@ func (d *Daemon) startUp(w *worker) {
 	if w.job.Catchup == config.CatchupNone {
 		return
 	}
-	slots := prevSlots(w.job, d.Runner.now(), 1)
+	slots := prevSlots(w.job, d.now(), 1)
 	if len(slots) > 0 {
 		d.fire(w, slots[0], "start-up")
 	}
@@ -174,7 +180,7 @@ func (d *Daemon) fire(w *worker, slot time.Time, why string, runID ...string) {
 	select {
 	case w.signal <- struct{}{}:
 	default:
-		d.Runner.Metrics.coalescedTick(w.job.Name)
+		d.Metrics.coalescedTick(w.job.Name)
 		d.logger().Info("coalesced: the job is busy and already has a run queued", "job", w.job.Name, "trigger", why)
 	}
 }
@@ -182,7 +188,7 @@ func (d *Daemon) fire(w *worker, slot time.Time, why string, runID ...string) {
 // schedule fires w at every tick of its cron schedule.
 func (d *Daemon) schedule(ctx context.Context, w *worker) {
 	for {
-		now := d.Runner.now().In(w.job.Location)
+		now := d.now().In(w.job.Location)
 		next := w.job.Cron.Next(now)
 		if next.IsZero() {
 			d.logger().Error("schedule never fires again", "job", w.job.Name)
@@ -218,7 +224,7 @@ func (d *Daemon) work(ctx, work context.Context, w *worker) {
 func (d *Daemon) runJob(ctx context.Context, w *worker) {
 	defer func() {
 		if p := recover(); p != nil {
-			d.Runner.Metrics.panicked(w.job.Name)
+			d.Metrics.panicked(w.job.Name)
 			d.logger().Error("panic in export; the run is marked failed", "job", w.job.Name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		}
 	}()
@@ -242,7 +248,7 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 			dates = dedupe(dates)
 		}
 		for _, date := range dates {
-			var res Result
+			var res pipeline.Result
 			res, err = d.Runner.Full(ctx, job, date)
 			failedUnits += res.Failed
 			if err != nil {
@@ -259,26 +265,26 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 				d.logger().Debug("notified run not exported first; the pass looks at every run", "job", job.Name, "run_id", id, "err", err)
 			}
 		}
-		var res Result
+		var res pipeline.Result
 		res, err = d.Runner.Once(ctx, job)
 		failedUnits = res.Failed
 	}
 	switch {
 	case err != nil && ctx.Err() == nil:
-		d.Runner.Metrics.passFailed(job.Name, err, d.Runner.now())
+		d.Metrics.passFailed(job.Name, err, d.now())
 		if w.failingSince.IsZero() {
-			w.failingSince = d.Runner.now()
+			w.failingSince = d.now()
 		}
 		if failedUnits > 0 {
-			d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "reason", failureReason(err), "failed_units", failedUnits)
+			d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "reason", pipeline.FailureReason(err), "failed_units", failedUnits)
 		} else {
-			d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "reason", failureReason(err), "err", err)
+			d.logger().Warn("job pass failed; the next tick retries", "job", job.Name, "reason", pipeline.FailureReason(err), "err", err)
 		}
 	case err == nil:
-		d.Runner.Metrics.passSucceeded(job.Name)
+		d.Metrics.passSucceeded(job.Name)
 		if !w.failingSince.IsZero() {
 			d.logger().Info("job recovered: a pass succeeded again", "job", job.Name,
-				"failing_for", d.Runner.now().Sub(w.failingSince).Round(time.Second))
+				"failing_for", d.now().Sub(w.failingSince).Round(time.Second))
 			w.failingSince = time.Time{}
 		}
 	}
@@ -288,7 +294,7 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 const maxCatchup = 31
 
 // prevSlots returns up to n schedule slots at or before t, newest first.
-func prevSlots(job *Job, t time.Time, n int) []time.Time {
+func prevSlots(job *pipeline.Job, t time.Time, n int) []time.Time {
 	t = t.In(job.Location)
 	for window := 26 * time.Hour; window <= 800*24*time.Hour; window *= 4 {
 		var slots []time.Time
@@ -335,7 +341,7 @@ func (d *Daemon) listen(ctx context.Context) {
 			recovering = true
 			d.setListenState("reconnecting")
 			d.logger().Warn("LISTEN failed; retrying", "channel", d.NotifyChannel, "in", backoff, "err", err)
-			if !sleep(ctx, jitter(backoff)) {
+			if !wait(ctx, backoff/2+rand.N(backoff/2+1)) {
 				return
 			}
 			backoff = min(backoff*2, 30*time.Second)
@@ -436,7 +442,7 @@ func (d *Daemon) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	if m := d.Runner.Metrics; m != nil {
+	if m := d.Metrics; m != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	}
 	if d.Pprof {
@@ -459,7 +465,20 @@ func (d *Daemon) checkReady(ctx context.Context) error {
 	return nil
 }
 
-func (d *Daemon) logger() *slog.Logger { return d.Runner.logger() }
+func (d *Daemon) logger() *slog.Logger {
+	if d.Runner.Logger != nil {
+		return d.Runner.Logger
+	}
+	return slog.Default()
+}
+
+// now is the Runner's clock.
+func (d *Daemon) now() time.Time {
+	if d.Runner.Now != nil {
+		return d.Runner.Now()
+	}
+	return time.Now()
+}
 
 // dependencyCheckEvery is how often sellersnap_dependency_up is refreshed.
 const dependencyCheckEvery = 15 * time.Second
@@ -469,19 +488,19 @@ const dependencyCheckEvery = 15 * time.Second
 func (d *Daemon) watchDependencies(ctx context.Context) {
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		d.Runner.Metrics.dependencyUp("postgres", "", d.Runner.Source.Ping(cctx) == nil)
+		d.Metrics.dependencyUp("postgres", "", d.Runner.Source.Ping(cctx) == nil)
 		for _, j := range d.Jobs {
-			d.Runner.Metrics.dependencyUp("bucket", j.Name, d.bucketReadable(cctx, j) == nil)
+			d.Metrics.dependencyUp("bucket", j.Name, d.bucketReadable(cctx, j) == nil)
 		}
 		cancel()
-		if !sleep(ctx, dependencyCheckEvery) {
+		if !wait(ctx, dependencyCheckEvery) {
 			return
 		}
 	}
 }
 
 // bucketReadable checks that job's bucket answers a read.
-func (d *Daemon) bucketReadable(ctx context.Context, j *Job) error {
+func (d *Daemon) bucketReadable(ctx context.Context, j *pipeline.Job) error {
 	b, err := d.Runner.Bucket(ctx, j.Destination)
 	if err != nil {
 		return err
@@ -497,38 +516,27 @@ func (d *Daemon) bucketReadable(ctx context.Context, j *Job) error {
 // the status page's history nor the last success.
 func (d *Daemon) seedFromBucket(ctx context.Context) {
 	for _, j := range d.Jobs {
-		ms, keys, err := d.Runner.recent(ctx, j, historySize)
+		exports, err := d.Runner.RecentExports(ctx, j, historySize)
 		if err != nil {
 			if ctx.Err() == nil {
 				d.logger().Debug("could not read the recent exports from the bucket", "job", j.Name, "err", err)
 			}
 			continue
 		}
-		var older []Export
-		for i := len(ms) - 1; i >= 0; i-- {
-			m := ms[i]
-			older = append(older, Export{Job: j.Name, RunID: m.RunID, OrgID: m.OrgID, Date: m.Date, Rows: m.Rows,
-				Files: len(m.Files), Duration: max(m.ExportedAt.Sub(m.Snapshot.ReadAt), 0), Outcome: "success",
-				Manifest: keys[i], At: m.ExportedAt})
-		}
-		d.Runner.Metrics.seedHistory(j.Name, older)
-		if len(ms) > 0 {
-			d.Runner.Metrics.SeedLastSuccess(j.Name, ms[0].ExportedAt)
+		slices.Reverse(exports) // oldest first, as the history keeps them
+		d.Metrics.seedHistory(j.Name, exports)
+		if len(exports) > 0 {
+			d.Metrics.SeedLastSuccess(j.Name, exports[len(exports)-1].At)
 		}
 	}
 }
 
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
+// wait waits d, or until ctx is done (then false).
+func wait(ctx context.Context, d time.Duration) bool {
 	select {
 	case <-ctx.Done():
 		return false
-	case <-t.C:
+	case <-time.After(d):
 		return true
 	}
 }

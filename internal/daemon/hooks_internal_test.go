@@ -1,0 +1,4 @@
+package daemon
+
+// MarkDependency sets sellersnap_dependency_up as the daemon's check does.
+func MarkDependency(m *Metrics, dependency, job string, up bool) { m.dependencyUp(dependency, job, up) }

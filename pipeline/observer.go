@@ -1,0 +1,102 @@
+package pipeline
+
+import (
+	"errors"
+	"time"
+
+	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sources"
+)
+
+// Observer is told what a Runner does, as it happens: the daemon's
+// metrics and status page implement it. Its methods are called from
+// several goroutines at once.
+type Observer interface {
+	// ExportStarted is called when an export of job begins; done when it
+	// ends, however it ends.
+	ExportStarted(job string) (done func())
+	// Exported reports a published export and its manifest.
+	Exported(e Export, m *Manifest)
+	// ExportFailed reports a failed export (e.Error says why).
+	ExportFailed(e Export)
+	// Skipped reports a unit another process was exporting or had just
+	// exported.
+	Skipped(job string)
+	// Retried reports a retry of a transient error.
+	Retried(job string)
+	// LatestFailed reports a latest.json that could not be updated (the
+	// export itself succeeded).
+	LatestFailed(job string)
+	// Backlog reports the units still pending and the age of the oldest.
+	Backlog(job string, n int, oldest time.Duration)
+}
+
+// Export is one finished export, as an Observer and the status page see
+// it.
+type Export struct {
+	Job      string
+	RunID    string
+	OrgID    string
+	Date     string
+	Rows     int64
+	Files    int
+	Duration time.Duration
+	Outcome  string // success or failure
+	Manifest string // its key
+	Error    string
+	At       time.Time
+}
+
+// ExportOf describes the published export of manifest m at key.
+func ExportOf(m *Manifest, key string) Export {
+	return Export{Job: m.Job, RunID: m.RunID, OrgID: m.OrgID, Date: m.Date, Rows: m.Rows, Files: len(m.Files),
+		Duration: max(m.ExportedAt.Sub(m.Snapshot.ReadAt), 0), Outcome: "success", Manifest: key, At: m.ExportedAt}
+}
+
+// FailureReason sorts an error of a pass or an export: bucket, conflict
+// (another job's manifest), schema (drift), database, or other.
+func FailureReason(err error) string {
+	var be *sinks.BucketError
+	var se *SchemaChangeError
+	switch {
+	case errors.As(err, &be):
+		return "bucket"
+	case isConflict(err):
+		return "conflict"
+	case errors.As(err, &se):
+		return "schema"
+	case sources.IsDatabaseError(err):
+		return "database"
+	}
+	return "other"
+}
+
+// FailureReasons are the values FailureReason returns.
+func FailureReasons() []string { return []string{"bucket", "database", "schema", "conflict", "other"} }
+
+// nopObserver observes nothing (a Runner without an Observer).
+type nopObserver struct{}
+
+func (nopObserver) ExportStarted(string) func()        { return func() {} }
+func (nopObserver) Exported(Export, *Manifest)         {}
+func (nopObserver) ExportFailed(Export)                {}
+func (nopObserver) Skipped(string)                     {}
+func (nopObserver) Retried(string)                     {}
+func (nopObserver) LatestFailed(string)                {}
+func (nopObserver) Backlog(string, int, time.Duration) {}
+
+func (r *Runner) observer() Observer {
+	if r.Observer == nil {
+		return nopObserver{}
+	}
+	return r.Observer
+}
+
+// failed reports u's failure to the Observer.
+func (r *Runner) failed(u unit, err error) {
+	e := Export{Job: u.job.Name, OrgID: u.orgID, Date: u.date, Outcome: "failure", Error: err.Error(), At: r.now()}
+	if u.run != nil {
+		e.RunID = u.run.ID
+	}
+	r.observer().ExportFailed(e)
+}
