@@ -101,8 +101,6 @@ func (u unit) logAttrs() []any {
 	return append(attrs, "org_id", u.orgID)
 }
 
-// output is one data file being written.
-
 // exportUnit streams one unit out of the snapshot into its files, commits
 // them, then writes the manifest. On any error nothing is left at a final
 // key by this attempt: uploads in flight are cancelled before they could
@@ -149,30 +147,53 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 			}
 		}
 	}()
+	st := &stages{rd: rd, schema: schema, tfs: tfs, every: r.ProgressEvery}
+	if st.every <= 0 {
+		st.every = 10 * time.Second
+	}
 	for _, format := range job.Formats {
 		o, err := r.openOutput(ctx, bucket, u, format, schema)
 		if err != nil {
 			return nil, err
 		}
 		outs = append(outs, o)
+		st.sinks = append(st.sinks, &sink{enc: o, finish: o.Close})
 	}
-	stageSinks := make([]*sink, len(outs))
-	for i, o := range outs {
-		stageSinks[i] = &sink{enc: o, finish: o.Close}
-	}
-	every := r.ProgressEvery
-	if every <= 0 {
-		every = 10 * time.Second
-	}
-	progress := func(rows int64) {
+	st.progress = func(rows int64) {
 		el := time.Since(start)
 		r.logger().Info("exporting", append(u.logAttrs(), "rows", rows, "elapsed", el.Round(time.Second),
 			"rows_per_sec", int64(float64(rows)/max(el.Seconds(), 1e-9)))...)
 	}
-	if err := runStages(ctx, cancel, rd, schema, tfs, stageSinks, every, progress); err != nil {
+	if err := st.run(ctx, cancel); err != nil {
 		return nil, err
 	}
 
+	m := r.newManifest(u, snap, rd, mcols)
+	m.SchemaChange = schemaChange
+	if schemaChange != nil {
+		r.logger().Warn("the output schema changed (on_schema_change: evolve)", append(u.logAttrs(), "change", strings.Join(schemaChange, "; "))...)
+	}
+	mkey, err := u.manifestKey()
+	if err != nil {
+		return nil, err
+	}
+	data, err := r.publish(ctx, bucket, u, outs, m, mkey, force)
+	if errors.Is(err, sinks.ErrExists) {
+		published = true
+		return r.afterLostRace(ctx, bucket, u, mkey, m, data)
+	}
+	if err != nil {
+		return nil, err
+	}
+	published = true
+	r.afterPublish(ctx, bucket, u, current, m, mkey, time.Since(start))
+	return m, nil
+}
+
+// newManifest describes the unit read from snap by rd; its files are
+// added as they are committed.
+func (r *Runner) newManifest(u unit, snap *sources.Snapshot, rd *sources.Reader, cols []ManifestColumn) *Manifest {
+	job := u.job
 	m := &Manifest{
 		ManifestVersion: ManifestVersion, Job: job.Name, Mode: job.Mode, OrgID: u.orgID, Date: u.date,
 		Rows: rd.Rows(), NulledValues: rd.Nulled(),
@@ -180,7 +201,9 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		Tool:       ManifestTool{Name: "sellersnap", Version: r.Version},
 		Options:    job.options,
 		ExportedAt: r.now().UTC(),
+		Columns:    cols,
 	}
+	m.SchemaFingerprint = fingerprint(schemaColumns(cols))
 	if m.NulledValues == nil {
 		m.NulledValues = []sources.Nulled{}
 	}
@@ -193,26 +216,22 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 			m.Snapshot.RunStartedAt = &s
 		}
 	}
-	m.Columns = mcols
-	m.SchemaFingerprint = fingerprint(schemaColumns(mcols))
-	m.SchemaChange = schemaChange
-	if schemaChange != nil {
-		r.logger().Warn("the output schema changed (on_schema_change: evolve)", append(u.logAttrs(), "change", strings.Join(schemaChange, "; "))...)
-	}
+	return m
+}
 
-	// Publish: every data file, then the manifest, last.
-	mkey, err := u.manifestKey()
-	if err != nil {
-		return nil, err
-	}
+// publish commits every data file of outs (adding each to m), writes
+// _SUCCESS, then the manifest at mkey, last; it returns the manifest's
+// bytes. Before each change it checks that the unit's lock is still held.
+// On failure it removes what it committed (for a rerun, the old manifest
+// too, which no longer matches the files). An error wrapping
+// sinks.ErrExists says another process's manifest is at mkey.
+func (r *Runner) publish(ctx context.Context, bucket *sinks.Bucket, u unit, outs []*output, m *Manifest, mkey string, force bool) ([]byte, error) {
 	var committed []string
-	// What a failed attempt removes: its own files, and for a rerun the old
-	// manifest, which no longer matches them.
-	stale := func(keys []string) []string {
+	stale := func() []string {
 		if force {
-			return append(keys, mkey)
+			return append(committed, mkey)
 		}
-		return keys
+		return committed
 	}
 	failpoint.Hit("before-commit")
 	if r.beforeCommit != nil {
@@ -229,21 +248,13 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 					err = p.obj.Commit()
 				}
 				if err != nil {
-					r.unpublish(ctx, bucket, u, stale(committed))
+					r.unpublish(ctx, bucket, u, stale())
 					return nil, err
 				}
 				p.committed = true
 				committed = append(committed, p.obj.Key())
 			}
-			mf := ManifestFile{
-				Format: o.format.Name(), Key: p.obj.Key(), Rows: p.rows, Bytes: p.obj.Size(),
-				SHA256: p.obj.SHA256(), ContentType: o.format.ContentType(), Compression: o.format.Compression(),
-			}
-			if o.split {
-				mf.Part = k + 1
-			}
-			mf.Columns = o.columnNames()
-			m.Files = append(m.Files, mf)
+			m.Files = append(m.Files, o.manifestFile(p, k))
 		}
 	}
 	data, err := m.encode()
@@ -251,48 +262,49 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
 	// _SUCCESS: the data files are whole (Hadoop/Spark convention).
-	skey := job.Layout.Success(mkey)
+	skey := u.job.Layout.Success(mkey)
 	err = u.stillHeld(ctx)
 	if err == nil {
 		err = bucket.Put(ctx, skey, nil, "application/octet-stream", nil)
 	}
 	if err != nil {
-		r.unpublish(ctx, bucket, u, stale(committed))
+		r.unpublish(ctx, bucket, u, stale())
 		return nil, err
 	}
 	failpoint.Hit("before-manifest")
 	if err := u.stillHeld(ctx); err != nil {
-		r.unpublish(ctx, bucket, u, stale(committed))
+		r.unpublish(ctx, bucket, u, stale())
 		return nil, err
 	}
 	if err := bucket.Put(ctx, mkey, data, "application/json", &sinks.PutOptions{IfNotExist: !force}); err != nil {
-		if errors.Is(err, sinks.ErrExists) {
-			published = true
-			return r.afterLostRace(ctx, bucket, u, mkey, m, data)
+		if !errors.Is(err, sinks.ErrExists) {
+			// An older manifest (a rerun) would now describe files that
+			// were replaced: remove it, so the unit shows as pending.
+			r.unpublish(ctx, bucket, u, []string{skey, mkey})
 		}
-		// An older manifest (a rerun) would now describe files that were
-		// replaced: remove it, so the unit shows as pending.
-		r.unpublish(ctx, bucket, u, []string{skey, mkey})
-		return nil, err
+		return data, err
 	}
-	published = true
+	return data, nil
+}
+
+// afterPublish does what follows a published export: schema.json,
+// latest.json (conveniences: a failure leaves the export published, and
+// the next export retries), the Observer and the log.
+func (r *Runner) afterPublish(ctx context.Context, bucket *sinks.Bucket, u unit, current *JobSchema, m *Manifest, mkey string, took time.Duration) {
+	job := u.job
 	if err := recordSchema(ctx, bucket, job, current, m, mkey); err != nil {
 		r.logger().Error("could not write schema.json; the next export retries", append(u.logAttrs(), "err", err)...)
 	}
-	// The pointer is a convenience: a failure leaves the export published
-	// and the pointer at the previous export until the next one.
 	if err := r.updateLatest(ctx, bucket, u, mkey, m); err != nil {
 		r.observer().LatestFailed(job.Name)
 		r.logger().Error("could not update latest.json", append(u.logAttrs(), "err", err)...)
 	}
-	elapsed := time.Since(start)
 	e := ExportOf(m, mkey)
-	e.Duration, e.At = elapsed, r.now()
+	e.Duration, e.At = took, r.now()
 	r.observer().Exported(e, m)
 	r.logger().Info("exported", append(u.logAttrs(),
-		"rows", m.Rows, "files", len(m.Files), "duration", elapsed.Round(time.Millisecond),
-		"rows_per_sec", int64(float64(m.Rows)/max(elapsed.Seconds(), 1e-9)), "manifest", mkey)...)
-	return m, nil
+		"rows", m.Rows, "files", len(m.Files), "duration", took.Round(time.Millisecond),
+		"rows_per_sec", int64(float64(m.Rows)/max(took.Seconds(), 1e-9)), "manifest", mkey)...)
 }
 
 // afterLostRace handles a manifest that appeared at mkey although this

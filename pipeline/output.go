@@ -135,6 +135,19 @@ func (o *output) columnNames() []string {
 	return names
 }
 
+// manifestFile describes part p, the k-th (from 0), for the manifest.
+func (o *output) manifestFile(p *part, k int) ManifestFile {
+	mf := ManifestFile{
+		Format: o.format.Name(), Key: p.obj.Key(), Rows: p.rows, Bytes: p.obj.Size(),
+		SHA256: p.obj.SHA256(), ContentType: o.format.ContentType(), Compression: o.format.Compression(),
+		Columns: o.columnNames(),
+	}
+	if o.split {
+		mf.Part = k + 1
+	}
+	return mf
+}
+
 // committedKeys are the keys of the parts already committed.
 func (o *output) committedKeys() []string {
 	var keys []string

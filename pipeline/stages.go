@@ -33,9 +33,22 @@ type sink struct {
 	rows   int64
 }
 
-// runStages streams rd through the stages
+// stages is one export's stream: where it reads, how it transforms, and
+// the sinks it writes to.
+type stages struct {
+	rd     RecordReader
+	schema *arrow.Schema     // the output schema: projection and renames
+	tfs    []columnTransform // per column; nil entries (or nil) pass through
+	sinks  []*sink
+	// progress, if not nil, is called with the rows read so far at most
+	// once per every.
+	progress func(rows int64)
+	every    time.Duration
+}
+
+// run streams the records through the stages
 //
-//	extract → transform (schema: projection and renames) → one encoder per sink
+//	extract → transform → one encoder per sink
 //
 // Each stage runs in its own goroutine, closes its output channel when it
 // ends and selects on ctx for every send. The first error cancels ctx
@@ -43,95 +56,22 @@ type sink struct {
 // caller's blob writers hang off ctx, every upload. Channels hold one
 // record: memory is bounded by the batch size times the number of stages,
 // never by the size of the run. On return every record has been released.
-//
-// progress, if not nil, is called with the rows read so far at most once
-// per every.
-func runStages(ctx context.Context, cancel context.CancelCauseFunc, rd RecordReader, schema *arrow.Schema, tfs []columnTransform, sinks []*sink, every time.Duration, progress func(rows int64)) error {
+func (s *stages) run(ctx context.Context, cancel context.CancelCauseFunc) error {
 	var g errgroup.Group
 	fail := func(err error) error {
 		cancel(err)
 		return err
 	}
-
 	extracted := make(chan arrow.Record, 1)
-	g.Go(func() error {
-		defer close(extracted)
-		var rows int64
-		last := time.Now()
-		for {
-			rec, err := rd.Next()
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			if err != nil {
-				return fail(err)
-			}
-			rows += rec.NumRows()
-			if progress != nil && time.Since(last) >= every {
-				progress(rows)
-				last = time.Now()
-			}
-			select {
-			case extracted <- rec:
-			case <-ctx.Done():
-				rec.Release()
-				return context.Cause(ctx)
-			}
-		}
-	})
-
-	fans := make([]chan arrow.Record, len(sinks))
+	fans := make([]chan arrow.Record, len(s.sinks))
 	for i := range fans {
 		fans[i] = make(chan arrow.Record, 1)
 	}
-	g.Go(func() error {
-		defer func() {
-			for _, ch := range fans {
-				close(ch)
-			}
-		}()
-		for rec := range extracted {
-			out, err := project(rec, schema, tfs)
-			rec.Release()
-			if err != nil {
-				return fail(err)
-			}
-			for _, ch := range fans {
-				out.Retain()
-				select {
-				case ch <- out:
-				case <-ctx.Done():
-					out.Release()
-					out.Release()
-					return context.Cause(ctx)
-				}
-			}
-			out.Release()
-		}
-		return nil
-	})
-
-	for i, s := range sinks {
-		in := fans[i]
-		g.Go(func() error {
-			for rec := range in {
-				err := s.enc.Write(rec)
-				s.rows += rec.NumRows()
-				rec.Release()
-				if err != nil {
-					return fail(err)
-				}
-			}
-			if err := context.Cause(ctx); err != nil {
-				return err
-			}
-			if err := s.finish(); err != nil {
-				return fail(err)
-			}
-			return nil
-		})
+	g.Go(func() error { return s.extract(ctx, fail, extracted) })
+	g.Go(func() error { return s.transform(ctx, fail, extracted, fans) })
+	for i, sk := range s.sinks {
+		g.Go(func() error { return encode(ctx, fail, sk, fans[i]) })
 	}
-
 	err := g.Wait()
 	// A stage that stopped early may have left records in a channel.
 	for _, ch := range append([]chan arrow.Record{extracted}, fans...) {
@@ -143,6 +83,81 @@ func runStages(ctx context.Context, cancel context.CancelCauseFunc, rd RecordRea
 		return cause
 	}
 	return err
+}
+
+// extract reads every record into out, then closes it.
+func (s *stages) extract(ctx context.Context, fail func(error) error, out chan<- arrow.Record) error {
+	defer close(out)
+	var rows int64
+	last := time.Now()
+	for {
+		rec, err := s.rd.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fail(err)
+		}
+		rows += rec.NumRows()
+		if s.progress != nil && time.Since(last) >= s.every {
+			s.progress(rows)
+			last = time.Now()
+		}
+		select {
+		case out <- rec:
+		case <-ctx.Done():
+			rec.Release()
+			return context.Cause(ctx)
+		}
+	}
+}
+
+// transform projects each record of in and sends it to every fan, then
+// closes them.
+func (s *stages) transform(ctx context.Context, fail func(error) error, in <-chan arrow.Record, fans []chan arrow.Record) error {
+	defer func() {
+		for _, ch := range fans {
+			close(ch)
+		}
+	}()
+	for rec := range in {
+		out, err := project(rec, s.schema, s.tfs)
+		rec.Release()
+		if err != nil {
+			return fail(err)
+		}
+		for _, ch := range fans {
+			out.Retain()
+			select {
+			case ch <- out:
+			case <-ctx.Done():
+				out.Release()
+				out.Release()
+				return context.Cause(ctx)
+			}
+		}
+		out.Release()
+	}
+	return nil
+}
+
+// encode writes every record of in to sk, then finishes it.
+func encode(ctx context.Context, fail func(error) error, sk *sink, in <-chan arrow.Record) error {
+	for rec := range in {
+		err := sk.enc.Write(rec)
+		sk.rows += rec.NumRows()
+		rec.Release()
+		if err != nil {
+			return fail(err)
+		}
+	}
+	if err := context.Cause(ctx); err != nil {
+		return err
+	}
+	if err := sk.finish(); err != nil {
+		return fail(err)
+	}
+	return nil
 }
 
 // project is the transform stage: it gives rec the output schema (renamed

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"testing"
-	"time"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -121,7 +120,8 @@ func TestStages(t *testing.T) {
 				writers = tc.writers()
 			}
 			ss := newSinks(t, writers...)
-			err := runStages(ctx, cancel, rd, stageSchema, nil, ss, time.Hour, nil)
+			st := &stages{rd: rd, schema: stageSchema, sinks: ss}
+			err := st.run(ctx, cancel)
 			switch {
 			case tc.want != nil:
 				if !errors.Is(err, tc.want) {
