@@ -139,76 +139,19 @@ type options struct {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return &usageError{"missing command"}
-	}
-	cmd, args := args[0], args[1:]
-	fs := flag.NewFlagSet("sellersnap "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "sellersnap %s: %s\n\nflags:\n", cmd, commandHelp[cmd])
-		fs.PrintDefaults()
-	}
-	var o options
-	fs.StringVar(&o.config, "config", "pipeline.yaml", "path of the pipeline config")
-	fs.StringVar(&o.job, "job", "", "job name (default: every job)")
-	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile to this file (for developers)")
-	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile to this file at exit (for developers)")
-	switch cmd {
-	case "version":
-		fmt.Fprintln(stdout, "sellersnap", toolVersion())
-		return nil
-	case "rerun":
-		fs.StringVar(&o.run, "run", "", "collection run id to export again (per_run jobs)")
-		fs.StringVar(&o.date, "date", "", "snapshot date YYYY-MM-DD to write again (full jobs)")
-	case "run":
-		o.listen = fs.String("listen", "", "HTTP address for /healthz and /readyz (default: daemon.listen in the config)")
-	case "plan":
-		fs.BoolVar(&o.json, "json", false, "print the plan as JSON")
-		fs.BoolVar(&o.verbose, "v", false, "list every pending unit and key (default: a summary)")
-	case "validate":
-		fs.BoolVar(&o.verbose, "v", false, "list every pending unit and key (default: a summary)")
-	case "once", "status":
-	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, usage)
-		return nil
-	default:
-		return &usageError{fmt.Sprintf("unknown command %q", cmd)}
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil // asked for: the help went to stderr
-		}
-		return &usageError{err.Error()}
-	}
-	if fs.NArg() > 0 {
-		return &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	cmd, o, done, err := parseArgs(args, stdout, stderr)
+	if err != nil || done {
+		return err
 	}
 	logger, err := newLogger(stderr, o.logFormat, o.logLevel)
 	if err != nil {
 		return err
 	}
-	if o.cpuProfile != "" {
-		f, err := os.Create(o.cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfiles, err := o.startProfiles()
+	if err != nil {
+		return err
 	}
-	if o.memProfile != "" {
-		defer func() {
-			if f, err := os.Create(o.memProfile); err == nil {
-				_ = pprof.Lookup("allocs").WriteTo(f, 0)
-				f.Close()
-			}
-		}()
-	}
+	defer stopProfiles()
 
 	cfg, err := config.Load(o.config, pipeline.CheckConfig)
 	if err != nil {
@@ -222,6 +165,142 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		only = []*config.Job{j}
 	}
+	if err := o.check(cmd, only); err != nil {
+		return err
+	}
+
+	src, err := sources.Open(ctx, sources.Config{
+		DSN: cfg.Source.DSN, Schema: cfg.Source.Schema, RunsTable: cfg.Source.RunsTable,
+		SellersTable: cfg.Source.SellersTable, CompletedStatus: cfg.Source.CompletedStatus,
+		StatementTimeout: cfg.Source.StatementTimeout.Duration,
+		Conns:            exportConns(cmd),
+	})
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	jobs, err := compile(ctx, cfg, src, only)
+	if err != nil {
+		return err
+	}
+	runner := &pipeline.Runner{Source: src, Version: toolVersion(), Logger: logger,
+		Locker: pipeline.PostgresLocker(src),
+		Retry: pipeline.Backoff{Attempts: cfg.Daemon.Retry.Attempts,
+			Initial: cfg.Daemon.Retry.Initial.Duration, Max: cfg.Daemon.Retry.Max.Duration}}
+	defer runner.Close()
+
+	switch cmd {
+	case "validate":
+		return validate(ctx, runner, jobs, stdout, o.verbose)
+	case "plan":
+		return plan(ctx, runner, jobs, stdout, o.json, o.verbose)
+	case "status":
+		return status(ctx, runner, jobs, stdout)
+	case "run":
+		listen := *cfg.Daemon.Listen
+		if *o.listen != "" {
+			listen = *o.listen
+		}
+		d := &daemon.Daemon{Runner: runner, Jobs: jobs, Metrics: daemon.NewMetrics(), NotifyChannel: *cfg.Daemon.NotifyChannel,
+			Listen: listen, Pprof: cfg.Daemon.Pprof}
+		return d.Run(ctx, abortAfter(ctx, cfg.Daemon.ShutdownGrace.Duration, logger))
+	case "rerun":
+		if o.run != "" {
+			_, err = runner.RerunRun(ctx, jobs[0], o.run)
+		} else {
+			_, err = runner.RerunDate(ctx, jobs[0], o.date)
+		}
+		return err
+	default:
+		return once(ctx, runner, jobs, logger)
+	}
+}
+
+// parseArgs parses a command line: the command and its flags. done is
+// true when the command is answered already (help, version).
+func parseArgs(args []string, stdout, stderr io.Writer) (cmd string, o options, done bool, err error) {
+	if len(args) == 0 {
+		return "", o, false, &usageError{"missing command"}
+	}
+	cmd, args = args[0], args[1:]
+	fs := flag.NewFlagSet("sellersnap "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "sellersnap %s: %s\n\nflags:\n", cmd, commandHelp[cmd])
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.config, "config", "pipeline.yaml", "path of the pipeline config")
+	fs.StringVar(&o.job, "job", "", "job name (default: every job)")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile to this file (for developers)")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile to this file at exit (for developers)")
+	switch cmd {
+	case "version":
+		fmt.Fprintln(stdout, "sellersnap", toolVersion())
+		return cmd, o, true, nil
+	case "rerun":
+		fs.StringVar(&o.run, "run", "", "collection run id to export again (per_run jobs)")
+		fs.StringVar(&o.date, "date", "", "snapshot date YYYY-MM-DD to write again (full jobs)")
+	case "run":
+		o.listen = fs.String("listen", "", "HTTP address for /healthz and /readyz (default: daemon.listen in the config)")
+	case "plan":
+		fs.BoolVar(&o.json, "json", false, "print the plan as JSON")
+		fs.BoolVar(&o.verbose, "v", false, "list every pending unit and key (default: a summary)")
+	case "validate":
+		fs.BoolVar(&o.verbose, "v", false, "list every pending unit and key (default: a summary)")
+	case "once", "status":
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return cmd, o, true, nil
+	default:
+		return cmd, o, false, &usageError{fmt.Sprintf("unknown command %q", cmd)}
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return cmd, o, true, nil // asked for: the help went to stderr
+		}
+		return cmd, o, false, &usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return cmd, o, false, &usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	return cmd, o, false, nil
+}
+
+// startProfiles starts the profiles the flags ask for; stop writes them.
+func (o options) startProfiles() (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return stop, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return stop, err
+		}
+		stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+	}
+	if o.memProfile != "" {
+		stops = append(stops, func() {
+			if f, err := os.Create(o.memProfile); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		})
+	}
+	return stop, nil
+}
+
+// check refuses flags that contradict each other or the jobs they name
+// (before anything connects anywhere).
+func (o options) check(cmd string, only []*config.Job) error {
 	if cmd == "rerun" {
 		if o.job == "" || (o.run == "") == (o.date == "") {
 			return &usageError{"rerun needs -job and exactly one of -run or -date"}
@@ -246,25 +325,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return &usageError{fmt.Sprintf("-listen %q: want host:port, such as 127.0.0.1:9464 or :9464", *o.listen)}
 		}
 	}
+	return nil
+}
 
-	src, err := sources.Open(ctx, sources.Config{
-		DSN: cfg.Source.DSN, Schema: cfg.Source.Schema, RunsTable: cfg.Source.RunsTable,
-		SellersTable: cfg.Source.SellersTable, CompletedStatus: cfg.Source.CompletedStatus,
-		StatementTimeout: cfg.Source.StatementTimeout.Duration,
-		Conns:            exportConns(cmd),
-	})
-	if err != nil {
-		return err
-	}
-	defer src.Close()
-	// One catalog read for every job (two statements, however many jobs).
+// compile reads the source's catalog once (two statements, however many
+// jobs) and compiles every job against it; it returns those in only.
+func compile(ctx context.Context, cfg *config.File, src *sources.Postgres, only []*config.Job) ([]*pipeline.Job, error) {
 	catalog, err := src.Catalog(ctx)
 	if err != nil {
-		return &configError{cfg.Errorf("source", "%v (README, \"Source contract\")", err)}
+		return nil, &configError{cfg.Errorf("source", "%v (README, \"Source contract\")", err)}
 	}
 	compiled, err := pipeline.Compile(ctx, cfg, catalog)
 	if err != nil {
-		return &configError{err}
+		return nil, &configError{err}
 	}
 	var jobs []*pipeline.Job
 	for _, j := range compiled {
@@ -272,52 +345,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			jobs = append(jobs, j)
 		}
 	}
-	runner := &pipeline.Runner{Source: src, Version: toolVersion(), Logger: logger,
-		Locker: pipeline.PostgresLocker(src),
-		Retry: pipeline.Backoff{Attempts: cfg.Daemon.Retry.Attempts,
-			Initial: cfg.Daemon.Retry.Initial.Duration, Max: cfg.Daemon.Retry.Max.Duration}}
-	defer runner.Close()
+	return jobs, nil
+}
 
-	switch cmd {
-	case "validate":
-		return validate(ctx, runner, jobs, stdout, o.verbose)
-	case "plan":
-		return plan(ctx, runner, jobs, stdout, o.json, o.verbose)
-	case "status":
-		return status(ctx, runner, jobs, stdout)
-	case "run":
-		listen := *cfg.Daemon.Listen
-		if *o.listen != "" {
-			listen = *o.listen
-		}
-		d := &daemon.Daemon{Runner: runner, Jobs: jobs, Metrics: daemon.NewMetrics(), NotifyChannel: *cfg.Daemon.NotifyChannel,
-			Listen: listen, Pprof: cfg.Daemon.Pprof}
-		return d.Run(ctx, abortAfter(ctx, cfg.Daemon.ShutdownGrace.Duration, logger))
-	case "rerun":
-		var err error
-		if o.run != "" {
-			_, err = runner.RerunRun(ctx, jobs[0], o.run)
-		} else {
-			_, err = runner.RerunDate(ctx, jobs[0], o.date)
-		}
-		return err
-	default: // once
-		var errs []error
-		for _, j := range jobs {
-			res, err := runner.Once(ctx, j)
-			if err != nil {
-				errs = append(errs, err)
-				if res.Failed == 0 {
-					// The pass failed before any unit (bucket, database):
-					// say so, not "failed=0".
-					logger.Error("job failed; the error follows", "job", j.Name, "exported", len(res.Exported))
-					continue
-				}
+// once exports what every job has pending, one job after the other.
+func once(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, logger *slog.Logger) error {
+	var errs []error
+	for _, j := range jobs {
+		res, err := runner.Once(ctx, j)
+		if err != nil {
+			errs = append(errs, err)
+			if res.Failed == 0 {
+				// The pass failed before any unit (bucket, database):
+				// say so, not "failed=0".
+				logger.Error("job failed; the error follows", "job", j.Name, "exported", len(res.Exported))
+				continue
 			}
-			logger.Info("job done", "job", j.Name, "exported", len(res.Exported), "failed", res.Failed)
 		}
-		return errors.Join(errs...)
+		logger.Info("job done", "job", j.Name, "exported", len(res.Exported), "failed", res.Failed)
 	}
+	return errors.Join(errs...)
 }
 
 // abortAfter returns a context that is cancelled grace after ctx is done
