@@ -39,9 +39,11 @@ const (
 	DefaultStatementTimeout = 30 * time.Minute
 )
 
-// DefaultColumns are the user-facing seller columns, in export order.
-var DefaultColumns = []string{"display_name", "normalized_name", "platform", "platform_id",
-	"times_seen", "feedback_percent", "feedback_count", "flagged", "created_at"}
+// DefaultColumns returns the user-facing seller columns, in export order.
+func DefaultColumns() []string {
+	return []string{"display_name", "normalized_name", "platform", "platform_id",
+		"times_seen", "feedback_percent", "feedback_count", "flagged", "created_at"}
+}
 
 // DefaultFormats returns the formats a job writes when it names none.
 func DefaultFormats() []string { return []string{"csv", "ndjson", "parquet"} }
@@ -584,10 +586,31 @@ func bucketIdentity(dest string) string {
 	return u.Scheme + "://" + u.Host + "/" + prefix
 }
 
+// bad reports a problem with the field at path.
+type bad func(path, format string, args ...any)
+
+// validateJob applies j's defaults, checks its fields and resolves what
+// they name (time zone, schedule, path template, mask key); p is its path
+// (jobs[2]).
 func (f *File) validateJob(j *Job, p string) []error {
 	var errs []error
-	bad := func(path, format string, args ...any) { errs = append(errs, f.Errorf(path, format, args...)) }
+	report := func(path, format string, args ...any) { errs = append(errs, f.Errorf(path, format, args...)) }
+	// Lists given but empty (the default applies, the mistake is reported).
+	if _, set := f.lines[p+".formats"]; set && len(j.Formats) == 0 {
+		report(p+".formats", "must name at least one format: %s", strings.Join(DefaultFormats(), ", "))
+	}
+	if _, set := f.lines[p+".columns"]; set && len(j.Columns) == 0 {
+		report(p+".columns", "must name at least one column")
+	}
+	j.withDefaults()
+	j.check(p, report)
+	j.checkColumns(p, report)
+	j.resolve(p, report)
+	return errs
+}
 
+// withDefaults fills the fields left out with their defaults.
+func (j *Job) withDefaults() {
 	switch j.Mode {
 	case ModePerRun:
 		j.Schedule = cmp.Or(j.Schedule, DefaultPerRunSchedule)
@@ -595,53 +618,50 @@ func (f *File) validateJob(j *Job, p string) []error {
 	case ModeFull:
 		j.Schedule = cmp.Or(j.Schedule, DefaultFullSchedule)
 		j.Path = cmp.Or(j.Path, DefaultFullPath)
+		j.Catchup = cmp.Or(j.Catchup, CatchupLatest)
+	}
+	j.OnSchemaChange = cmp.Or(j.OnSchemaChange, SchemaFail)
+	j.Timezone = cmp.Or(j.Timezone, DefaultTimezone)
+	j.Destination = cmp.Or(j.Destination, DefaultDestination)
+	if len(j.Formats) == 0 {
+		j.Formats = DefaultFormats()
+	}
+	if len(j.Columns) == 0 {
+		for _, c := range DefaultColumns() {
+			j.Columns = append(j.Columns, Column{Name: c})
+		}
+	}
+	if j.CSV.FormulaGuard == nil {
+		t := true
+		j.CSV.FormulaGuard = &t
+	}
+	j.CSV.Delimiter = cmp.Or(j.CSV.Delimiter, ",")
+}
+
+// check checks the job's own fields (not its columns).
+func (j *Job) check(p string, bad bad) {
+	switch j.Mode {
+	case ModePerRun, ModeFull:
 	case "":
 		bad(p+".mode", "is required: per_run or full")
 	default:
 		bad(p+".mode", "unknown mode %q: want per_run or full", j.Mode)
 	}
-
 	switch {
-	case j.Catchup == "" && j.Mode == ModeFull:
-		j.Catchup = CatchupLatest
 	case j.Catchup != "" && j.Mode != ModeFull:
 		bad(p+".catchup", "applies to full jobs only: per_run jobs always export every pending run")
 	case j.Catchup != "" && j.Catchup != CatchupLatest && j.Catchup != CatchupAll && j.Catchup != CatchupNone:
 		bad(p+".catchup", "unknown catchup %q: want latest, all or none", j.Catchup)
 	}
-
 	if j.MaxRowsPerFile < 0 {
 		bad(p+".max_rows_per_file", "must not be negative, got %d", j.MaxRowsPerFile)
 	}
 	if j.MaxBytesPerFile != 0 && j.MaxBytesPerFile < 1<<20 {
 		bad(p+".max_bytes_per_file", "must be at least 1MiB, got %d bytes", j.MaxBytesPerFile)
 	}
-	switch j.OnSchemaChange = cmp.Or(j.OnSchemaChange, SchemaFail); j.OnSchemaChange {
-	case SchemaFail, SchemaEvolve:
-	default:
+	if j.OnSchemaChange != SchemaFail && j.OnSchemaChange != SchemaEvolve {
 		bad(p+".on_schema_change", "unknown value %q: want fail or evolve", j.OnSchemaChange)
 	}
-
-	j.Timezone = cmp.Or(j.Timezone, DefaultTimezone)
-	loc, err := time.LoadLocation(j.Timezone)
-	if err != nil || strings.EqualFold(j.Timezone, "local") {
-		bad(p+".timezone", "unknown time zone %q: want an IANA name such as UTC or Europe/Berlin", j.Timezone)
-	}
-	j.Location = loc
-
-	if j.Schedule != "" {
-		if strings.HasPrefix(j.Schedule, "TZ=") || strings.HasPrefix(j.Schedule, "CRON_TZ=") {
-			bad(p+".schedule", "set the time zone with timezone:, not in the schedule")
-		} else if sched, err := cronParser.Parse(j.Schedule); err != nil {
-			bad(p+".schedule", "invalid cron expression %q: %v", j.Schedule, err)
-		} else if loc != nil && dstSafe(sched).Next(time.Now().In(loc)).IsZero() {
-			bad(p+".schedule", "cron expression %q never fires", j.Schedule)
-		} else {
-			j.Cron = dstSafe(sched)
-		}
-	}
-
-	j.Destination = cmp.Or(j.Destination, DefaultDestination)
 	if u, err := url.Parse(j.Destination); err != nil || u.Scheme == "" {
 		bad(p+".destination", "want a bucket URL such as s3://bucket, gs://bucket, azblob://container, file:///path or mem://")
 	} else if !slices.Contains([]string{"s3", "gs", "azblob", "file", "mem"}, u.Scheme) {
@@ -649,45 +669,25 @@ func (f *File) validateJob(j *Job, p string) []error {
 	} else if u.Scheme == "file" && u.Host != "" && u.Host != "." && u.Host != "localhost" {
 		bad(p+".destination", "a file URL takes no host (%q here): write file://./%s for a folder relative to the working directory, or file:///absolute/path", u.Host, u.Host+u.Path)
 	}
-
-	if ph := placeholders(j.Mode); ph != nil {
-		t, err := keys.Parse(j.Path, ph)
-		switch {
-		case err != nil:
-			bad(p+".path", "%v", err)
-		case !t.InBase("ext"):
-			bad(p+".path", "the file name must contain {ext}, so formats do not overwrite each other")
-		case j.Mode == ModePerRun && !t.InDir("run_id"):
-			bad(p+".path", "a per_run path needs {run_id} in its folder part: each run's files and manifest need a folder of their own")
-		case j.Mode == ModeFull && (!t.InDir("org_id") || !t.InDir("date")):
-			bad(p+".path", "a full path needs {org_id} and {date} in its folder part: each org's daily snapshot needs a folder of its own")
-		case j.Split() && !strings.HasSuffix(j.Path, ".{ext}"):
-			bad(p+".path", "must end in .{ext} when files are split (the part number goes before it)")
-		default:
-			j.Template = t
-		}
-	}
-
-	if len(j.Formats) == 0 {
-		if _, set := f.lines[p+".formats"]; set {
-			bad(p+".formats", "must name at least one format: %s", strings.Join(DefaultFormats(), ", "))
-		}
-		j.Formats = DefaultFormats()
-	}
 	for i, fm := range j.Formats {
 		if slices.Index(j.Formats, fm) != i {
 			bad(fmt.Sprintf("%s.formats[%d]", p, i), "format %q is listed twice", fm)
 		}
 	}
-
-	if len(j.Columns) == 0 {
-		if _, set := f.lines[p+".columns"]; set {
-			bad(p+".columns", "must name at least one column")
-		}
-		for _, c := range DefaultColumns {
-			j.Columns = append(j.Columns, Column{Name: c})
-		}
+	if j.BatchRows < 0 || j.BatchRows > MaxBatchRows {
+		bad(p+".batch_rows", "must be between 1 and %d, got %d", MaxBatchRows, j.BatchRows)
 	}
+	if len(j.CSV.Delimiter) != 1 {
+		bad(p+".csv.delimiter", "want one ASCII character other than quotes, CR and LF, got %q", j.CSV.Delimiter)
+	}
+	if j.Parquet.RowGroupRows < 0 {
+		bad(p+".parquet.row_group_rows", "must be positive, got %d", j.Parquet.RowGroupRows)
+	}
+}
+
+// checkColumns checks the columns (names, output names, transforms) and
+// each format's include or exclude list.
+func (j *Job) checkColumns(p string, bad bad) {
 	outputs := map[string]int{}
 	for i, c := range j.Columns {
 		cp := fmt.Sprintf("%s.columns[%d]", p, i)
@@ -705,33 +705,7 @@ func (f *File) validateJob(j *Job, p string) []error {
 			bad(cp, "mask: unknown mask %q: want %s", c.Mask, MaskHMACSHA256)
 		case c.Mask != "" && c.Redact:
 			bad(cp, "mask and redact exclude each other")
-		case c.Mask != "" && j.MaskKey == nil:
-			j.MaskKeyEnv = cmp.Or(j.MaskKeyEnv, DefaultMaskKeyEnv)
-			key := os.Getenv(j.MaskKeyEnv)
-			switch {
-			case key == "":
-				bad(cp, "mask: environment variable %s (the mask key) is not set; the key is never read from the file", j.MaskKeyEnv)
-				j.MaskKey = []byte{}
-			case len(key) < minMaskKey:
-				bad(cp, "mask: the mask key in %s is %d bytes; use at least %d (e.g. openssl rand -hex 32)", j.MaskKeyEnv, len(key), minMaskKey)
-				j.MaskKey = []byte{}
-			default:
-				j.MaskKey = []byte(key)
-			}
 		}
-	}
-
-	if j.BatchRows < 0 || j.BatchRows > MaxBatchRows {
-		bad(p+".batch_rows", "must be between 1 and %d, got %d", MaxBatchRows, j.BatchRows)
-	}
-
-	if j.CSV.FormulaGuard == nil {
-		t := true
-		j.CSV.FormulaGuard = &t
-	}
-	j.CSV.Delimiter = cmp.Or(j.CSV.Delimiter, ",")
-	if len(j.CSV.Delimiter) != 1 {
-		bad(p+".csv.delimiter", "want one ASCII character other than quotes, CR and LF, got %q", j.CSV.Delimiter)
 	}
 	for name, sel := range j.Selects() {
 		sp := p + "." + name
@@ -749,13 +723,66 @@ func (f *File) validateJob(j *Job, p string) []error {
 			bad(sp+".exclude", "leaves no column")
 		}
 	}
-	if j.Parquet.RowGroupRows < 0 {
-		bad(p+".parquet.row_group_rows", "must be positive, got %d", j.Parquet.RowGroupRows)
-	}
-	return errs
 }
 
-// SourceColumns are the sellers columns a job reads, in order.
+// resolve sets Location, Cron, Template and MaskKey from the fields that
+// name them, reporting those that name nothing valid.
+func (j *Job) resolve(p string, bad bad) {
+	loc, err := time.LoadLocation(j.Timezone)
+	if err != nil || strings.EqualFold(j.Timezone, "local") {
+		bad(p+".timezone", "unknown time zone %q: want an IANA name such as UTC or Europe/Berlin", j.Timezone)
+	}
+	j.Location = loc
+	if j.Schedule != "" {
+		if strings.HasPrefix(j.Schedule, "TZ=") || strings.HasPrefix(j.Schedule, "CRON_TZ=") {
+			bad(p+".schedule", "set the time zone with timezone:, not in the schedule")
+		} else if sched, err := cronParser.Parse(j.Schedule); err != nil {
+			bad(p+".schedule", "invalid cron expression %q: %v", j.Schedule, err)
+		} else if loc != nil && dstSafe(sched).Next(time.Now().In(loc)).IsZero() {
+			bad(p+".schedule", "cron expression %q never fires", j.Schedule)
+		} else {
+			j.Cron = dstSafe(sched)
+		}
+	}
+	if ph := placeholders(j.Mode); ph != nil {
+		t, err := keys.Parse(j.Path, ph)
+		switch {
+		case err != nil:
+			bad(p+".path", "%v", err)
+		case !t.InBase("ext"):
+			bad(p+".path", "the file name must contain {ext}, so formats do not overwrite each other")
+		case j.Mode == ModePerRun && !t.InDir("run_id"):
+			bad(p+".path", "a per_run path needs {run_id} in its folder part: each run's files and manifest need a folder of their own")
+		case j.Mode == ModeFull && (!t.InDir("org_id") || !t.InDir("date")):
+			bad(p+".path", "a full path needs {org_id} and {date} in its folder part: each org's daily snapshot needs a folder of its own")
+		case j.Split() && !strings.HasSuffix(j.Path, ".{ext}"):
+			bad(p+".path", "must end in .{ext} when files are split (the part number goes before it)")
+		default:
+			j.Template = t
+		}
+	}
+	// The mask key, from the environment (never the file), for the first
+	// masked column; a problem with it is reported there.
+	for i, c := range j.Columns {
+		if c.Mask != MaskHMACSHA256 || c.Redact || j.MaskKey != nil {
+			continue
+		}
+		cp := fmt.Sprintf("%s.columns[%d]", p, i)
+		j.MaskKeyEnv = cmp.Or(j.MaskKeyEnv, DefaultMaskKeyEnv)
+		key := os.Getenv(j.MaskKeyEnv)
+		switch {
+		case key == "":
+			bad(cp, "mask: environment variable %s (the mask key) is not set; the key is never read from the file", j.MaskKeyEnv)
+			j.MaskKey = []byte{}
+		case len(key) < minMaskKey:
+			bad(cp, "mask: the mask key in %s is %d bytes; use at least %d (e.g. openssl rand -hex 32)", j.MaskKeyEnv, len(key), minMaskKey)
+			j.MaskKey = []byte{}
+		default:
+			j.MaskKey = []byte(key)
+		}
+	}
+}
+
 // Selects returns each format's column selection.
 func (j *Job) Selects() map[string]Select {
 	return map[string]Select{
@@ -768,6 +795,7 @@ func (j *Job) Selects() map[string]Select {
 // Split reports whether the job splits its output into numbered parts.
 func (j *Job) Split() bool { return j.MaxRowsPerFile > 0 || j.MaxBytesPerFile > 0 }
 
+// SourceColumns are the sellers columns a job reads, in order.
 func (j *Job) SourceColumns() []string {
 	out := make([]string, len(j.Columns))
 	for i, c := range j.Columns {

@@ -36,7 +36,7 @@ func TestShippedConfigLoads(t *testing.T) {
 	if f.Jobs[0].Destination != "file://./snapshots" {
 		t.Errorf("destination default: %q", f.Jobs[0].Destination)
 	}
-	if got := strings.Join(f.Jobs[1].SourceColumns(), ","); got != strings.Join(config.DefaultColumns, ",") {
+	if got := strings.Join(f.Jobs[1].SourceColumns(), ","); got != strings.Join(config.DefaultColumns(), ",") {
 		t.Errorf("default columns: %s", got)
 	}
 }

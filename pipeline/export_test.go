@@ -143,7 +143,7 @@ func TestOnceExportsEveryCompletedRunExactly(t *testing.T) {
 			switch mf.Format {
 			case "csv":
 				got = parseCSV(t, data)
-				if len(got) == 0 || strings.Join(deref(got[0]), ",") != strings.Join(config.DefaultColumns, ",") {
+				if len(got) == 0 || strings.Join(deref(got[0]), ",") != strings.Join(config.DefaultColumns(), ",") {
 					t.Fatalf("%s: header %v", mf.Key, got)
 				}
 				got = got[1:]
@@ -163,7 +163,7 @@ func TestOnceExportsEveryCompletedRunExactly(t *testing.T) {
 						w = &guarded
 					}
 					if !equal(got[r][c], w) {
-						t.Fatalf("%s row %d column %s: got %s, want %s", mf.Key, r, config.DefaultColumns[c], show(got[r][c]), show(w))
+						t.Fatalf("%s row %d column %s: got %s, want %s", mf.Key, r, config.DefaultColumns()[c], show(got[r][c]), show(w))
 					}
 					if w != nil && strings.Contains(*w, "\r\n") {
 						sawCRLF = true
@@ -236,7 +236,7 @@ func TestEmptyRun(t *testing.T) {
 		data := files[mf.Key]
 		switch mf.Format {
 		case "csv":
-			if string(data) != strings.Join(config.DefaultColumns, ",")+"\n" {
+			if string(data) != strings.Join(config.DefaultColumns(), ",")+"\n" {
 				t.Errorf("empty CSV: %q", data)
 			}
 		case "ndjson":
@@ -436,7 +436,7 @@ func parseNDJSON(t *testing.T, data []byte) [][]*string {
 			t.Fatal(err)
 		}
 		row := make([]*string, 9)
-		for i, c := range config.DefaultColumns {
+		for i, c := range config.DefaultColumns() {
 			v, ok := obj[c]
 			if !ok {
 				t.Fatalf("key %s missing", c)
@@ -656,7 +656,7 @@ func TestOneRowAllNulls(t *testing.T) {
 		data := files[mf.Key]
 		switch mf.Format {
 		case "csv":
-			want := strings.Join(config.DefaultColumns, ",") + "\nOnly,only,ebay,,1,,,false,2026-03-01T00:00:00.000000Z\n"
+			want := strings.Join(config.DefaultColumns(), ",") + "\nOnly,only,ebay,,1,,,false,2026-03-01T00:00:00.000000Z\n"
 			if string(data) != want {
 				t.Errorf("CSV:\n%q\nwant\n%q", data, want)
 			}
@@ -679,7 +679,7 @@ func TestOneRowAllNulls(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for i, name := range config.DefaultColumns {
+			for i, name := range config.DefaultColumns() {
 				wantNull := map[string]bool{"platform_id": true, "feedback_percent": true, "feedback_count": true}[name]
 				if col := tbl.Column(i).Data().Chunk(0); col.IsNull(0) != wantNull {
 					t.Errorf("%s: null = %v, want %v", name, col.IsNull(0), wantNull)
