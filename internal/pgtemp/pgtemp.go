@@ -56,22 +56,9 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir := opts.Dir
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "sellersnap-pg-"); err != nil {
-			return nil, fmt.Errorf("pgtemp: %w", err)
-		}
-	} else {
-		if dir, err = filepath.Abs(dir); err != nil {
-			return nil, fmt.Errorf("pgtemp: %w", err)
-		}
-		// The parents must stay traversable for the postgres user.
-		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-			return nil, fmt.Errorf("pgtemp: %w", err)
-		}
-		if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
-			return nil, fmt.Errorf("pgtemp: %w", err)
-		}
+	dir, err := clusterDir(opts.Dir)
+	if err != nil {
+		return nil, err
 	}
 	s := &Server{dir: dir, keep: opts.Dir != "", log: filepath.Join(dir, "postgres.log")}
 	ok := false
@@ -91,15 +78,8 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		}
 	}
 	data := filepath.Join(dir, "data")
-	if _, err := os.Stat(filepath.Join(data, "PG_VERSION")); err != nil {
-		os.RemoveAll(data) // a half-made cluster from an interrupted initdb
-		initdb := exec.CommandContext(ctx, filepath.Join(binDir, "initdb"),
-			"-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
-			"--locale=C", "--no-sync", "--no-instructions")
-		initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		if out, err := initdb.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("pgtemp: initdb: %w\n%s", err, out)
-		}
+	if err := initCluster(ctx, binDir, data, cred); err != nil {
+		return nil, err
 	}
 
 	port, err := opts.Port, error(nil)
@@ -153,6 +133,46 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	}
 	ok = true
 	return s, nil
+}
+
+// clusterDir returns the directory of the cluster: dir, made absolute and
+// created, or a new temporary one.
+func clusterDir(dir string) (string, error) {
+	if dir == "" {
+		dir, err := os.MkdirTemp("", "sellersnap-pg-")
+		if err != nil {
+			return "", fmt.Errorf("pgtemp: %w", err)
+		}
+		return dir, nil
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("pgtemp: %w", err)
+	}
+	// The parents must stay traversable for the postgres user.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return "", fmt.Errorf("pgtemp: %w", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
+		return "", fmt.Errorf("pgtemp: %w", err)
+	}
+	return dir, nil
+}
+
+// initCluster runs initdb into data unless a cluster is there already.
+func initCluster(ctx context.Context, binDir, data string, cred *syscall.Credential) error {
+	if _, err := os.Stat(filepath.Join(data, "PG_VERSION")); err == nil {
+		return nil
+	}
+	os.RemoveAll(data) // a half-made cluster from an interrupted initdb
+	initdb := exec.CommandContext(ctx, filepath.Join(binDir, "initdb"),
+		"-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+		"--locale=C", "--no-sync", "--no-instructions")
+	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return fmt.Errorf("pgtemp: initdb: %w\n%s", err, out)
+	}
+	return nil
 }
 
 // URL returns a connection URL for database db (TCP on 127.0.0.1, user postgres).
