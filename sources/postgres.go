@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,6 +67,13 @@ func (c Config) withDefaults() Config {
 	c.Conns = min(max(c.Conns, 1), int(c.MaxConns))
 	return c
 }
+
+// runIDPattern is a collection run id: a UUID, with or without its
+// hyphens, in either case (as PostgreSQL's uuid input reads it).
+var runIDPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$`)
+
+// IsRunID reports whether s can be a collection run id (a UUID).
+func IsRunID(s string) bool { return runIDPattern.MatchString(s) }
 
 // ErrRunNotFound is returned for a run id that is not in the runs table.
 var ErrRunNotFound = errors.New("collection run not found")
@@ -263,11 +271,11 @@ func (p *Postgres) Columns(ctx context.Context, table string) ([]Column, error) 
 	return cols, nil
 }
 
-// RequiredRunColumns and RequiredSellerColumns are the columns the exporter
+// requiredRunColumns and requiredSellerColumns are the columns the exporter
 // filters and orders on.
 var (
-	RequiredRunColumns    = []string{"id", "org_id", "status", "started_at", "completed_at"}
-	RequiredSellerColumns = []string{"id", "org_id", "first_seen_run_id", "deleted_at", "flagged", "created_at"}
+	requiredRunColumns    = []string{"id", "org_id", "status", "started_at", "completed_at"}
+	requiredSellerColumns = []string{"id", "org_id", "first_seen_run_id", "deleted_at", "flagged", "created_at"}
 )
 
 // idColumns must be uuid wherever they are required (id and org_id in
@@ -321,13 +329,13 @@ func (c *Catalog) Check(ctx context.Context, export []string) error {
 			}
 		}
 	}
-	missing(p.cfg.RunsTable, runCols, RequiredRunColumns, "runs table")
-	missing(p.cfg.SellersTable, sellerCols, RequiredSellerColumns, "sellers table")
+	missing(p.cfg.RunsTable, runCols, requiredRunColumns, "runs table")
+	missing(p.cfg.SellersTable, sellerCols, requiredSellerColumns, "sellers table")
 	missing(p.cfg.SellersTable, sellerCols, export, "columns")
-	if err := p.checkGrants(ctx, p.cfg.RunsTable, runCols, RequiredRunColumns); err != nil {
+	if err := p.checkGrants(ctx, p.cfg.RunsTable, runCols, requiredRunColumns); err != nil {
 		errs = append(errs, err)
 	}
-	if err := p.checkGrants(ctx, p.cfg.SellersTable, sellerCols, append(slices.Clone(RequiredSellerColumns), export...)); err != nil {
+	if err := p.checkGrants(ctx, p.cfg.SellersTable, sellerCols, append(slices.Clone(requiredSellerColumns), export...)); err != nil {
 		errs = append(errs, err)
 	}
 	wantUUID := func(table string, have []Column, what string) {

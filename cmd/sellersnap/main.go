@@ -25,7 +25,6 @@ import (
 	"os"
 	"os/signal"
 	"path"
-	"regexp"
 	"runtime/debug"
 	"runtime/pprof"
 	"slices"
@@ -46,8 +45,6 @@ import (
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
 )
-
-var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$`)
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = ""
@@ -305,7 +302,7 @@ func (o options) check(cmd string, only []*config.Job) error {
 		if o.job == "" || (o.run == "") == (o.date == "") {
 			return &usageError{"rerun needs -job and exactly one of -run or -date"}
 		}
-		if o.run != "" && !uuidPattern.MatchString(o.run) {
+		if o.run != "" && !sources.IsRunID(o.run) {
 			return &usageError{fmt.Sprintf("-run %q: want a collection run id (a UUID)", o.run)}
 		}
 		switch j := only[0]; {

@@ -19,6 +19,7 @@ import (
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sources"
 )
 
 // Daemon runs jobs on their cron schedules until stopped.
@@ -369,7 +370,7 @@ func (d *Daemon) listen(ctx context.Context) {
 			}
 			d.logger().Debug("notified", "channel", d.NotifyChannel, "payload", payload)
 			var first []string
-			if isUUID(payload) {
+			if sources.IsRunID(payload) {
 				first = append(first, payload)
 			}
 			d.firePerRun("notify", first...)
@@ -403,24 +404,6 @@ func (d *Daemon) firePerRun(why string, runIDs ...string) {
 			d.fire(w, time.Time{}, why, runIDs...)
 		}
 	}
-}
-
-// isUUID reports whether s is a UUID in its canonical form.
-func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i, c := range s {
-		switch {
-		case i == 8 || i == 13 || i == 18 || i == 23:
-			if c != '-' {
-				return false
-			}
-		case !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'):
-			return false
-		}
-	}
-	return true
 }
 
 // Handler serves the status page (/), the manifests it links to, /metrics
