@@ -10,7 +10,7 @@ import (
 )
 
 // output is one format's files of a unit: a single file, or numbered parts
-// when the job splits its output. It is the Encoder the stages write to.
+// when the job splits its output. It is the encoder the stages write to.
 type output struct {
 	format *sinks.Format
 	parts  []*part // in order; the last one is open until Close

@@ -12,15 +12,15 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// RecordReader is a stream of Arrow records; *sources.Reader is one. The
+// recordReader is a stream of Arrow records; *sources.Reader is one. The
 // caller owns each record Next returns. Next returns io.EOF at the end.
-type RecordReader interface {
+type recordReader interface {
 	Next() (arrow.Record, error)
 }
 
-// Encoder writes records in one file format; sinks.CSV, sinks.NDJSON and
+// encoder writes records in one file format; sinks.CSV, sinks.NDJSON and
 // sinks.Parquet are encoders. Close flushes without closing the writer.
-type Encoder interface {
+type encoder interface {
 	Write(arrow.Record) error
 	Close() error
 }
@@ -28,7 +28,7 @@ type Encoder interface {
 // sink is one encoder and the stream it writes into. finish flushes what
 // the encoder and any compressor still hold; it does not commit anything.
 type sink struct {
-	enc    Encoder
+	enc    encoder
 	finish func() error
 	rows   int64
 }
@@ -36,7 +36,7 @@ type sink struct {
 // stages is one export's stream: where it reads, how it transforms, and
 // the sinks it writes to.
 type stages struct {
-	rd     RecordReader
+	rd     recordReader
 	schema *arrow.Schema     // the output schema: projection and renames
 	tfs    []columnTransform // per column; nil entries (or nil) pass through
 	sinks  []*sink

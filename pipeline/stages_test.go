@@ -60,7 +60,7 @@ func (w *failingWriter) Write(p []byte) (int, error) {
 func newSinks(t *testing.T, w ...io.Writer) []*sink {
 	var out []*sink
 	for i, wr := range w {
-		var enc Encoder
+		var enc encoder
 		var err error
 		switch i % 3 {
 		case 0:
