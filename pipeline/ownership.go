@@ -37,9 +37,15 @@ func (r *Runner) exported(ctx context.Context, bucket *sinks.Bucket, job *Job, k
 	if err != nil || !ok {
 		return false, err
 	}
+	return r.owned(ctx, bucket, job, key)
+}
+
+// owned reports whether the manifest at key names job (false if it is
+// gone); see exported.
+func (r *Runner) owned(ctx context.Context, bucket *sinks.Bucket, job *Job, key string) (bool, error) {
 	own := job.Name + "\x00" + bucket.URL() + "\x00" + key
 	r.mu.Lock()
-	_, seen := r.owned[own]
+	_, seen := r.ownedKeys[own]
 	r.mu.Unlock()
 	if seen {
 		return true, nil
@@ -61,10 +67,10 @@ func (r *Runner) exported(ctx context.Context, bucket *sinks.Bucket, job *Job, k
 		return false, &ConflictError{Key: key, Job: job.Name, OtherJob: m.Job}
 	}
 	r.mu.Lock()
-	if r.owned == nil {
-		r.owned = map[string]struct{}{}
+	if r.ownedKeys == nil {
+		r.ownedKeys = map[string]struct{}{}
 	}
-	r.owned[own] = struct{}{}
+	r.ownedKeys[own] = struct{}{}
 	r.mu.Unlock()
 	return true, nil
 }

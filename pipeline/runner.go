@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/apache/arrow/go/v17/arrow/memory"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
@@ -49,7 +48,7 @@ type Runner struct {
 
 	mu      sync.Mutex
 	buckets map[string]*sinks.Bucket
-	owned   map[string]struct{} // manifests read and found to be the job's (see exported)
+	ownedKeys map[string]struct{} // manifests read and found to be the job's (see exported)
 
 	beforeCommit func() // fault tests: called before an export's first commit
 }
@@ -143,14 +142,20 @@ func (r *Runner) Once(ctx context.Context, job *Job) (Result, error) {
 	if job.Mode == config.ModeFull {
 		return r.Full(ctx, job, r.now().In(job.Location).Format(time.DateOnly))
 	}
-	units, err := r.pendingRuns(ctx, job)
+	d, err := r.discover(ctx, job)
 	if err != nil {
 		return Result{}, err
 	}
-	if len(units) == 0 {
+	if len(d.pending) == 0 {
 		r.observer().Backlog(job.Name, 0, 0)
 	}
-	return r.exportRuns(ctx, job, units, false)
+	res, err := r.exportRuns(ctx, job, d.pending, false)
+	if ctx.Err() == nil {
+		if serr := r.saveState(ctx, d, res); serr != nil {
+			r.logger().Warn("could not save the export state; the next pass reads the previous one", "job", job.Name, "err", serr)
+		}
+	}
+	return res, err
 }
 
 // ExportPending exports one run if it is completed and has no manifest
@@ -214,48 +219,6 @@ func (r *Runner) RerunDate(ctx context.Context, job *Job, date string) (Result, 
 	return r.full(ctx, job, date, true)
 }
 
-// pendingRuns lists, oldest first, the completed runs of a per_run job
-// that have no manifest in the job's destination.
-func (r *Runner) pendingRuns(ctx context.Context, job *Job) ([]unit, error) {
-	bucket, err := r.Bucket(ctx, job.Destination)
-	if err != nil {
-		return nil, err
-	}
-	runs, err := r.Source.CompletedRuns(ctx)
-	if err != nil {
-		return nil, err
-	}
-	exported := make([]bool, len(runs))
-	units := make([]unit, len(runs))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(existsConcurrency)
-	for i, run := range runs {
-		units[i] = newRunUnit(job, run)
-		g.Go(func() error {
-			key, err := units[i].manifestKey()
-			if err != nil {
-				return unitError(units[i], err)
-			}
-			exported[i], err = r.exported(gctx, bucket, job, key)
-			if isConflict(err) {
-				// Pending: the export fails it under its lock, alone.
-				return nil
-			}
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	var pending []unit
-	for i, u := range units {
-		if !exported[i] {
-			pending = append(pending, u)
-		}
-	}
-	return pending, nil
-}
-
 // exportRuns exports units one after the other, each under its lock.
 // Unless force, a unit whose manifest exists once its lock is held is
 // skipped, and the manifest is written create-only.
@@ -290,6 +253,13 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 			res.Failed++
 			r.failed(u, err)
 			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...) // the attributes name the unit
+			if force {
+				// A failed rerun removed the run's manifest: the state
+				// must not keep counting it as exported.
+				if ferr := r.forgetExported(context.WithoutCancel(ctx), job, *u.run); ferr != nil {
+					r.logger().Warn("could not record the run as pending in the export state; the next reconciliation finds it", append(u.logAttrs(), "err", ferr)...)
+				}
+			}
 			err = unitError(u, err)
 			errs = append(errs, err)
 			continue
@@ -428,6 +398,7 @@ func (r *Runner) Plan(ctx context.Context, job *Job) ([]Planned, error) {
 	}
 	var units []unit
 	var counts map[string]int64
+	stateKey := "" // per_run: the export state version the pass writes
 	if job.Mode == config.ModeFull {
 		bucket, err := r.Bucket(ctx, job.Destination)
 		if err != nil {
@@ -451,10 +422,12 @@ func (r *Runner) Plan(ctx context.Context, job *Job) ([]Planned, error) {
 		}
 		slices.SortFunc(units, func(a, b unit) int { return strings.Compare(a.orgID, b.orgID) })
 	} else {
-		var err error
-		if units, err = r.pendingRuns(ctx, job); err != nil {
+		d, err := r.discover(ctx, job)
+		if err != nil {
 			return nil, err
 		}
+		units = d.pending
+		stateKey = fmt.Sprintf("%s%020d.json", stateDir(job), d.seq+1)
 		runs := make([]sources.Run, len(units))
 		for i, u := range units {
 			runs[i] = *u.run
@@ -490,6 +463,9 @@ func (r *Runner) Plan(ctx context.Context, job *Job) ([]Planned, error) {
 			return nil, err
 		} else if !ok {
 			plan[0].Keys = append(plan[0].Keys, job.Layout.Schema()) // the first export records the schema
+		}
+		if stateKey != "" {
+			plan[0].Keys = append(plan[0].Keys, stateKey) // the pass records what it exported
 		}
 	}
 	return plan, nil

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -32,7 +33,13 @@ type Bucket struct {
 	scheme     string
 	bucketName string   // the URL's host: the S3 bucket
 	secrets    []string // of the URL, never shown (see redact)
+	requests   atomic.Int64
 }
+
+// Requests is how many requests the bucket has been sent: one per read,
+// existence check, write, delete, and page of 1,000 listed objects (the
+// page size of S3, GCS and Azure). It is what a pass costs.
+func (b *Bucket) Requests() int64 { return b.requests.Load() }
 
 // OpenBucket opens the bucket at rawURL. A file:// URL may be relative
 // (file://./snapshots resolves against the working directory); its
@@ -133,6 +140,7 @@ func (b *Bucket) Close() error {
 
 // Exists reports whether key exists.
 func (b *Bucket) Exists(ctx context.Context, key string) (bool, error) {
+	b.requests.Add(1)
 	ok, err := b.b.Exists(ctx, key)
 	if err != nil {
 		return false, b.redact(fmt.Errorf("check %s: %w", key, err))
@@ -142,6 +150,7 @@ func (b *Bucket) Exists(ctx context.Context, key string) (bool, error) {
 
 // ReadAll returns the content of key.
 func (b *Bucket) ReadAll(ctx context.Context, key string) ([]byte, error) {
+	b.requests.Add(1)
 	data, err := b.b.ReadAll(ctx, key)
 	if err != nil {
 		return nil, b.redact(fmt.Errorf("read %s: %w", key, err))
@@ -151,6 +160,7 @@ func (b *Bucket) ReadAll(ctx context.Context, key string) ([]byte, error) {
 
 // ContentType returns the content type stored with key.
 func (b *Bucket) ContentType(ctx context.Context, key string) (string, error) {
+	b.requests.Add(1)
 	a, err := b.b.Attributes(ctx, key)
 	if err != nil {
 		return "", b.redact(fmt.Errorf("attributes of %s: %w", key, err))
@@ -169,7 +179,11 @@ type ObjectInfo struct {
 func (b *Bucket) List(ctx context.Context, prefix, suffix string) ([]ObjectInfo, error) {
 	var out []ObjectInfo
 	it := b.b.List(&blob.ListOptions{Prefix: prefix})
-	for {
+	b.requests.Add(1)
+	for listed := 0; ; listed++ {
+		if listed > 0 && listed%1000 == 0 {
+			b.requests.Add(1)
+		}
 		obj, err := it.Next(ctx)
 		if errors.Is(err, io.EOF) {
 			return out, nil
@@ -198,6 +212,7 @@ func (b *Bucket) RemoveStaleTemp(ctx context.Context, key string) error {
 
 // Delete removes key; a missing key is not an error.
 func (b *Bucket) Delete(ctx context.Context, key string) error {
+	b.requests.Add(1)
 	if b.local != nil {
 		if err := b.local.remove(key); err != nil {
 			return b.redact(fmt.Errorf("delete %s: %w", key, err))
@@ -220,6 +235,7 @@ type PutOptions struct {
 
 // Put writes a small object in one piece.
 func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType string, opts *PutOptions) (err error) {
+	b.requests.Add(1)
 	wo := &blob.WriterOptions{ContentType: contentType}
 	if opts != nil {
 		wo.IfNotExist = opts.IfNotExist
@@ -296,6 +312,7 @@ const (
 
 // NewObject starts an upload to key. The caller must Commit or Abort it.
 func (b *Bucket) NewObject(ctx context.Context, key, contentType string) (*Object, error) {
+	b.requests.Add(1)
 	return b.newObject(ctx, key, &blob.WriterOptions{ContentType: contentType})
 }
 

@@ -201,9 +201,27 @@ func scanRun(row pgx.Row) (Run, error) {
 // CompletedRuns lists runs whose status is the completed status and that
 // have a completed_at, oldest completed_at first.
 func (p *Postgres) CompletedRuns(ctx context.Context) ([]Run, error) {
-	q := fmt.Sprintf(`SELECT %s FROM %s WHERE status = $1 AND completed_at IS NOT NULL AND completed_at <> 'infinity' AND completed_at <> '-infinity' ORDER BY completed_at, id`,
-		runColumns, p.table(p.cfg.RunsTable))
-	rows, err := p.pool.Query(ctx, q, p.cfg.CompletedStatus)
+	return p.completedRuns(ctx, "")
+}
+
+// CompletedRunsAfter is CompletedRuns for the runs completed after t.
+func (p *Postgres) CompletedRunsAfter(ctx context.Context, t time.Time) ([]Run, error) {
+	return p.completedRuns(ctx, " AND completed_at > $2", t)
+}
+
+// CompletedRunsByID is CompletedRuns for the runs in ids (those not
+// completed, or gone, are left out).
+func (p *Postgres) CompletedRunsByID(ctx context.Context, ids []string) ([]Run, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	return p.completedRuns(ctx, " AND id = ANY($2::uuid[])", ids)
+}
+
+func (p *Postgres) completedRuns(ctx context.Context, and string, args ...any) ([]Run, error) {
+	q := fmt.Sprintf(`SELECT %s FROM %s WHERE status = $1 AND completed_at IS NOT NULL AND completed_at <> 'infinity' AND completed_at <> '-infinity'%s ORDER BY completed_at, id`,
+		runColumns, p.table(p.cfg.RunsTable), and)
+	rows, err := p.pool.Query(ctx, q, append([]any{p.cfg.CompletedStatus}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list runs: %w", err)
 	}

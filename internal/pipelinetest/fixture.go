@@ -135,9 +135,20 @@ func (f *Fixture) Once(job string) (pipeline.Result, map[string][]byte) {
 	return res, f.Files()
 }
 
-// Files returns every object in the bucket, by key (temporary files of
-// a file:// bucket left out).
+// Files returns every object in the bucket, by key, but the export state
+// (under _sellersnap/) and temporary files of a file:// bucket.
 func (f *Fixture) Files() map[string][]byte {
+	out := f.AllFiles()
+	for k := range out {
+		if strings.HasPrefix(k, "_sellersnap/") || strings.Contains(k, "/_sellersnap/") {
+			delete(out, k)
+		}
+	}
+	return out
+}
+
+// AllFiles is Files with the export state.
+func (f *Fixture) AllFiles() map[string][]byte {
 	out := map[string][]byte{}
 	if f.Dir == "" {
 		ctx := context.Background()
