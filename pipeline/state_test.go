@@ -1,0 +1,220 @@
+package pipeline_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/internal/pipelinetest"
+	"github.com/sellersnap/sellersnap/pipeline"
+	"github.com/sellersnap/sellersnap/sources"
+)
+
+// stateKeys lists the export state versions in the bucket.
+func (f *fixture) stateKeys() []string {
+	var out []string
+	for k := range f.AllFiles() {
+		if strings.Contains(k, "/_sellersnap/") {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// requests returns what the bucket has been sent so far.
+func (f *fixture) requests() int64 {
+	b, err := f.Runner.Bucket(context.Background(), f.Dest)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	return b.Requests()
+}
+
+// insertOldRun adds a completed run whose completed_at is long past (as a
+// collector that inserts late would), with n sellers.
+func insertOldRun(t *testing.T, dbURL, org string, completed time.Time, n int) string {
+	t.Helper()
+	id := pipelinetest.InsertRun(t, dbURL, org, n, false)
+	pgtest.Exec(t, dbURL, `UPDATE collection_runs SET started_at = $2, completed_at = $2 WHERE id = $1`, id, completed)
+	return id
+}
+
+// TestIdlePassCostsWhatIsNew: after the history is exported, a pass with
+// nothing new lists the state folder and reads one version (2 requests),
+// and a pass with new runs checks those runs only.
+func TestIdlePassCostsWhatIsNew(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("new-sellers")
+	first, err := f.Runner.Once(ctx, job)
+	if err != nil || len(first.Exported) == 0 {
+		t.Fatalf("first pass: %+v, %v", first, err)
+	}
+	if keys := f.stateKeys(); len(keys) != 1 {
+		t.Fatalf("state versions after the first pass: %v", keys)
+	}
+	before := f.requests()
+	res, err := f.Runner.Once(ctx, job)
+	if err != nil || len(res.Exported) != 0 {
+		t.Fatalf("idle pass: %+v, %v", res, err)
+	}
+	if n := f.requests() - before; n > 2 {
+		t.Errorf("an idle pass sent %d bucket requests, want at most 2 (list the state, read it)", n)
+	}
+
+	// New runs: checked, exported, recorded; the old ones are not looked at.
+	org := f.AnyOrg()
+	ids := []string{pipelinetest.InsertRun(t, f.DBURL, org, 5, false), pipelinetest.InsertRun(t, f.DBURL, org, 5, false)}
+	res, err = f.Runner.Once(ctx, job)
+	if err != nil || len(res.Exported) != 2 {
+		t.Fatalf("pass with 2 new runs: %+v, %v", res, err)
+	}
+	for i, m := range res.Exported {
+		if m.RunID != ids[i] {
+			t.Errorf("exported %s, want %s", m.RunID, ids[i])
+		}
+	}
+	before = f.requests()
+	if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
+		t.Fatalf("idle pass after the new runs: %+v, %v", res, err)
+	}
+	if n := f.requests() - before; n > 2 {
+		t.Errorf("an idle pass after new runs sent %d bucket requests, want at most 2", n)
+	}
+}
+
+// TestLateOldRunIsFoundByReconciliation: a run inserted after the
+// watermark passed its completed_at is exported by the next
+// reconciliation, at most a day later.
+func TestLateOldRunIsFoundByReconciliation(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("new-sellers")
+	if _, err := f.Runner.Once(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	late := insertOldRun(t, f.DBURL, f.AnyOrg(), time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC), 7)
+	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	for day := 0; day <= 1; day++ {
+		f.Runner.Now = func() time.Time { return now.Add(time.Duration(day)*24*time.Hour + time.Minute) }
+		res, err := f.Runner.Once(ctx, job)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range res.Exported {
+			if m.RunID == late {
+				return
+			}
+		}
+	}
+	t.Errorf("run %s, completed long ago and inserted late, was not exported within a day", late)
+}
+
+// TestLostOrCorruptStateIsRebuilt: without the state, or with a version
+// that is not a state, a pass rebuilds it from the manifests and exports
+// nothing twice.
+func TestLostOrCorruptStateIsRebuilt(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("new-sellers")
+	if _, err := f.Runner.Once(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	keys := f.stateKeys()
+	if len(keys) != 1 {
+		t.Fatalf("state versions: %v", keys)
+	}
+	dir := filepath.Dir(filepath.Join(f.Dir, keys[0]))
+
+	// Lost.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
+		t.Fatalf("pass without a state: %+v, %v; want nothing exported again", res, err)
+	}
+	if keys := f.stateKeys(); len(keys) != 1 {
+		t.Errorf("state versions after a rebuild: %v", keys)
+	}
+	// Corrupt, as the newest version, and another job's.
+	for i, bad := range []string{`{"state_version": 1, "job": "new-sellers", "watermark": `, `{"state_version": 1, "job": "someone-else", "watermark": "2030-01-01T00:00:00Z"}`} {
+		key := filepath.Join(dir, "0000000000000000009"+string(rune('0'+i))+".json")
+		if err := os.WriteFile(key, []byte(bad), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		id := pipelinetest.InsertRun(t, f.DBURL, f.AnyOrg(), 3, false)
+		res, err := f.Runner.Once(ctx, job)
+		if err != nil || len(res.Exported) != 1 || res.Exported[0].RunID != id {
+			t.Fatalf("pass over a bad state %q: %+v, %v; want the new run only", bad, res, err)
+		}
+	}
+	if keys := f.stateKeys(); len(keys) != 2 || !strings.HasSuffix(keys[len(keys)-1], "00000000000000000092.json") {
+		t.Errorf("versions after two rebuilds: %v, want the last two (…91 and …92)", keys)
+	}
+}
+
+// TestReplicasRacingOnTheStateLoseNothing: replicas exporting side by side
+// write state versions over each other's shoulders; whichever wins, every
+// run ends up exported once and a later pass finds nothing pending.
+func TestReplicasRacingOnTheStateLoseNothing(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("new-sellers")
+	replica := func() *pipeline.Runner {
+		src, err := sources.Open(ctx, sources.Config{DSN: f.DBURL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &pipeline.Runner{Source: src, Version: "test", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Locker: pipeline.PostgresLocker(src), Now: f.Runner.Now}
+		t.Cleanup(func() { r.Close(); src.Close() })
+		return r
+	}
+	replicas := []*pipeline.Runner{replica(), replica(), replica()}
+	org := f.AnyOrg()
+	exported := map[string]int{}
+	var mu sync.Mutex
+	for round := 0; round < 4; round++ {
+		for i := 0; i < 3; i++ {
+			pipelinetest.InsertRun(t, f.DBURL, org, 20, false)
+		}
+		var wg sync.WaitGroup
+		for _, r := range replicas {
+			wg.Go(func() {
+				res, err := r.Once(ctx, job)
+				if err != nil {
+					t.Errorf("round %d: %v", round, err)
+				}
+				mu.Lock()
+				for _, m := range res.Exported {
+					exported[m.RunID]++
+				}
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+	}
+	runs, err := f.Src.CompletedRuns(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, run := range runs {
+		if exported[run.ID] != 1 {
+			t.Errorf("run %s exported %d times", run.ID, exported[run.ID])
+		}
+	}
+	// A fresh replica, reading whichever versions won, finds nothing
+	// pending, without a reconciliation.
+	fresh := replica()
+	plan, err := fresh.Plan(ctx, job)
+	if err != nil || len(plan) != 0 {
+		t.Errorf("after the race: %d units pending (%v), want none", len(plan), err)
+	}
+}
