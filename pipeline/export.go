@@ -91,6 +91,14 @@ func (u unit) query() sources.Query {
 	return q
 }
 
+// lockKey names the unit's lock: one exporter at a time, across processes.
+func (u unit) lockKey() string {
+	if u.run != nil {
+		return "run:" + u.job.Name + ":" + u.run.ID
+	}
+	return "full:" + u.job.Name + ":" + u.date + ":" + u.orgID
+}
+
 func (u unit) logAttrs() []any {
 	attrs := []any{"job", u.job.Name}
 	if u.run != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -46,8 +47,8 @@ type Runner struct {
 	// more than one sellersnap may run against the same bucket.
 	Locker Locker
 
-	mu      sync.Mutex
-	buckets map[string]*sinks.Bucket
+	mu        sync.Mutex
+	buckets   map[string]*sinks.Bucket
 	ownedKeys map[string]struct{} // manifests read and found to be the job's (see exported)
 
 	beforeCommit func() // fault tests: called before an export's first commit
@@ -196,15 +197,9 @@ func (r *Runner) RerunRun(ctx context.Context, job *Job, runID string) (Result, 
 }
 
 // Full exports the full snapshot for date (YYYY-MM-DD) of every org that
-// has none for that date yet, retrying transient errors.
+// has none for that date yet, retrying transient errors of each org.
 func (r *Runner) Full(ctx context.Context, job *Job, date string) (Result, error) {
-	var res Result
-	err := r.retry(ctx, job.Name, []any{"job", job.Name, "date", date}, func() error {
-		var err error
-		res, err = r.full(ctx, job, date, false)
-		return err
-	})
-	return res, err
+	return r.full(ctx, job, date, false)
 }
 
 // RerunDate writes the full snapshot of every org for date again, with the
@@ -241,7 +236,7 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 		var m *Manifest
 		err := r.retry(ctx, job.Name, u.logAttrs(), func() error {
 			var err error
-			m, err = r.exportRunLocked(ctx, bucket, u, force)
+			m, err = r.exportLocked(ctx, bucket, u, force)
 			return err
 		})
 		if errors.Is(err, errExportedElsewhere) {
@@ -272,14 +267,15 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 	return res, errors.Join(errs...)
 }
 
-// exportRunLocked reads one run in its own snapshot, under the run's lock.
-func (r *Runner) exportRunLocked(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
-	release, held, ok, err := r.lock(ctx, "run:"+u.job.Name+":"+u.run.ID)
+// exportLocked reads one unit (a run, or an org's snapshot for a date) in
+// its own snapshot, under the unit's lock.
+func (r *Runner) exportLocked(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
+	release, held, ok, err := r.lock(ctx, u.lockKey())
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
-		r.logger().Debug("run is being exported by another process", u.logAttrs()...)
+		r.logger().Debug("unit is being exported by another process", u.logAttrs()...)
 		return nil, errExportedElsewhere
 	}
 	defer release()
@@ -303,75 +299,83 @@ func (r *Runner) exportRunLocked(ctx context.Context, bucket *sinks.Bucket, u un
 	return r.exportUnit(ctx, snap, bucket, u, force)
 }
 
-// full exports one date's snapshot of every org, all orgs read in one
-// REPEATABLE READ transaction. Unless force, orgs whose manifest for the
-// date exists are skipped.
+// full exports one date's snapshot of every org: each org under its own
+// lock and in its own REPEATABLE READ transaction, so that replicas export
+// the orgs of a date side by side and no transaction lasts longer than one
+// org's export (orgs of one date are not one snapshot; docs/scaling.md).
+// Unless force, orgs whose manifest for the date exists are skipped.
 func (r *Runner) full(ctx context.Context, job *Job, date string, force bool) (Result, error) {
 	var res Result
 	bucket, err := r.Bucket(ctx, job.Destination)
 	if err != nil {
 		return res, err
 	}
-	release, held, ok, err := r.lock(ctx, "full:"+job.Name+":"+date)
+	orgs, err := r.orgs(ctx, job)
 	if err != nil {
 		return res, err
 	}
-	if !ok {
-		r.logger().Debug("snapshot is being exported by another process", "job", job.Name, "date", date)
-		res.Skipped++
-		return res, nil
+	// Each replica starts at another org, so that replicas spread over
+	// the orgs instead of queueing behind each other's locks.
+	if len(orgs) > 1 {
+		k := rand.IntN(len(orgs))
+		orgs = append(orgs[k:], orgs[:k]...)
 	}
-	defer release()
-	snap, err := r.Source.Snapshot(ctx)
-	if err != nil {
-		return res, err
-	}
-	defer snap.Close(context.WithoutCancel(ctx))
-	orgs, err := snap.Orgs(ctx, job.filter)
-	if err != nil {
-		return res, err
-	}
-	var conflicts []error
-	for _, org := range orgs {
+	var errs []error
+	for i, org := range orgs {
+		if ctx.Err() != nil {
+			errs = append(errs, ctx.Err())
+			break
+		}
 		u := newOrgUnit(job, org, date)
-		u.held = held
 		key, err := u.manifestKey()
 		if err != nil {
 			return res, unitError(u, err)
 		}
 		done, err := r.exported(ctx, bucket, job, key)
-		if isConflict(err) {
-			// This org only: the others are exported.
-			res.Failed++
-			r.failed(u, err)
-			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...) // the attributes name the unit
-			err = unitError(u, err)
-			conflicts = append(conflicts, err)
-			continue
-		}
-		if err != nil {
+		if err != nil && !isConflict(err) {
 			return res, err
 		}
 		if done && !force {
 			continue
 		}
-		m, err := r.exportUnit(ctx, snap, bucket, u, force)
+		r.observer().Backlog(job.Name, len(orgs)-i, 0)
+		var m *Manifest
+		if err == nil { // a conflict fails the org without an attempt
+			err = r.retry(ctx, job.Name, u.logAttrs(), func() error {
+				var err error
+				m, err = r.exportLocked(ctx, bucket, u, force)
+				return err
+			})
+		}
 		if errors.Is(err, errExportedElsewhere) {
 			res.Skipped++
+			r.observer().Skipped(job.Name)
 			continue
 		}
 		if err != nil {
-			r.failed(u, err)
-			// The snapshot's connection may be gone (a cancelled query
-			// closes it): the remaining orgs wait for the next attempt.
 			res.Failed++
+			r.failed(u, err)
 			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...) // the attributes name the unit
-			err = unitError(u, err)
-			return res, err
+			errs = append(errs, unitError(u, err))
+			continue
 		}
 		res.Exported = append(res.Exported, m)
 	}
-	return res, errors.Join(conflicts...)
+	if ctx.Err() == nil {
+		r.observer().Backlog(job.Name, res.Failed, 0)
+	}
+	return res, errors.Join(errs...)
+}
+
+// orgs lists the orgs with sellers (of the job's filter), in a short
+// snapshot of its own.
+func (r *Runner) orgs(ctx context.Context, job *Job) ([]string, error) {
+	snap, err := r.Source.Snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close(context.WithoutCancel(ctx))
+	return snap.Orgs(ctx, job.filter)
 }
 
 // Planned is one unit Once would export now.
