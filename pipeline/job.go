@@ -173,3 +173,8 @@ func (j *Job) SourceColumns() []string { return j.sourceColumns }
 
 // Split reports whether the job splits its output into numbered parts.
 func (j *Job) Split() bool { return j.maxRows > 0 || j.maxBytes > 0 }
+
+// RunManifestKey is the key of run's manifest (per_run jobs).
+func (j *Job) RunManifestKey(run sources.Run) (string, error) {
+	return newRunUnit(j, run).manifestKey()
+}

@@ -24,17 +24,19 @@ import (
 //
 //	every completed run with completed_at ≤ watermark has a manifest,
 //	except the runs in pending; the runs after it listed in exported
-//	have one too.
+//	have one too; there were `below` completed runs up to the watermark.
 //
-// A pass reads the newest state, asks the database for the runs completed
-// after the watermark and for the pending ones, and checks a manifest only
-// for those it does not know to be exported: an idle pass lists one folder
-// and reads one small object, however long the history. The state is
-// derived from the manifests, never the other way round: a lost, corrupt
-// or foreign state object is rebuilt from them, and so is every state once
-// it is older than reconcileEvery (which also finds runs the watermark
-// hides: a run inserted late with an old completed_at, a manifest deleted
-// by hand). Versions are written create-only (state/00000000000000000042.json),
+// A pass reads the newest state, counts the completed runs up to the
+// watermark (one row), asks the database for the runs completed after the
+// watermark and for the pending ones, and checks a manifest only for those
+// it does not know to be exported: an idle pass lists one folder and reads
+// one small object, however long the history. The state is derived from
+// the manifests, never the other way round: a lost, corrupt or foreign
+// state object is rebuilt from them (a reconciliation: every completed run
+// against one listing of the manifests), and so is a state whose count no
+// longer matches (a run marked completed, or inserted, long after its
+// completed_at; a run deleted), and every state older than reconcileEvery
+// (which also finds a manifest deleted by hand). Versions are written create-only (state/00000000000000000042.json),
 // so replicas racing on it never overwrite each other: the loser's next
 // pass reads the winner's version.
 const (
@@ -56,6 +58,7 @@ type runState struct {
 	StateVersion int       `json:"state_version"`
 	Job          string    `json:"job"`
 	Watermark    time.Time `json:"watermark"`
+	Below        int64     `json:"below"`
 	Pending      []string  `json:"pending"`
 	Exported     []string  `json:"exported"`
 	ReconciledAt time.Time `json:"reconciled_at"`
@@ -94,7 +97,19 @@ func (r *Runner) discover(ctx context.Context, job *Job) (*discovery, error) {
 	if err := r.readState(ctx, d); err != nil {
 		return nil, err
 	}
-	if d.prev == nil || d.now.Sub(d.prev.ReconciledAt) >= reconcileEvery || d.now.Before(d.prev.ReconciledAt) {
+	reconcile := d.prev == nil || d.now.Sub(d.prev.ReconciledAt) >= reconcileEvery || d.now.Before(d.prev.ReconciledAt)
+	if !reconcile {
+		n, err := r.Source.CountCompletedUpTo(ctx, d.prev.Watermark)
+		if err != nil {
+			return nil, err
+		}
+		if n != d.prev.Below {
+			r.logger().Info("completed runs changed below the export watermark; reconciling with the manifests",
+				"job", job.Name, "watermark", d.prev.Watermark, "runs_then", d.prev.Below, "runs_now", n)
+			reconcile = true
+		}
+	}
+	if reconcile {
 		err = r.reconcile(ctx, d)
 	} else {
 		err = r.incremental(ctx, d)
@@ -296,10 +311,15 @@ func (d *discovery) next(res Result) *runState {
 		}
 		if !d.reconciled {
 			st.ReconciledAt = d.prev.ReconciledAt
+			st.Below = d.prev.Below // the runs up to the old watermark; those above it are in d.runs
 		}
 	}
 	for _, run := range d.runs {
-		switch below := !run.CompletedAt.After(st.Watermark); {
+		below := !run.CompletedAt.After(st.Watermark)
+		if below && (d.reconciled || run.CompletedAt.After(d.prev.Watermark)) {
+			st.Below++
+		}
+		switch {
 		case below && !d.done[run.ID]:
 			st.Pending = append(st.Pending, run.ID)
 		case !below && d.done[run.ID]:
@@ -314,7 +334,7 @@ func (d *discovery) next(res Result) *runState {
 // state is as true as this one, and the next pass reads it.
 func (r *Runner) saveState(ctx context.Context, d *discovery, res Result) error {
 	st := d.next(res)
-	if p := d.prev; p != nil && !d.reconciled && slices.Equal(p.Pending, st.Pending) && slices.Equal(p.Exported, st.Exported) {
+	if p := d.prev; p != nil && !d.reconciled && p.Below == st.Below && slices.Equal(p.Pending, st.Pending) && slices.Equal(p.Exported, st.Exported) {
 		return nil
 	}
 	data, err := json.MarshalIndent(st, "", "  ")

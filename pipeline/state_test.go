@@ -92,31 +92,50 @@ func TestIdlePassCostsWhatIsNew(t *testing.T) {
 	}
 }
 
-// TestLateOldRunIsFoundByReconciliation: a run inserted after the
-// watermark passed its completed_at is exported by the next
-// reconciliation, at most a day later.
-func TestLateOldRunIsFoundByReconciliation(t *testing.T) {
+// TestLateRunsBelowTheWatermarkAreFound: a run inserted long after its
+// completed_at, and one marked completed long after it, change the count
+// of runs below the watermark: the next pass reconciles and exports them.
+// A manifest deleted by hand is found by the daily reconciliation.
+func TestLateRunsBelowTheWatermarkAreFound(t *testing.T) {
 	f := newFixture(t, "")
 	ctx := context.Background()
 	job := f.Job("new-sellers")
 	if _, err := f.Runner.Once(ctx, job); err != nil {
 		t.Fatal(err)
 	}
-	late := insertOldRun(t, f.DBURL, f.AnyOrg(), time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC), 7)
-	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
-	for day := 0; day <= 1; day++ {
-		f.Runner.Now = func() time.Time { return now.Add(time.Duration(day)*24*time.Hour + time.Minute) }
+	exportedNext := func(what, id string) {
+		t.Helper()
 		res, err := f.Runner.Once(ctx, job)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, m := range res.Exported {
-			if m.RunID == late {
-				return
-			}
+		if len(res.Exported) != 1 || res.Exported[0].RunID != id {
+			t.Errorf("%s: the next pass exported %d runs, want run %s", what, len(res.Exported), id)
 		}
 	}
-	t.Errorf("run %s, completed long ago and inserted late, was not exported within a day", late)
+	late := insertOldRun(t, f.DBURL, f.AnyOrg(), time.Date(2026, 3, 2, 12, 0, 0, 0, time.UTC), 7)
+	exportedNext("inserted late", late)
+
+	flipped := insertOldRun(t, f.DBURL, f.AnyOrg(), time.Date(2026, 3, 3, 12, 0, 0, 0, time.UTC), 4)
+	pgtest.Exec(t, f.DBURL, `UPDATE collection_runs SET status = 'running' WHERE id = $1`, flipped)
+	if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
+		t.Fatalf("a running run: %+v, %v", res, err)
+	}
+	pgtest.Exec(t, f.DBURL, `UPDATE collection_runs SET status = 'completed' WHERE id = $1`, flipped)
+	exportedNext("marked completed late", flipped)
+
+	// A manifest deleted by hand: the count is unchanged, the daily
+	// reconciliation finds it.
+	key, err := job.RunManifestKey(f.lastRun())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(f.Dir, key)); err != nil {
+		t.Fatal(err)
+	}
+	now := f.Runner.Now()
+	f.Runner.Now = func() time.Time { return now.Add(25 * time.Hour) }
+	exportedNext("manifest deleted", f.lastRun().ID)
 }
 
 // TestLostOrCorruptStateIsRebuilt: without the state, or with a version

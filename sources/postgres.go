@@ -218,6 +218,18 @@ func (p *Postgres) CompletedRunsByID(ctx context.Context, ids []string) ([]Run, 
 	return p.completedRuns(ctx, " AND id = ANY($2::uuid[])", ids)
 }
 
+// CountCompletedUpTo counts the completed runs whose completed_at is t or
+// earlier (an index-only count; one row back however long the history).
+func (p *Postgres) CountCompletedUpTo(ctx context.Context, t time.Time) (int64, error) {
+	q := fmt.Sprintf(`SELECT count(*) FROM %s WHERE status = $1 AND completed_at IS NOT NULL AND completed_at <> 'infinity' AND completed_at <> '-infinity' AND completed_at <= $2`,
+		p.table(p.cfg.RunsTable))
+	var n int64
+	if err := p.pool.QueryRow(ctx, q, p.cfg.CompletedStatus, t).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count runs: %w", err)
+	}
+	return n, nil
+}
+
 func (p *Postgres) completedRuns(ctx context.Context, and string, args ...any) ([]Run, error) {
 	q := fmt.Sprintf(`SELECT %s FROM %s WHERE status = $1 AND completed_at IS NOT NULL AND completed_at <> 'infinity' AND completed_at <> '-infinity'%s ORDER BY completed_at, id`,
 		runColumns, p.table(p.cfg.RunsTable), and)

@@ -80,6 +80,9 @@ func readTree(t *testing.T, dir string) tree {
 	t.Helper()
 	tr := tree{files: map[string][]byte{}, manifests: map[string]manifestView{}, latest: map[string]string{}, schemas: map[string]string{}}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && d.Name() == "_sellersnap" {
+			return filepath.SkipDir // the export state: times of its own, checked by the pipeline tests
+		}
 		if err != nil || d.IsDir() {
 			return err
 		}

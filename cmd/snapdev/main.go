@@ -6,6 +6,7 @@
 //	snapdev pg   [-sellers N …]   # start a loaded server, print DATABASE_URL, wait for Ctrl-C
 //	snapdev bench -bin bin/sellersnap [-sellers 1000000] [-reps 5]   # sellersnap vs psql \copy (FORMAT binary)
 //	snapdev bench -hold [-sellers N]   # only the loaded bench cluster and its config, for profiling
+//	snapdev scale [-history 1000,10000,100000] [-orgs 1000]   # discovery and full snapshots as the history grows
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -52,12 +54,28 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&opts.Orgs, "orgs", 3, "demo orgs")
 	reps := fs.Int("reps", 5, "bench: repetitions of each case")
 	cache := fs.String("cache", ".cache", "bench: where the loaded cluster is kept between runs")
+	history := fs.String("history", "1000,10000,100000", "scale: history sizes (completed runs), comma-separated")
 	hold := fs.Bool("hold", false, "bench: only start the loaded cluster, write the bench config, print both and wait for Ctrl-C (for profiling)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
 	if args[0] == "bench" {
 		return bench(ctx, *bin, opts.Sellers, *reps, *cache, *hold)
+	}
+	if args[0] == "scale" {
+		var sizes []int
+		for _, s := range strings.Split(*history, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil || n <= 0 {
+				return fmt.Errorf("-history %q: want sizes such as 1000,10000", *history)
+			}
+			sizes = append(sizes, n)
+		}
+		orgs := opts.Orgs
+		if !isFlagSet(fs, "orgs") {
+			orgs = 1000
+		}
+		return scale(ctx, sizes, orgs)
 	}
 	srv, err := pgtemp.Start(ctx, pgtemp.Options{})
 	if err != nil {
@@ -138,4 +156,10 @@ func demo(ctx context.Context, bin, cfg, out, dbURL string) error {
 		fmt.Println("  " + line)
 	}
 	return nil
+}
+
+func isFlagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
