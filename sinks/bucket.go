@@ -177,6 +177,14 @@ type ObjectInfo struct {
 
 // List returns every object under prefix whose key ends with suffix.
 func (b *Bucket) List(ctx context.Context, prefix, suffix string) ([]ObjectInfo, error) {
+	if b.local != nil {
+		out, err := b.local.list(prefix, suffix)
+		b.requests.Add(1 + int64(len(out))/1000)
+		if err != nil {
+			return nil, b.redact(fmt.Errorf("list %s: %w", prefix, fsError(err)))
+		}
+		return out, nil
+	}
 	var out []ObjectInfo
 	it := b.b.List(&blob.ListOptions{Prefix: prefix})
 	b.requests.Add(1)

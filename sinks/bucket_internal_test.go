@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -208,5 +209,48 @@ func TestFileErrorsNameTheKeyOnceAndTheUser(t *testing.T) {
 	err = fsError(&os.LinkError{Op: "renameat", Old: "a/.x.tmp", New: "a/x", Err: syscall.EXDEV})
 	if err.Error() != "renameat: invalid cross-device link" || !errors.Is(err, syscall.EXDEV) {
 		t.Errorf("%v", err)
+	}
+}
+
+// TestFileListMatchesMem: a file:// bucket lists (in one walk of its
+// directory) what a mem:// bucket holding the same objects lists, and
+// never a temporary file.
+func TestFileListMatchesMem(t *testing.T) {
+	ctx := context.Background()
+	keys := []string{"a/b/manifest.json", "a/b/x.csv", "a/c/manifest.json", "ab/manifest.json", "z.json", "a/state/00000000000000000001.json"}
+	var lists [][]string
+	for _, url := range []string{"file://" + t.TempDir(), "mem://"} {
+		b, err := OpenBucket(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		for _, k := range keys {
+			if err := b.Put(ctx, k, []byte("{}"), "application/json", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if b.local != nil { // a temporary file a killed writer left
+			if err := os.WriteFile(filepath.Join(strings.TrimPrefix(url, "file://"), "a", "b", ".manifest.json.1234.tmp"), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var got []string
+		for _, q := range [][2]string{{"", ""}, {"a/", "/manifest.json"}, {"a", ".json"}, {"nope/", ""}, {"a/b/", ""}} {
+			objs, err := b.List(ctx, q[0], q[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ks []string
+			for _, o := range objs {
+				ks = append(ks, o.Key)
+			}
+			slices.Sort(ks)
+			got = append(got, strings.Join(ks, ","))
+		}
+		lists = append(lists, got)
+	}
+	if !slices.Equal(lists[0], lists[1]) {
+		t.Errorf("file:// lists\n%q\nmem:// lists\n%q", lists[0], lists[1])
 	}
 }

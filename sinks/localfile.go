@@ -11,7 +11,7 @@ import (
 	"strings"
 )
 
-// localDir writes the objects of a file:// bucket. fileblob reads and lists
+// localDir writes and lists the objects of a file:// bucket. fileblob reads
 // them, but writing goes through an os.Root so that no write or delete ever
 // leaves the bucket's directory, whatever symlinks someone placed inside it
 // (os.Root refuses a path whose symlinks lead outside the root), and so that
@@ -199,4 +199,42 @@ func (l *localFile) publish(ifNotExist bool) error {
 func (l *localFile) abort() {
 	_ = l.f.Close()
 	_ = l.dir.root.Remove(l.tmp)
+}
+
+// list returns the objects under prefix whose key ends with suffix, in one
+// walk of the directory (fileblob walks the whole tree again for every page
+// of 1,000, which made listing 100,000 manifests take minutes). Temporary
+// files and fileblob's .attrs sidecars are not objects.
+func (d *localDir) list(prefix, suffix string) ([]ObjectInfo, error) {
+	full := d.prefix + prefix
+	start := "."
+	if i := strings.LastIndexByte(full, '/'); i >= 0 {
+		start = full[:i]
+	}
+	var out []ObjectInfo
+	err := fs.WalkDir(d.root.FS(), start, func(p string, e fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // a folder removed meanwhile, or none yet
+		}
+		if err != nil {
+			return err
+		}
+		name := e.Name()
+		if e.IsDir() || strings.HasSuffix(name, ".attrs") || strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".tmp") {
+			return nil
+		}
+		if !strings.HasPrefix(p, full) || !strings.HasSuffix(p, suffix) {
+			return nil
+		}
+		info, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		out = append(out, ObjectInfo{Key: strings.TrimPrefix(p, d.prefix), Size: info.Size(), ModTime: info.ModTime()})
+		return nil
+	})
+	return out, err
 }
