@@ -62,7 +62,7 @@ func newDB(ctx context.Context, srv *pgtemp.Server, name string) (string, error)
 		return "", err
 	}
 	defer db.Close(ctx)
-	_, err = db.Exec(ctx, demodata.Schema+`CREATE INDEX ON collection_runs (completed_at);`)
+	_, err = db.Exec(ctx, demodata.Schema+`CREATE INDEX ON collection_runs (status, completed_at);`)
 	return url, err
 }
 
@@ -109,6 +109,9 @@ func scaleOne(ctx context.Context, srv *pgtemp.Server, n, orgs int) error {
 		  now() - interval '366 days' + g * (interval '365 days' / $1), now() - interval '366 days' + g * (interval '365 days' / $1) + interval '1 minute'
 		FROM o, generate_series(1, $1) g`, n, orgs)
 	if err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, `VACUUM ANALYZE collection_runs`); err != nil { // as autovacuum would have
 		return err
 	}
 	dir, err := os.MkdirTemp("", "sellersnap-scale-")
@@ -175,6 +178,12 @@ func scaleOne(ctx context.Context, srv *pgtemp.Server, n, orgs int) error {
 		return err
 	}
 	if err := step("idle pass", once(0)); err != nil {
+		return err
+	}
+	if err := step("of which: the count of runs below the watermark (database)", func() (int, error) {
+		_, err := r.Source.CountCompletedUpTo(ctx, clock.Add(-time.Hour))
+		return 0, err
+	}); err != nil {
 		return err
 	}
 	var orgID string
