@@ -7,7 +7,7 @@ TESTFLAGS ?=
 BENCH_SELLERS ?= 1000000
 BENCH_REPS    ?= 5
 
-.PHONY: all build demo test test-faults fuzz verify-readers test-minio bench check vet lint fmt clean
+.PHONY: all build demo scale test test-faults fuzz verify-readers test-minio bench check vet lint fmt clean
 
 all: build
 
@@ -27,6 +27,11 @@ demo:
 # The loaded cluster is kept in .cache/ and reused. BENCH_SELLERS=10000000 for 10M.
 bench: build
 	./bin/snapdev bench -bin ./bin/sellersnap -sellers $(BENCH_SELLERS) -reps $(BENCH_REPS)
+
+# Discovery and full snapshots as the history grows (docs/scaling.md): a throwaway
+# PostgreSQL with 100 to 100,000 completed runs and 1,000 orgs. ~2 minutes.
+scale: build
+	./bin/snapdev scale -history 100,1000,10000,100000 -orgs 1000
 
 # The whole suite against a real PostgreSQL (DATABASE_URL, or a throwaway cluster),
 # except the slow process-fault tests (see test-faults).

@@ -57,6 +57,8 @@ const (
 type runState struct {
 	StateVersion int       `json:"state_version"`
 	Job          string    `json:"job"`
+	Path         string    `json:"path"`     // the key template the manifests were looked for at
+	Timezone     string    `json:"timezone"` // of {run_date} in it
 	Watermark    time.Time `json:"watermark"`
 	Below        int64     `json:"below"`
 	Pending      []string  `json:"pending"`
@@ -156,8 +158,13 @@ func (r *Runner) readState(ctx context.Context, d *discovery) error {
 		}
 		var st runState
 		err = json.Unmarshal(data, &st)
-		if err == nil && (st.StateVersion != stateVersion || st.Job != d.job.Name) {
+		switch {
+		case err != nil:
+		case st.StateVersion != stateVersion || st.Job != d.job.Name:
 			err = fmt.Errorf("state version %d of job %q", st.StateVersion, st.Job)
+		case st.Path != d.job.Layout.String() || st.Timezone != d.job.Location.String():
+			// The job's path or time zone changed: its manifests are looked for elsewhere now.
+			err = fmt.Errorf("state of path %q in %s, the job's is %q in %s", st.Path, st.Timezone, d.job.Layout.String(), d.job.Location)
 		}
 		if err != nil {
 			r.logger().Warn("ignoring the export state; rebuilding it from the manifests", "job", d.job.Name, "key", newest, "err", err)
@@ -303,7 +310,7 @@ func (d *discovery) next(res Result) *runState {
 	for _, m := range res.Exported {
 		d.done[m.RunID] = true
 	}
-	st := &runState{StateVersion: stateVersion, Job: d.job.Name, Watermark: d.now.Add(-watermarkLag).UTC(),
+	st := &runState{StateVersion: stateVersion, Job: d.job.Name, Path: d.job.Layout.String(), Timezone: d.job.Location.String(), Watermark: d.now.Add(-watermarkLag).UTC(),
 		Pending: []string{}, Exported: []string{}, ReconciledAt: d.now.UTC(), UpdatedAt: d.now.UTC()}
 	if d.prev != nil {
 		if d.prev.Watermark.After(st.Watermark) {

@@ -239,3 +239,34 @@ func TestReplicasRacingOnTheStateLoseNothing(t *testing.T) {
 		t.Errorf("after the race: %d units pending (%v), want none", len(plan), err)
 	}
 }
+
+// TestChangedPathRebuildsTheState: after the job's path (or the time zone
+// of its {run_date}) changes, the runs have no manifest at the new keys; the state of the old path must not
+// count them as exported.
+func TestChangedPathRebuildsTheState(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	if first, err := f.Runner.Once(ctx, f.Job("new-sellers")); err != nil || len(first.Exported) == 0 {
+		t.Fatalf("first pass: %+v, %v", first, err)
+	}
+	for _, change := range []string{
+		"    path: sellers/new/org={org_id}/date={run_date}/r={run_id}/sellers_{run_date}_run-{run_id8}.{ext}",
+		"    path: sellers/new/org={org_id}/date={run_date}/r={run_id}/sellers_{run_date}_run-{run_id8}.{ext}\n    timezone: Pacific/Kiritimati",
+	} {
+		f.Load(change)
+		job := f.Job("new-sellers")
+		if _, err := f.Runner.Once(ctx, job); err != nil {
+			t.Fatal(err)
+		}
+		runs, err := f.Src.CompletedRuns(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files := f.Files()
+		for _, run := range runs {
+			if key, _ := job.RunManifestKey(run); files[key] == nil {
+				t.Errorf("after %q: run %s has no manifest at %s", change, run.ID, key)
+			}
+		}
+	}
+}
