@@ -198,3 +198,44 @@ func addLateSeller(t *testing.T, dbURL, runID string) {
 	pgtest.Exec(t, dbURL, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
 		SELECT gen_random_uuid(), org_id, 'Late', 'late', 'ebay', 1, false, id, now() FROM collection_runs WHERE id = $1`, runID)
 }
+
+// TestTheLockIsHeldByTheSnapshot: with PostgresLocker, a unit's advisory
+// lock belongs to the transaction that reads the unit (the backend with a
+// snapshot), not to a second session: one connection per export, and the
+// lock cannot outlive the snapshot it protects.
+func TestTheLockIsHeldByTheSnapshot(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	src, err := sources.Open(ctx, sources.Config{DSN: f.DBURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(src.Close)
+	r := &pipeline.Runner{Source: src, Version: "test", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Locker: pipeline.PostgresLocker(src)}
+	t.Cleanup(func() { r.Close() })
+	var holders, withSnapshot int
+	pipeline.SetBeforeCommit(r, func() {
+		err := pgxQueryRow(t, f.DBURL, `SELECT count(*), count(*) FILTER (WHERE a.backend_xmin IS NOT NULL AND a.xact_start IS NOT NULL)
+			FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND l.granted`, &holders, &withSnapshot)
+		if err != nil {
+			t.Error(err)
+		}
+	})
+	if res, err := r.ExportPending(ctx, f.Job("new-sellers"), f.lastRun().ID); err != nil || len(res.Exported) != 1 {
+		t.Fatalf("export: %+v, %v", res, err)
+	}
+	if holders != 1 || withSnapshot != 1 {
+		t.Errorf("during the export %d sessions held advisory locks, %d of them in a snapshot; want the snapshot's own", holders, withSnapshot)
+	}
+}
+
+func pgxQueryRow(t *testing.T, url, q string, dest ...any) error {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	return conn.QueryRow(ctx, q).Scan(dest...)
+}

@@ -268,8 +268,12 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 }
 
 // exportLocked reads one unit (a run, or an org's snapshot for a date) in
-// its own snapshot, under the unit's lock.
+// its own snapshot, under the unit's lock: with PostgresLocker a lock of
+// the snapshot's own transaction, else the Locker's.
 func (r *Runner) exportLocked(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
+	if _, ok := r.Locker.(pgLocker); ok {
+		return r.exportInSnapshotLock(ctx, bucket, u, force)
+	}
 	release, held, ok, err := r.lock(ctx, u.lockKey())
 	if err != nil {
 		return nil, err
@@ -365,6 +369,39 @@ func (r *Runner) full(ctx context.Context, job *Job, date string, force bool) (R
 		r.observer().Backlog(job.Name, res.Failed, 0)
 	}
 	return res, errors.Join(errs...)
+}
+
+// exportInSnapshotLock is exportLocked with the lock taken inside the
+// snapshot (pg_try_advisory_xact_lock): one connection per export, held
+// until the snapshot closes, and a unit another process holds costs one
+// short transaction.
+func (r *Runner) exportInSnapshotLock(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
+	snap, err := r.Source.Snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close(context.WithoutCancel(ctx))
+	lock, ok, err := snap.TryLock(ctx, u.lockKey())
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		r.logger().Debug("unit is being exported by another process", u.logAttrs()...)
+		return nil, errExportedElsewhere
+	}
+	u.held = lock.Held
+	// Another process may have finished it between listing and locking;
+	// and a rerun must not overwrite another job's unit.
+	key, err := u.manifestKey()
+	if err != nil {
+		return nil, err
+	}
+	if done, err := r.exported(ctx, bucket, u.job, key); err != nil {
+		return nil, err
+	} else if done && !force {
+		return nil, errExportedElsewhere
+	}
+	return r.exportUnit(ctx, snap, bucket, u, force)
 }
 
 // orgs lists the orgs with sellers (of the job's filter), in a short
@@ -475,8 +512,10 @@ func (r *Runner) Plan(ctx context.Context, job *Job) ([]Planned, error) {
 	return plan, nil
 }
 
-// PostgresLocker makes PostgreSQL advisory locks (sources.Postgres.TryLock)
-// a Locker.
+// PostgresLocker locks each unit with a PostgreSQL advisory lock taken in
+// the unit's own snapshot transaction (sources.Snapshot.TryLock); as a
+// Locker on its own it takes session locks (sources.Postgres.TryLock),
+// which exclude the same units.
 func PostgresLocker(p *sources.Postgres) Locker { return pgLocker{p} }
 
 type pgLocker struct{ p *sources.Postgres }

@@ -100,3 +100,52 @@ func (l *Lock) Unlock() {
 	}
 	l.conn.Release()
 }
+
+// SnapshotLock is a transaction-level advisory lock taken inside a
+// snapshot: held until the snapshot closes, on the snapshot's own
+// connection. An export under it needs one connection instead of two, and
+// it works through PgBouncer in transaction pooling mode (the transaction
+// keeps its server connection).
+type SnapshotLock struct {
+	pool *pgxpool.Pool
+	pid  uint32
+	key  string
+}
+
+// TryLock takes the advisory lock named key (named as Postgres.TryLock
+// names it: the two kinds exclude each other) for the rest of the
+// snapshot's transaction, without waiting. ok is false when another
+// session or transaction holds it.
+func (s *Snapshot) TryLock(ctx context.Context, key string) (*SnapshotLock, bool, error) {
+	ctx, cancel := bound(ctx, s.cfg)
+	defer cancel()
+	var ok bool
+	var pid uint32
+	err := s.tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)), pg_backend_pid()`, pgx.QueryExecModeExec, "sellersnap:"+key).Scan(&ok, &pid)
+	if err != nil {
+		return nil, false, fmt.Errorf("try lock %s: %w", key, stalled(ctx, err))
+	}
+	if !ok {
+		return nil, false, nil
+	}
+	return &SnapshotLock{pool: s.pool, pid: pid, key: key}, true, nil
+}
+
+// Held returns nil if the snapshot's server session still holds the lock,
+// else an error wrapping ErrLockLost. It asks pg_locks on another
+// connection of the pool, so it can be asked while the snapshot's own
+// connection streams rows (split output commits parts mid-stream).
+func (l *SnapshotLock) Held(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var held bool
+	err := l.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = $2 AND granted
+		AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0))`, pgx.QueryExecModeExec, "sellersnap:"+l.key, l.pid).Scan(&held)
+	if err != nil {
+		return fmt.Errorf("lock %s: %w (%v)", l.key, ErrLockLost, err)
+	}
+	if !held {
+		return fmt.Errorf("lock %s: %w", l.key, ErrLockLost)
+	}
+	return nil
+}

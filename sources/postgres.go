@@ -38,8 +38,8 @@ type Config struct {
 	// StatementTimeout bounds every statement of an export (SET LOCAL
 	// statement_timeout). Zero means no limit.
 	StatementTimeout time.Duration
-	// MaxConns bounds the connection pool. Default 8 (an export holds two:
-	// its snapshot and its advisory lock).
+	// MaxConns bounds the connection pool. Default 8 (an export holds one,
+	// its snapshot, and borrows one to check its lock).
 	MaxConns int32
 	// Conns is how many connections Open establishes, all at once, before
 	// it returns; default 1. An export needs two: opening them in parallel
@@ -498,6 +498,7 @@ func (p *Postgres) CountByOrg(ctx context.Context, f Filter) (map[string]int64, 
 // through it sees the same database state.
 type Snapshot struct {
 	conn   *pgxpool.Conn
+	pool   *pgxpool.Pool // for lock checks while conn streams
 	tx     pgx.Tx
 	cfg    Config
 	time   time.Time
@@ -519,7 +520,7 @@ func (p *Postgres) Snapshot(ctx context.Context) (*Snapshot, error) {
 		conn.Release()
 		return nil, fmt.Errorf("begin snapshot: %w", stalled(bctx, err))
 	}
-	s := &Snapshot{conn: conn, tx: tx, cfg: p.cfg}
+	s := &Snapshot{conn: conn, pool: p.pool, tx: tx, cfg: p.cfg}
 	if err := s.init(bctx); err != nil {
 		s.Close(ctx)
 		if se := stalled(bctx, nil); se != nil {

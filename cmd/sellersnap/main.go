@@ -588,8 +588,9 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	}
 }
 
-// exportConns is how many connections a command opens up front: exports
-// hold two (the unit's advisory lock and its snapshot).
+// exportConns is how many connections a command opens up front: an export
+// holds one (its snapshot, which holds the unit's lock) and borrows a second
+// for a moment to check the lock before each change to the bucket.
 func exportConns(cmd string) int {
 	switch cmd {
 	case "once", "rerun", "run":
