@@ -37,12 +37,13 @@ func (r *Runner) exported(ctx context.Context, bucket *sinks.Bucket, job *Job, k
 	if err != nil || !ok {
 		return false, err
 	}
-	return r.owned(ctx, bucket, job, key)
+	return r.owned(ctx, bucket, job, key, true)
 }
 
 // owned reports whether the manifest at key names job (false if it is
-// gone); see exported.
-func (r *Runner) owned(ctx context.Context, bucket *sinks.Bucket, job *Job, key string) (bool, error) {
+// gone); see exported. remember keeps the answer for the process (a
+// reconciliation records it in the export state instead).
+func (r *Runner) owned(ctx context.Context, bucket *sinks.Bucket, job *Job, key string, remember bool) (bool, error) {
 	own := job.Name + "\x00" + bucket.URL() + "\x00" + key
 	r.mu.Lock()
 	_, seen := r.ownedKeys[own]
@@ -65,6 +66,9 @@ func (r *Runner) owned(ctx context.Context, bucket *sinks.Bucket, job *Job, key 
 	}
 	if m.Job != job.Name {
 		return false, &ConflictError{Key: key, Job: job.Name, OtherJob: m.Job}
+	}
+	if !remember {
+		return true, nil
 	}
 	r.mu.Lock()
 	if r.ownedKeys == nil {

@@ -210,7 +210,7 @@ func (r *Runner) reconcile(ctx context.Context, d *discovery) error {
 		default:
 			g.Go(func() error {
 				var err error
-				done[i], err = r.owned(gctx, d.bucket, d.job, key)
+				done[i], err = r.owned(gctx, d.bucket, d.job, key, false)
 				if isConflict(err) {
 					return nil // pending: the export fails it under its lock, alone
 				}
