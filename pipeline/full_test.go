@@ -2,13 +2,10 @@ package pipeline_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"sync"
 	"testing"
 
 	"github.com/sellersnap/sellersnap/internal/pgtest"
-	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sources"
 )
 
@@ -28,13 +25,7 @@ func TestFullSnapshotSplitsOrgsAcrossReplicas(t *testing.T) {
 	perReplica := make([]int, 3)
 	var wg sync.WaitGroup
 	for i := range perReplica {
-		src, err := sources.Open(ctx, sources.Config{DSN: f.DBURL})
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := &pipeline.Runner{Source: src, Version: "test", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-			Locker: pipeline.PostgresLocker(src), Now: f.Runner.Now}
-		t.Cleanup(func() { r.Close(); src.Close() })
+		r := f.replica()
 		wg.Go(func() {
 			res, err := r.Once(ctx, job)
 			if err != nil {

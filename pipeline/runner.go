@@ -284,16 +284,8 @@ func (r *Runner) exportLocked(ctx context.Context, bucket *sinks.Bucket, u unit,
 	}
 	defer release()
 	u.held = held
-	// Another process may have finished it between listing and locking;
-	// and a rerun must not overwrite another job's unit.
-	key, err := u.manifestKey()
-	if err != nil {
+	if err := r.recheck(ctx, bucket, u, force); err != nil {
 		return nil, err
-	}
-	if done, err := r.exported(ctx, bucket, u.job, key); err != nil {
-		return nil, err
-	} else if done && !force {
-		return nil, errExportedElsewhere
 	}
 	snap, err := r.Source.Snapshot(ctx)
 	if err != nil {
@@ -390,18 +382,25 @@ func (r *Runner) exportInSnapshotLock(ctx context.Context, bucket *sinks.Bucket,
 		return nil, errExportedElsewhere
 	}
 	u.held = lock.Held
-	// Another process may have finished it between listing and locking;
-	// and a rerun must not overwrite another job's unit.
-	key, err := u.manifestKey()
-	if err != nil {
+	if err := r.recheck(ctx, bucket, u, force); err != nil {
 		return nil, err
-	}
-	if done, err := r.exported(ctx, bucket, u.job, key); err != nil {
-		return nil, err
-	} else if done && !force {
-		return nil, errExportedElsewhere
 	}
 	return r.exportUnit(ctx, snap, bucket, u, force)
+}
+
+// recheck runs once the unit's lock is held: another process may have
+// finished the unit between listing and locking (errExportedElsewhere),
+// and a rerun must not overwrite another job's unit (a ConflictError).
+func (r *Runner) recheck(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) error {
+	key, err := u.manifestKey()
+	if err != nil {
+		return err
+	}
+	done, err := r.exported(ctx, bucket, u.job, key)
+	if err == nil && done && !force {
+		return errExportedElsewhere
+	}
+	return err
 }
 
 // orgs lists the orgs with sellers (of the job's filter), in a short

@@ -30,6 +30,19 @@ func (f *fixture) stateKeys() []string {
 	return out
 }
 
+// replica is another process's Runner on f's database and bucket: its
+// own connections, PostgreSQL locks, f's clock.
+func (f *fixture) replica() *pipeline.Runner {
+	src, err := sources.Open(context.Background(), sources.Config{DSN: f.DBURL})
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	r := &pipeline.Runner{Source: src, Version: "test", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Locker: pipeline.PostgresLocker(src), Now: f.Runner.Now}
+	f.T.Cleanup(func() { r.Close(); src.Close() })
+	return r
+}
+
 // requests returns what the bucket has been sent so far.
 func (f *fixture) requests() int64 {
 	b, err := f.Runner.Bucket(context.Background(), f.Dest)
@@ -188,17 +201,7 @@ func TestReplicasRacingOnTheStateLoseNothing(t *testing.T) {
 	f := newFixture(t, "")
 	ctx := context.Background()
 	job := f.Job("new-sellers")
-	replica := func() *pipeline.Runner {
-		src, err := sources.Open(ctx, sources.Config{DSN: f.DBURL})
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := &pipeline.Runner{Source: src, Version: "test", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-			Locker: pipeline.PostgresLocker(src), Now: f.Runner.Now}
-		t.Cleanup(func() { r.Close(); src.Close() })
-		return r
-	}
-	replicas := []*pipeline.Runner{replica(), replica(), replica()}
+	replicas := []*pipeline.Runner{f.replica(), f.replica(), f.replica()}
 	org := f.AnyOrg()
 	exported := map[string]int{}
 	var mu sync.Mutex
@@ -233,7 +236,7 @@ func TestReplicasRacingOnTheStateLoseNothing(t *testing.T) {
 	}
 	// A fresh replica, reading whichever versions won, finds nothing
 	// pending, without a reconciliation.
-	fresh := replica()
+	fresh := f.replica()
 	plan, err := fresh.Plan(ctx, job)
 	if err != nil || len(plan) != 0 {
 		t.Errorf("after the race: %d units pending (%v), want none", len(plan), err)
