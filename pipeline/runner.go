@@ -527,8 +527,10 @@ func (l pgLocker) TryLock(ctx context.Context, key string) (Unlocker, bool, erro
 	return lk, true, nil
 }
 
-// Recent returns the n newest manifests of job in its destination, newest
-// first (by the time the bucket stored them).
+// Recent returns up to n recent manifests of job in its destination,
+// newest first: for a per_run job those of the runs that completed last
+// (among the last 4n; a few reads however long the history), for a full
+// job the n the bucket stored last (one listing of the job's prefix).
 func (r *Runner) Recent(ctx context.Context, job *Job, n int) ([]*Manifest, error) {
 	ms, _, err := r.recent(ctx, job, n)
 	return ms, err
@@ -540,18 +542,41 @@ func (r *Runner) recent(ctx context.Context, job *Job, n int) ([]*Manifest, []st
 	if err != nil {
 		return nil, nil, err
 	}
-	objs, err := bucket.List(ctx, job.Layout.Prefix(), "/"+ManifestName)
-	if err != nil {
-		return nil, nil, err
+	var candidates []string
+	if job.Mode == config.ModePerRun {
+		// The manifests of the runs that completed last: a few reads,
+		// however long the history (a run without one is pending).
+		runs, err := r.Source.NewestCompletedRuns(ctx, 4*n)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, run := range runs {
+			key, err := job.RunManifestKey(run)
+			if err != nil {
+				return nil, nil, err
+			}
+			candidates = append(candidates, key)
+		}
+	} else {
+		objs, err := bucket.List(ctx, job.Layout.Prefix(), "/"+ManifestName)
+		if err != nil {
+			return nil, nil, err
+		}
+		slices.SortFunc(objs, func(a, b sinks.ObjectInfo) int { return b.ModTime.Compare(a.ModTime) })
+		for _, o := range objs {
+			candidates = append(candidates, o.Key)
+		}
 	}
-	slices.SortFunc(objs, func(a, b sinks.ObjectInfo) int { return b.ModTime.Compare(a.ModTime) })
 	var out []*Manifest
 	var keys []string
-	for _, o := range objs {
+	for _, key := range candidates {
 		if len(out) == n {
 			break
 		}
-		data, err := bucket.ReadAll(ctx, o.Key)
+		data, err := bucket.ReadAll(ctx, key)
+		if sinks.IsNotFound(err) {
+			continue // not exported (yet)
+		}
 		if err != nil {
 			return nil, nil, err
 		}
@@ -560,7 +585,7 @@ func (r *Runner) recent(ctx context.Context, job *Job, n int) ([]*Manifest, []st
 			continue // another job's, or not ours
 		}
 		out = append(out, &m)
-		keys = append(keys, o.Key)
+		keys = append(keys, key)
 	}
 	return out, keys, nil
 }

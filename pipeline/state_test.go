@@ -103,6 +103,17 @@ func TestIdlePassCostsWhatIsNew(t *testing.T) {
 	if n := f.requests() - before; n > 2 {
 		t.Errorf("an idle pass after new runs sent %d bucket requests, want at most 2", n)
 	}
+
+	// The status page's and `sellersnap status`'s recent exports: the
+	// newest runs' manifests, not a listing of the history.
+	before = f.requests()
+	recent, err := f.Runner.RecentExports(ctx, job, 3)
+	if err != nil || len(recent) != 3 || recent[0].RunID != ids[1] || recent[1].RunID != ids[0] {
+		t.Errorf("recent exports: %+v, %v; want the 2 new runs first", recent, err)
+	}
+	if n := f.requests() - before; n > 3 {
+		t.Errorf("3 recent exports cost %d bucket requests, want 3", n)
+	}
 }
 
 // TestLateRunsBelowTheWatermarkAreFound: a run inserted long after its

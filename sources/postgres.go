@@ -230,8 +230,17 @@ func (p *Postgres) CountCompletedUpTo(ctx context.Context, t time.Time) (int64, 
 	return n, nil
 }
 
+// NewestCompletedRuns is CompletedRuns for the n that completed last,
+// newest first.
+func (p *Postgres) NewestCompletedRuns(ctx context.Context, n int) ([]Run, error) {
+	return p.completedRuns(ctx, " ORDER BY completed_at DESC, id DESC LIMIT $2", n)
+}
+
 func (p *Postgres) completedRuns(ctx context.Context, and string, args ...any) ([]Run, error) {
-	q := fmt.Sprintf(`SELECT %s FROM %s WHERE status = $1 AND completed_at IS NOT NULL AND completed_at <> 'infinity' AND completed_at <> '-infinity'%s ORDER BY completed_at, id`,
+	if !strings.Contains(and, "ORDER BY") {
+		and += " ORDER BY completed_at, id"
+	}
+	q := fmt.Sprintf(`SELECT %s FROM %s WHERE status = $1 AND completed_at IS NOT NULL AND completed_at <> 'infinity' AND completed_at <> '-infinity'%s`,
 		runColumns, p.table(p.cfg.RunsTable), and)
 	rows, err := p.pool.Query(ctx, q, append([]any{p.cfg.CompletedStatus}, args...)...)
 	if err != nil {
