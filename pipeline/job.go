@@ -58,26 +58,29 @@ func NewJob(j *config.Job) (*Job, error) {
 		selects: map[string][]int{}, onSchemaChange: j.OnSchemaChange,
 		maxRows: j.MaxRowsPerFile, maxBytes: int64(j.MaxBytesPerFile), batchRows: j.BatchRows, maskKey: j.MaskKey,
 	}
-	for _, name := range j.Formats {
+	// Every format is built (the manifest records each one's compression),
+	// the job writes those it names, in its order.
+	all := map[string]*sinks.Format{}
+	for _, name := range sinks.FormatNames() {
 		f, err := sinks.NewFormat(name, formatOptions(j, name))
 		if err != nil {
 			return nil, fmt.Errorf("job %s: %w", j.Name, err)
+		}
+		all[name] = f
+	}
+	for _, name := range j.Formats {
+		f := all[name]
+		if f == nil {
+			return nil, fmt.Errorf("job %s: unknown format %q", j.Name, name)
 		}
 		job.Formats = append(job.Formats, f)
 		if sel := j.Selects()[name]; len(sel.Include) > 0 || len(sel.Exclude) > 0 {
 			job.selects[name] = sel.Columns(j.Columns)
 		}
 	}
-	comp := func(format string) string {
-		f, _ := sinks.NewFormat(format, formatOptions(j, format)) // checked by CheckConfig
-		if f == nil {
-			return ""
-		}
-		return f.Compression()
-	}
 	job.options = ManifestOptions{
 		CSVFormulaGuard: j.CSV.FormulaGuard == nil || *j.CSV.FormulaGuard, CSVDelimiter: j.CSV.Delimiter, CSVQuoteAll: j.CSV.QuoteAll,
-		CSVCompression: comp("csv"), NDJSONCompression: comp("ndjson"), ParquetCompression: comp("parquet"),
+		CSVCompression: all["csv"].Compression(), NDJSONCompression: all["ndjson"].Compression(), ParquetCompression: all["parquet"].Compression(),
 		Flagged: j.Flagged, Order: sources.Order,
 	}
 	return job, nil

@@ -438,7 +438,7 @@ func (r *Runner) Plan(ctx context.Context, job *Job) ([]Planned, error) {
 	}
 	var units []unit
 	var counts map[string]int64
-	stateKey := "" // per_run: the export state version the pass writes
+	nextState := "" // per_run: the export state version the pass writes
 	if job.Mode == config.ModeFull {
 		bucket, err := r.Bucket(ctx, job.Destination)
 		if err != nil {
@@ -467,7 +467,7 @@ func (r *Runner) Plan(ctx context.Context, job *Job) ([]Planned, error) {
 			return nil, err
 		}
 		units = d.pending
-		stateKey = fmt.Sprintf("%s%020d.json", stateDir(job), d.seq+1)
+		nextState = stateKey(job, d.seq+1)
 		runs := make([]sources.Run, len(units))
 		for i, u := range units {
 			runs[i] = *u.run
@@ -504,8 +504,8 @@ func (r *Runner) Plan(ctx context.Context, job *Job) ([]Planned, error) {
 		} else if !ok {
 			plan[0].Keys = append(plan[0].Keys, job.Layout.Schema()) // the first export records the schema
 		}
-		if stateKey != "" {
-			plan[0].Keys = append(plan[0].Keys, stateKey) // the pass records what it exported
+		if nextState != "" {
+			plan[0].Keys = append(plan[0].Keys, nextState) // the pass records what it exported
 		}
 	}
 	return plan, nil

@@ -344,12 +344,7 @@ func (r *Runner) saveState(ctx context.Context, d *discovery, res Result) error 
 	if p := d.prev; p != nil && !d.reconciled && p.Below == st.Below && slices.Equal(p.Pending, st.Pending) && slices.Equal(p.Exported, st.Exported) {
 		return nil
 	}
-	data, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return err
-	}
-	key := fmt.Sprintf("%s%020d.json", stateDir(d.job), d.seq+1)
-	if err := d.bucket.Put(ctx, key, append(data, '\n'), "application/json", &sinks.PutOptions{IfNotExist: true}); err != nil {
+	if err := putVersion(ctx, d.bucket, d.job, d.seq+1, st); err != nil {
 		if errors.Is(err, sinks.ErrExists) {
 			return nil
 		}
@@ -365,6 +360,19 @@ func (r *Runner) saveState(ctx context.Context, d *discovery, res Result) error 
 	}
 	return nil
 }
+
+// putVersion writes st as version seq of job's state, create-only: an
+// error wrapping sinks.ErrExists says another replica wrote it first.
+func putVersion(ctx context.Context, bucket *sinks.Bucket, job *Job, seq int64, st *runState) error {
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	return bucket.Put(ctx, stateKey(job, seq), append(data, '\n'), "application/json", &sinks.PutOptions{IfNotExist: true})
+}
+
+// stateKey is the key of version seq of job's state.
+func stateKey(job *Job, seq int64) string { return fmt.Sprintf("%s%020d.json", stateDir(job), seq) }
 
 // forgetExported puts run back among the pending runs of the state: its
 // manifest was removed (a failed rerun), so it must be exported again
@@ -385,13 +393,7 @@ func (r *Runner) forgetExported(ctx context.Context, job *Job, run sources.Run) 
 			st.Pending = append(slices.Clone(st.Pending), run.ID)
 		}
 		st.UpdatedAt = d.now.UTC()
-		data, err := json.MarshalIndent(st, "", "  ")
-		if err != nil {
-			return err
-		}
-		key := fmt.Sprintf("%s%020d.json", stateDir(job), d.seq+1)
-		err = bucket.Put(ctx, key, append(data, '\n'), "application/json", &sinks.PutOptions{IfNotExist: true})
-		if !errors.Is(err, sinks.ErrExists) {
+		if err := putVersion(ctx, bucket, job, d.seq+1, &st); !errors.Is(err, sinks.ErrExists) {
 			return err
 		}
 	}

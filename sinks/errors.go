@@ -44,15 +44,15 @@ func Transient(err error) bool {
 	if status == 429 || status == 408 || status >= 500 {
 		return true
 	}
-	return BrokenConnection(err)
+	return brokenConnection(err)
 }
 
-// BrokenConnection reports whether err is a network connection that broke,
+// brokenConnection reports whether err is a network connection that broke,
 // timed out or was refused: transient for a bucket and a database alike.
 // A bare errno from a file system (EACCES, EROFS, ENOSPC of a file://
 // bucket) is not one, though syscall.Errno satisfies net.Error: only its
 // timeouts are. Socket errors come as *net.OpError, HTTP ones as *url.Error.
-func BrokenConnection(err error) bool {
+func brokenConnection(err error) bool {
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) {
 		return true

@@ -73,9 +73,6 @@ var formats = map[string]formatSpec{
 // FormatNames lists the formats, in the order a job writes them by default.
 func FormatNames() []string { return []string{"csv", "ndjson", "parquet"} }
 
-// Compressions lists the compressions format accepts, its default first.
-func Compressions(format string) []string { return slices.Clone(formats[format].compressions) }
-
 // NewFormat returns format with its options checked and defaults applied.
 func NewFormat(format string, o FormatOptions) (*Format, error) {
 	spec, ok := formats[format]

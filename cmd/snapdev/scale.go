@@ -191,7 +191,9 @@ func scaleOne(ctx context.Context, srv *pgtemp.Server, n, orgs int) error {
 		return err
 	}
 	for i := 0; i < 10; i++ {
-		demoRun(ctx, conn, orgID, 100)
+		if err := demoRun(ctx, conn, orgID, 100); err != nil {
+			return err
+		}
 	}
 	if err := step("pass with 10 new runs (100 sellers each)", once(10)); err != nil {
 		return err
@@ -207,11 +209,14 @@ func scaleOne(ctx context.Context, srv *pgtemp.Server, n, orgs int) error {
 }
 
 // demoRun adds a completed run of org with n sellers.
-func demoRun(ctx context.Context, conn *pgx.Conn, org string, n int) {
+func demoRun(ctx context.Context, conn *pgx.Conn, org string, n int) error {
 	var id string
-	_ = conn.QueryRow(ctx, `INSERT INTO collection_runs VALUES (gen_random_uuid(), $1, 'completed', now(), clock_timestamp()) RETURNING id::text`, org).Scan(&id)
-	_, _ = conn.Exec(ctx, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+	if err := conn.QueryRow(ctx, `INSERT INTO collection_runs VALUES (gen_random_uuid(), $1, 'completed', now(), clock_timestamp()) RETURNING id::text`, org).Scan(&id); err != nil {
+		return err
+	}
+	_, err := conn.Exec(ctx, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
 		SELECT gen_random_uuid(), $1, 'S ' || g, 's ' || g, 'ebay', 1, false, $2, now() - g * interval '1 ms' FROM generate_series(1, $3) g`, org, id, n)
+	return err
 }
 
 // scaleFull exports one date's full snapshot of orgs orgs (100 sellers
