@@ -273,6 +273,11 @@ func (r *Runner) publish(ctx context.Context, bucket *sinks.Bucket, u unit, outs
 	skey := u.job.Layout.Success(mkey)
 	err = u.stillHeld(ctx)
 	if err == nil {
+		// Only the lock's holder writes these keys: temporary files of
+		// theirs are a killed holder's.
+		err = errors.Join(bucket.RemoveStaleTemp(ctx, skey), bucket.RemoveStaleTemp(ctx, mkey))
+	}
+	if err == nil {
 		err = bucket.Put(ctx, skey, nil, "application/octet-stream", nil)
 	}
 	if err != nil {

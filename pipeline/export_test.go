@@ -620,11 +620,36 @@ func TestStaleTempFilesOfAKilledExportAreRemoved(t *testing.T) {
 	if err := os.WriteFile(other, []byte("not ours"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A kill while the manifest, _SUCCESS or latest.json was written (the
+	// names sinks gives its temporary files). latest.json is written by
+	// whoever finishes an export of the org, under no one lock: a fresh
+	// temporary file may be another process's and stays; an old one goes.
+	folder := filepath.Dir(filepath.Join(f.Dir, filepath.FromSlash(key)))
+	mkey := path.Join(path.Dir(key), pipeline.ManifestName)
+	latest := filepath.Join(f.Dir, filepath.FromSlash(job.Layout.Latest(mkey, res.Exported[0].OrgID)))
+	oldLatest := filepath.Join(filepath.Dir(latest), ".latest.json.0123456789abcdef.tmp")
+	freshLatest := filepath.Join(filepath.Dir(latest), ".latest.json.fedcba9876543210.tmp")
+	stales := []string{stale, filepath.Join(folder, ".manifest.json.73df96c990a8a9e7.tmp"),
+		filepath.Join(folder, "._SUCCESS.73df96c990a8a9e7.tmp"), oldLatest}
+	for _, p := range append(stales[1:], freshLatest) {
+		if err := os.WriteFile(p, []byte("{"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := time.Now().Add(-2 * time.Minute)
+	if err := os.Chtimes(oldLatest, long, long); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := f.Runner.RerunRun(ctx, job, runs[1].ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(stale); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("stale temp file still there: %v", err)
+	for _, p := range stales {
+		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("stale temp file %s still there: %v", filepath.Base(p), err)
+		}
+	}
+	if _, err := os.Stat(freshLatest); err != nil {
+		t.Errorf("a temporary file another process may be writing was removed: %v", err)
 	}
 	if _, err := os.Stat(other); err != nil {
 		t.Errorf("a file that is not a temp file of ours was removed: %v", err)

@@ -205,6 +205,11 @@ func (b *Bucket) List(ctx context.Context, prefix, suffix string) ([]ObjectInfo,
 	}
 }
 
+// staleTempAge is how long a temporary file of a small Put stays untouched
+// before Put takes it for a killed writer's: a Put writes its few bytes in
+// milliseconds.
+const staleTempAge = time.Minute
+
 // RemoveStaleTemp deletes the temporary files a killed process left next
 // to key in a file:// bucket. Other drivers keep no such files; for them it
 // does nothing. The caller must make sure nobody is writing key.
@@ -212,7 +217,7 @@ func (b *Bucket) RemoveStaleTemp(ctx context.Context, key string) error {
 	if b.local == nil {
 		return nil
 	}
-	if err := b.local.removeStaleTemp(key); err != nil {
+	if err := b.local.removeStaleTemp(key, 0); err != nil {
 		return b.redact(fmt.Errorf("remove temporary files of %s: %w", key, err))
 	}
 	return nil
@@ -262,6 +267,10 @@ func (b *Bucket) Put(ctx context.Context, key string, data []byte, contentType s
 		}
 	}()
 	if b.local != nil {
+		// Keys that several processes may write (latest.json) are not
+		// under one lock: only temporary files nobody has touched for a
+		// while are a killed writer's.
+		_ = b.local.removeStaleTemp(key, staleTempAge)
 		// Durable like any Object: a manifest torn by a power cut would
 		// mark a unit exported that no reader can open.
 		_, err = b.putFile(ctx, key, data, wo)

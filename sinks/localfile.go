@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // localDir writes and lists the objects of a file:// bucket. fileblob reads
@@ -96,8 +97,9 @@ func (d *localDir) remove(key string) error {
 
 // removeStaleTemp deletes the temporary files of key that a killed process
 // left: ".name.<hex>.tmp", and "name.<hex>.tmp" as fileblob named them
-// before sellersnap wrote file:// buckets itself.
-func (d *localDir) removeStaleTemp(key string) error {
+// before sellersnap wrote file:// buckets itself. With olderThan > 0 it
+// keeps those modified more recently: another process may be writing them.
+func (d *localDir) removeStaleTemp(key string, olderThan time.Duration) error {
 	rel, err := d.path(key)
 	if err != nil {
 		return err
@@ -119,6 +121,12 @@ func (d *localDir) removeStaleTemp(key string) error {
 	for _, n := range names {
 		if !strings.HasSuffix(n, ".tmp") || !strings.HasPrefix(n, tempPrefix(rel)) && !strings.HasPrefix(n, base+".") {
 			continue
+		}
+		if olderThan > 0 {
+			fi, err := d.root.Lstat(filepath.Join(dir, n))
+			if err != nil || time.Since(fi.ModTime()) < olderThan {
+				continue
+			}
 		}
 		if err := d.root.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
