@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -58,20 +59,22 @@ func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit,
 	key := u.latestKey(mkey)
 	l := &Latest{LatestVersion: 1, Job: m.Job, Mode: m.Mode, OrgID: m.OrgID, RunID: m.RunID, Date: m.Date,
 		Manifest: mkey, Rows: m.Rows, RunCompletedAt: m.Snapshot.RunCompletedAt, ExportedAt: m.ExportedAt}
+	data, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return err
+	}
 	old, err := bucket.ReadAll(ctx, key)
 	switch {
 	case sinks.IsNotFound(err):
 	case err != nil:
 		return fmt.Errorf("read %s: %w", key, err)
+	case bytes.Equal(bytes.TrimSpace(old), data):
+		return nil // says so already
 	default:
 		var prev Latest
 		if json.Unmarshal(old, &prev) == nil && prev.Manifest != mkey && !l.newer(&prev) {
 			return nil
 		}
-	}
-	data, err := json.MarshalIndent(l, "", "  ")
-	if err != nil {
-		return err
 	}
 	if err := bucket.Put(ctx, key, append(data, '\n'), "application/json", nil); err != nil {
 		return fmt.Errorf("write %s: %w", key, err)

@@ -151,6 +151,7 @@ func (r *Runner) Once(ctx context.Context, job *Job) (Result, error) {
 		r.observer().Backlog(job.Name, 0, 0)
 	}
 	res, err := r.exportRuns(ctx, job, d.pending, false)
+	r.repairLatest(ctx, d, res)
 	if ctx.Err() == nil {
 		if serr := r.saveState(ctx, d, res); serr != nil {
 			r.logger().Warn("could not save the export state; the next pass reads the previous one", "job", job.Name, "err", serr)

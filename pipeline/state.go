@@ -27,7 +27,8 @@ import (
 //	have one too; there were `below` completed runs up to the watermark.
 //
 // A pass reads the newest state, counts the completed runs up to the
-// watermark (one row), asks the database for the runs completed after the
+// watermark (one row; skipped while PostgreSQL's statistics count no
+// change to the runs table since the state was written), asks the database for the runs completed after the
 // watermark and for the pending ones, and checks a manifest only for those
 // it does not know to be exported: an idle pass lists one folder and reads
 // one small object, however long the history. The state is derived from
@@ -65,6 +66,10 @@ type runState struct {
 	Exported     []string  `json:"exported"`
 	ReconciledAt time.Time `json:"reconciled_at"`
 	UpdatedAt    time.Time `json:"updated_at"`
+	// RunsChanges is sources.RunsChanges read before the pass that wrote
+	// this version queried the runs: while it reads the same, below is
+	// still the count up to the watermark.
+	RunsChanges string `json:"runs_changes,omitempty"`
 }
 
 // discovery is what a pass found: the pending units, and what it needs to
@@ -78,8 +83,13 @@ type discovery struct {
 	runs       []sources.Run
 	done       map[string]bool // run id → has a manifest
 	reconciled bool
-	now        time.Time
-	pending    []unit // oldest first
+	changes    string // sources.RunsChanges before the pass's queries
+	// found are the runs a manifest read showed exported that the state
+	// did not list: another process exported them, or one killed before it
+	// could record them (and perhaps before it updated latest.json).
+	found   []sources.Run
+	now     time.Time
+	pending []unit // oldest first
 }
 
 // stateDir is where job's state versions live: under the job's static
@@ -99,8 +109,14 @@ func (r *Runner) discover(ctx context.Context, job *Job) (*discovery, error) {
 	if err := r.readState(ctx, d); err != nil {
 		return nil, err
 	}
+	if d.changes, err = r.Source.RunsChanges(ctx); err != nil {
+		return nil, err
+	}
 	reconcile := d.prev == nil || d.now.Sub(d.prev.ReconciledAt) >= reconcileEvery || d.now.Before(d.prev.ReconciledAt)
-	if !reconcile {
+	// The count is the one query of a pass whose cost grows with the
+	// history: skip it while the statistics say the runs table is as it
+	// was when the state was written.
+	if !reconcile && (d.changes == "" || d.changes != d.prev.RunsChanges) {
 		n, err := r.Source.CountCompletedUpTo(ctx, d.prev.Watermark)
 		if err != nil {
 			return nil, err
@@ -196,7 +212,7 @@ func (r *Runner) reconcile(ctx context.Context, d *discovery) error {
 	verified := d.prev.exportedSet()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(existsConcurrency)
-	done := make([]bool, len(runs))
+	done, found := make([]bool, len(runs)), make([]bool, len(runs))
 	for i, run := range runs {
 		u := newRunUnit(d.job, run)
 		key, err := u.manifestKey()
@@ -211,6 +227,7 @@ func (r *Runner) reconcile(ctx context.Context, d *discovery) error {
 			g.Go(func() error {
 				var err error
 				done[i], err = r.owned(gctx, d.bucket, d.job, key, false)
+				found[i] = done[i]
 				if isConflict(err) {
 					return nil // pending: the export fails it under its lock, alone
 				}
@@ -223,6 +240,9 @@ func (r *Runner) reconcile(ctx context.Context, d *discovery) error {
 	}
 	for i, run := range runs {
 		d.done[run.ID] = done[i]
+		if found[i] {
+			d.found = append(d.found, run)
+		}
 	}
 	d.runs, d.reconciled = runs, true
 	return nil
@@ -301,6 +321,9 @@ func (r *Runner) incremental(ctx context.Context, d *discovery) error {
 	}
 	for i, run := range check {
 		d.done[run.ID] = done[i]
+		if done[i] {
+			d.found = append(d.found, run)
+		}
 	}
 	return nil
 }
@@ -311,7 +334,7 @@ func (d *discovery) next(res Result) *runState {
 		d.done[m.RunID] = true
 	}
 	st := &runState{StateVersion: stateVersion, Job: d.job.Name, Path: d.job.Layout.String(), Timezone: d.job.Location.String(), Watermark: d.now.Add(-watermarkLag).UTC(),
-		Pending: []string{}, Exported: []string{}, ReconciledAt: d.now.UTC(), UpdatedAt: d.now.UTC()}
+		Pending: []string{}, Exported: []string{}, ReconciledAt: d.now.UTC(), UpdatedAt: d.now.UTC(), RunsChanges: d.changes}
 	if d.prev != nil {
 		if d.prev.Watermark.After(st.Watermark) {
 			st.Watermark = d.prev.Watermark // the clock went back: never below a watermark already written
@@ -341,7 +364,7 @@ func (d *discovery) next(res Result) *runState {
 // state is as true as this one, and the next pass reads it.
 func (r *Runner) saveState(ctx context.Context, d *discovery, res Result) error {
 	st := d.next(res)
-	if p := d.prev; p != nil && !d.reconciled && p.Below == st.Below && slices.Equal(p.Pending, st.Pending) && slices.Equal(p.Exported, st.Exported) {
+	if p := d.prev; p != nil && !d.reconciled && p.Below == st.Below && slices.Equal(p.Pending, st.Pending) && slices.Equal(p.Exported, st.Exported) && p.RunsChanges == st.RunsChanges {
 		return nil
 	}
 	if err := putVersion(ctx, d.bucket, d.job, d.seq+1, st); err != nil {
@@ -398,4 +421,40 @@ func (r *Runner) forgetExported(ctx context.Context, job *Job, run sources.Run) 
 		}
 	}
 	return fmt.Errorf("export state of job %s: could not record run %s as pending (other replicas kept writing)", job.Name, run.ID)
+}
+
+// repairLatest points each org's latest.json at the newest of the runs the
+// pass found exported without the state saying so, where it names an older
+// export: a process killed between a manifest and latest.json leaves the
+// pointer behind, and no later export of that org may come to move it. It
+// reads one manifest and one latest.json per org with such runs (none on a
+// pass that only finds what the state lists).
+func (r *Runner) repairLatest(ctx context.Context, d *discovery, res Result) {
+	newest := map[string]sources.Run{}
+	for _, run := range d.found {
+		if n, ok := newest[run.OrgID]; !ok || run.CompletedAt.After(n.CompletedAt) || run.CompletedAt.Equal(n.CompletedAt) && run.ID > n.ID {
+			newest[run.OrgID] = run
+		}
+	}
+	for _, m := range res.Exported {
+		if n, ok := newest[m.OrgID]; ok && m.Snapshot.RunCompletedAt != nil && !m.Snapshot.RunCompletedAt.Before(n.CompletedAt) {
+			delete(newest, m.OrgID) // this pass moved it already
+		}
+	}
+	for _, run := range newest {
+		if ctx.Err() != nil {
+			return
+		}
+		u := newRunUnit(d.job, run)
+		mkey, err := u.manifestKey()
+		if err == nil {
+			var m *Manifest
+			if m, err = readManifest(ctx, d.bucket, mkey); err == nil {
+				err = r.updateLatest(ctx, d.bucket, u, mkey, m)
+			}
+		}
+		if err != nil {
+			r.logger().Warn("could not check latest.json", append(u.logAttrs(), "err", err)...)
+		}
+	}
 }

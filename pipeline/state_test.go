@@ -2,6 +2,7 @@ package pipeline_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"os"
@@ -202,6 +203,67 @@ func TestLostOrCorruptStateIsRebuilt(t *testing.T) {
 	}
 	if keys := f.stateKeys(); len(keys) != 2 || !strings.HasSuffix(keys[len(keys)-1], "00000000000000000092.json") {
 		t.Errorf("versions after two rebuilds: %v, want the last two (…91 and …92)", keys)
+	}
+}
+
+// TestLatestIsRepairedAfterAKillBeforeIt: a process killed after a run's
+// manifest and before latest.json (and its state) leaves the pointer at
+// the org's previous export; the next pass, which finds the manifest, moves
+// it, whether it finds it incrementally or by rebuilding the state. An
+// idle pass after that reads no latest.json.
+func TestLatestIsRepairedAfterAKillBeforeIt(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("new-sellers")
+	if _, err := f.Runner.Once(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	org := f.AnyOrg()
+	for _, lostState := range []bool{false, true} {
+		id := pipelinetest.InsertRun(t, f.DBURL, org, 3, false)
+		run, err := f.Src.RunByID(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mkey, err := job.RunManifestKey(run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		latestKey := job.Layout.Latest(mkey, org)
+		before, err := os.ReadFile(filepath.Join(f.Dir, latestKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Exported without the state (as the daemon's LISTEN path does),
+		// then latest.json put back: a kill between the two.
+		if res, err := f.Runner.ExportPending(ctx, job, id); err != nil || len(res.Exported) != 1 {
+			t.Fatalf("export %s: %+v, %v", id, res, err)
+		}
+		if err := os.WriteFile(filepath.Join(f.Dir, latestKey), before, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if lostState {
+			if err := os.RemoveAll(filepath.Join(f.Dir, filepath.Dir(f.stateKeys()[0]))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
+			t.Fatalf("pass after the kill: %+v, %v; want nothing exported", res, err)
+		}
+		var l pipeline.Latest
+		if err := json.Unmarshal(f.AllFiles()[latestKey], &l); err != nil {
+			t.Fatal(err)
+		}
+		if l.RunID != id {
+			t.Errorf("lost state %v: %s names run %s, want %s", lostState, latestKey, l.RunID, id)
+		}
+	}
+	before := f.requests()
+	if _, err := f.Runner.Once(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.requests() - before; n > 2 {
+		t.Errorf("an idle pass after the repair sent %d bucket requests, want at most 2", n)
 	}
 }
 

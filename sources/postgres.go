@@ -230,6 +230,35 @@ func (p *Postgres) CountCompletedUpTo(ctx context.Context, t time.Time) (int64, 
 	return n, nil
 }
 
+// RunsChanges is a fingerprint of the changes PostgreSQL's cumulative
+// statistics have counted on the runs table (rows inserted, updated and
+// deleted, with the table's oid): while it stays the same, the completed
+// runs up to a time stay the same too, and a pass need not count them. It
+// is "" where the statistics cannot say: a standby (replayed changes are
+// not counted there), track_counts off, or a runs table that is a view or
+// a partitioned table. The statistics lag commits by up to about a
+// minute; a caller relying on them must recount when they change and keep
+// a periodic recount.
+func (p *Postgres) RunsChanges(ctx context.Context) (string, error) {
+	const q = `SELECT c.oid::int8, c.relkind = 'r' AND NOT pg_is_in_recovery() AND current_setting('track_counts')::bool,
+		pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_updated(c.oid) + pg_stat_get_tuples_deleted(c.oid)
+		FROM pg_class c WHERE c.oid = to_regclass($1)`
+	var (
+		oid, n int64
+		ok     bool
+	)
+	if err := p.pool.QueryRow(ctx, q, p.table(p.cfg.RunsTable)).Scan(&oid, &ok, &n); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return "", nil
+		}
+		return "", fmt.Errorf("runs table statistics: %w", err)
+	}
+	if !ok {
+		return "", nil
+	}
+	return fmt.Sprintf("%d:%d", oid, n), nil
+}
+
 // NewestCompletedRuns is CompletedRuns for the n that completed last,
 // newest first.
 func (p *Postgres) NewestCompletedRuns(ctx context.Context, n int) ([]Run, error) {

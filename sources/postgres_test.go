@@ -326,3 +326,56 @@ func TestAdvisoryLocksExcludeOtherSessions(t *testing.T) {
 	}
 	lb.Unlock()
 }
+
+// TestRunsChangesFollowsTheRunsTable: the fingerprint stays put while
+// nothing changes (reads, other tables, VACUUM and ANALYZE included),
+// moves on an insert, an update and a delete of a run, and is "" where the
+// statistics cannot be trusted (a runs table that is a view).
+func TestRunsChangesFollowsTheRunsTable(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	src := openSource(t, url, "")
+	changes := func() string {
+		t.Helper()
+		c, err := src.RunsChanges(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	first := changes()
+	if first == "" {
+		t.Fatal("no fingerprint for a table on a primary with track_counts on")
+	}
+	if _, err := src.CompletedRuns(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, url, `UPDATE sellers SET times_seen = times_seen + 1 WHERE id = (SELECT id FROM sellers LIMIT 1)`)
+	pgtest.Exec(t, url, `VACUUM ANALYZE collection_runs`)
+	if c := changes(); c != first {
+		t.Errorf("fingerprint moved from %s to %s with no change to the runs", first, c)
+	}
+	prev := first
+	for _, change := range []string{
+		`INSERT INTO collection_runs SELECT gen_random_uuid(), org_id, 'completed', started_at, completed_at FROM collection_runs LIMIT 1`,
+		`UPDATE collection_runs SET status = 'failed' WHERE id = (SELECT id FROM collection_runs ORDER BY completed_at LIMIT 1)`,
+		`DELETE FROM collection_runs WHERE id = (SELECT id FROM collection_runs WHERE status = 'failed' LIMIT 1)`,
+	} {
+		pgtest.Exec(t, url, change)
+		c := changes()
+		if c == prev {
+			t.Errorf("fingerprint %s unchanged after %.30s…", c, change)
+		}
+		prev = c
+	}
+
+	pgtest.Exec(t, url, `CREATE VIEW runs_view AS SELECT * FROM collection_runs`)
+	view, err := sources.Open(ctx, sources.Config{DSN: url, RunsTable: "runs_view"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer view.Close()
+	if c, err := view.RunsChanges(ctx); err != nil || c != "" {
+		t.Errorf("a view: fingerprint %q, %v; want none", c, err)
+	}
+}

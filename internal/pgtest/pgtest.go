@@ -129,6 +129,18 @@ func Exec(t testing.TB, dbURL, sql string, args ...any) {
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
 		t.Fatalf("pgtest: %s: %v", firstLine(sql), err)
 	}
+	FlushStats(ctx, conn)
+}
+
+// FlushStats makes PostgreSQL count conn's changes in its cumulative
+// statistics before it returns, as a session that went idle a while ago
+// or ended would have. Without it a change made less than a second after
+// the session's last flush shows there only later (at the latest when the
+// session ends, which PostgreSQL does after the client has gone), and a
+// test that reads the statistics next would race. Before PostgreSQL 15
+// there is no way to ask; it does nothing.
+func FlushStats(ctx context.Context, conn *pgx.Conn) {
+	_, _ = conn.Exec(ctx, `DO $$ BEGIN IF current_setting('server_version_num')::int >= 150000 THEN PERFORM pg_stat_force_next_flush(); END IF; END $$`)
 }
 
 func firstLine(s string) string {

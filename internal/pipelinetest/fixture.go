@@ -234,6 +234,7 @@ func InsertRun(t *testing.T, dbURL, org string, n int, notify bool) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pgtest.FlushStats(ctx, conn)
 	if notify {
 		if _, err := conn.Exec(ctx, `SELECT pg_notify('collection_run_completed', $1)`, id); err != nil {
 			t.Fatal(err)
