@@ -63,6 +63,8 @@ func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit,
 	if err != nil {
 		return err
 	}
+	// Put clears what a killed writer left, but this may not write.
+	_ = bucket.RemoveAbandonedTemp(ctx, key)
 	old, err := bucket.ReadAll(ctx, key)
 	switch {
 	case sinks.IsNotFound(err):

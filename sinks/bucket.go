@@ -214,10 +214,21 @@ const staleTempAge = time.Minute
 // to key in a file:// bucket. Other drivers keep no such files; for them it
 // does nothing. The caller must make sure nobody is writing key.
 func (b *Bucket) RemoveStaleTemp(ctx context.Context, key string) error {
+	return b.removeTemp(key, 0)
+}
+
+// RemoveAbandonedTemp is RemoveStaleTemp for a key that other processes
+// may be writing: it keeps the temporary files touched in the last minute.
+// Put does it too.
+func (b *Bucket) RemoveAbandonedTemp(ctx context.Context, key string) error {
+	return b.removeTemp(key, staleTempAge)
+}
+
+func (b *Bucket) removeTemp(key string, olderThan time.Duration) error {
 	if b.local == nil {
 		return nil
 	}
-	if err := b.local.removeStaleTemp(key, 0); err != nil {
+	if err := b.local.removeStaleTemp(key, olderThan); err != nil {
 		return b.redact(fmt.Errorf("remove temporary files of %s: %w", key, err))
 	}
 	return nil
