@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/signal"
 	"path"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"slices"
@@ -46,8 +47,10 @@ import (
 	"github.com/sellersnap/sellersnap/sources"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = ""
+// version and commit are set at build time with -ldflags "-X
+// main.version=… -X main.commit=…" (make build, make release); commit
+// falls back to what the Go toolchain stamped from git, if it did.
+var version, commit = "", ""
 
 // gcPercent is the garbage collector's target unless GOGC is set: an
 // export's heap is mostly short-lived batches over ~35 MB live (Parquet's
@@ -234,7 +237,7 @@ func parseArgs(args []string, stdout, stderr io.Writer) (cmd string, o options, 
 	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile to this file at exit (for developers)")
 	switch cmd {
 	case "version":
-		fmt.Fprintln(stdout, "sellersnap", toolVersion())
+		fmt.Fprint(stdout, versionReport())
 		return cmd, o, true, nil
 	case "rerun":
 		fs.StringVar(&o.run, "run", "", "collection run id to export again (per_run jobs)")
@@ -597,6 +600,50 @@ func exportConns(cmd string) int {
 		return 2
 	}
 	return 1
+}
+
+// versionReport is what `sellersnap version` prints: the version, the
+// commit it was built from, the Go toolchain and platform, and the
+// versions of the libraries whose behaviour the files depend on.
+func versionReport() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "sellersnap %s\n", toolVersion())
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return b.String()
+	}
+	settings := map[string]string{}
+	for _, s := range bi.Settings {
+		settings[s.Key] = s.Value
+	}
+	if commit != "" {
+		settings["vcs.revision"] = commit
+	}
+	if rev := settings["vcs.revision"]; rev != "" {
+		if t := settings["vcs.time"]; t != "" {
+			rev += " (" + t + ")"
+		}
+		if settings["vcs.modified"] == "true" {
+			rev += ", modified"
+		}
+		fmt.Fprintf(&b, "  commit   %s\n", rev)
+	}
+	fmt.Fprintf(&b, "  go       %s %s/%s\n", bi.GoVersion, runtime.GOOS, runtime.GOARCH)
+	for _, lib := range []struct{ name, path string }{
+		{"arrow", "github.com/apache/arrow/go/v17"},
+		{"pgx", "github.com/jackc/pgx/v5"},
+		{"gocloud", "gocloud.dev"},
+	} {
+		for _, d := range bi.Deps {
+			if d.Path == lib.path {
+				if d.Replace != nil {
+					d = d.Replace
+				}
+				fmt.Fprintf(&b, "  %-8s %s %s\n", lib.name, lib.path, d.Version)
+			}
+		}
+	}
+	return b.String()
 }
 
 func toolVersion() string {
