@@ -15,8 +15,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/internal/demodata"
 	"github.com/sellersnap/sellersnap/internal/pgtemp"
+	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sources"
 )
 
@@ -27,6 +29,7 @@ type benchCase struct {
 	args    []string // sellersnap arguments after -config
 	query   string   // baseline query
 	rows    int64
+	db, cfg string // "" for the 16-column database and its config
 	base    []sample
 	snap    []sample
 	formats string
@@ -34,12 +37,13 @@ type benchCase struct {
 
 type sample struct {
 	wall   time.Duration
-	maxRSS int64 // KiB
+	cpu    time.Duration // user + system of the child process
+	maxRSS int64         // KiB
 }
 
 // bench loads (once, cached under cacheDir) N sellers of one org over 20
 // runs, then alternates baseline and sellersnap runs reps times.
-func bench(ctx context.Context, bin string, n, reps int, cacheDir string, hold bool) error {
+func bench(ctx context.Context, bin, shippedConfig string, n, reps int, cacheDir string, hold bool) error {
 	dir := filepath.Join(cacheDir, fmt.Sprintf("bench-pg-%d", n))
 	srv, err := pgtemp.Start(ctx, pgtemp.Options{Dir: dir})
 	if err != nil {
@@ -47,7 +51,18 @@ func bench(ctx context.Context, bin string, n, reps int, cacheDir string, hold b
 	}
 	defer srv.Stop()
 	dbURL := srv.URL("bench")
-	if err := ensureBenchData(ctx, srv, n); err != nil {
+	if err := ensureBenchData(ctx, srv, "bench", demodata.Options{Sellers: n, Runs: 20, Orgs: 1, Seed: 7}); err != nil {
+		return err
+	}
+	// The narrow case: every seller in one run, read with the shipped
+	// config's columns, where PostgreSQL's own work per row is small and
+	// sellersnap's shows.
+	narrowURL := srv.URL("bench_narrow")
+	if err := ensureBenchData(ctx, srv, "bench_narrow", demodata.Options{Sellers: n, Runs: 1, Orgs: 1, Seed: 7}); err != nil {
+		return err
+	}
+	narrowCols, err := shippedColumns(shippedConfig)
+	if err != nil {
 		return err
 	}
 	psql, err := findPsql()
@@ -71,6 +86,14 @@ func bench(ctx context.Context, bin string, n, reps int, cacheDir string, hold b
 		err = conn.QueryRow(ctx, `SELECT count(*) FROM sellers WHERE deleted_at IS NULL AND org_id = $1`, org).Scan(&fullRows)
 	}
 	conn.Close(ctx)
+	var narrowOrg, narrowRun string
+	var narrowRows int64
+	if err == nil {
+		if conn, err = pgx.Connect(ctx, narrowURL); err == nil {
+			err = conn.QueryRow(ctx, `SELECT s.org_id::text, s.first_seen_run_id::text, count(*) FROM sellers s WHERE s.deleted_at IS NULL GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 1`).Scan(&narrowOrg, &narrowRun, &narrowRows)
+			conn.Close(ctx)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("inspect bench data: %w", err)
 	}
@@ -84,8 +107,13 @@ func bench(ctx context.Context, bin string, n, reps int, cacheDir string, hold b
 	if err := os.WriteFile(cfgPath, []byte(benchConfig(dbURL, filepath.Join(work, "out"))), 0o644); err != nil {
 		return err
 	}
+	narrowCfg := filepath.Join(work, "narrow.yaml")
+	if err := os.WriteFile(narrowCfg, []byte(narrowConfig(narrowURL, narrowCols, filepath.Join(work, "out"))), 0o644); err != nil {
+		return err
+	}
 	if hold {
-		fmt.Printf("DATABASE_URL=%s\nconfig: %s (jobs full-csv, full-ndjson, full-parquet, full-all, run-all; run %s)\nCtrl-C stops it.\n", dbURL, cfgPath, runID)
+		fmt.Printf("DATABASE_URL=%s\nconfig: %s (jobs full-csv, full-ndjson, full-parquet, full-all, run-all; run %s)\nnarrow: %s, config %s (jobs narrow-csv, -ndjson, -parquet, -all; run %s)\nCtrl-C stops it.\n",
+			dbURL, cfgPath, runID, narrowURL, narrowCfg, narrowRun)
 		<-ctx.Done()
 		return nil
 	}
@@ -99,6 +127,7 @@ func bench(ctx context.Context, bin string, n, reps int, cacheDir string, hold b
 	}
 	fullSQL := sqlFor(sources.Query{Columns: cols, OrgID: org})
 	runSQL := sqlFor(sources.Query{Columns: cols, OrgID: org, RunID: runID})
+	narrowSQL := sqlFor(sources.Query{Columns: narrowCols, OrgID: narrowOrg, RunID: narrowRun})
 	date := "2026-01-01"
 	cases := []*benchCase{
 		{name: "full, csv", formats: "csv", args: []string{"rerun", "-job", "full-csv", "-date", date}, query: fullSQL, rows: fullRows},
@@ -107,10 +136,23 @@ func bench(ctx context.Context, bin string, n, reps int, cacheDir string, hold b
 		{name: "full, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "full-all", "-date", date}, query: fullSQL, rows: fullRows},
 		{name: "one run, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "run-all", "-run", runID}, query: runSQL, rows: runRows},
 	}
-	fmt.Printf("data: %d sellers (%d live in the org, %d in the run closest to 50k), 16 columns; %d repetitions, baseline and sellersnap alternating\n\n", n, fullRows, runRows, reps)
+	for _, f := range []string{"csv", "ndjson", "parquet", "all"} {
+		name := "narrow run, " + f
+		if f == "all" {
+			name = "narrow run, all three"
+		}
+		cases = append(cases, &benchCase{name: name, formats: f, query: narrowSQL, rows: narrowRows, db: narrowURL, cfg: narrowCfg,
+			args: []string{"rerun", "-job", "narrow-" + f, "-run", narrowRun}})
+	}
+	fmt.Printf("data: %d sellers (%d live in the org, %d in the run closest to 50k), 16 columns; narrow: %d sellers in one run, the %d columns of %s; %d repetitions, baseline and sellersnap alternating\n\n",
+		n, fullRows, runRows, narrowRows, len(narrowCols), shippedConfig, reps)
 	for rep := 0; rep < reps; rep++ {
 		for _, c := range cases {
-			s, err := measure(ctx, psql, dbURL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", `\copy (`+c.query+`) TO '/dev/null' WITH (FORMAT binary)`)
+			db := dbURL
+			if c.db != "" {
+				db = c.db
+			}
+			s, err := measure(ctx, psql, db, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", `\copy (`+c.query+`) TO '/dev/null' WITH (FORMAT binary)`)
 			if err != nil {
 				return fmt.Errorf("baseline %s: %w", c.name, err)
 			}
@@ -121,7 +163,11 @@ func bench(ctx context.Context, bin string, n, reps int, cacheDir string, hold b
 			if err := os.RemoveAll(filepath.Join(work, "out")); err != nil {
 				return err
 			}
-			s, err = measure(ctx, bin, append([]string{c.args[0], "-config", cfgPath, "-log-level", "warn"}, c.args[1:]...)...)
+			cfg := cfgPath
+			if c.cfg != "" {
+				cfg = c.cfg
+			}
+			s, err = measure(ctx, bin, append([]string{c.args[0], "-config", cfg, "-log-level", "warn"}, c.args[1:]...)...)
 			if err != nil {
 				return fmt.Errorf("sellersnap %s: %w", c.name, err)
 			}
@@ -135,24 +181,30 @@ func bench(ctx context.Context, bin string, n, reps int, cacheDir string, hold b
 
 func printBench(cases []*benchCase) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "case\trows\t\\copy binary median (min–max)\tsellersnap median (min–max)\tratio\textra\trows/s\tpeak RSS\t")
+	fmt.Fprintln(tw, "case\trows\t\\copy binary median (min–max)\tsellersnap median (min–max)\tratio\textra\tsellersnap CPU median (min–max)\tCPU µs/row\trows/s\tpeak RSS\t")
 	for _, c := range cases {
 		b, s := wallStats(c.base), wallStats(c.snap)
+		cpu := stats(c.snap, func(x sample) float64 { return x.cpu.Seconds() })
 		var rss int64
 		for _, x := range c.snap {
 			rss = max(rss, x.maxRSS)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.2fs (%.2f–%.2f)\t%.2fs (%.2f–%.2f)\t%.2f×\t%+.2fs\t%.0f\t%.0f MiB\t\n",
-			c.name, c.rows, b[1], b[0], b[2], s[1], s[0], s[2], s[1]/b[1], s[1]-b[1], float64(c.rows)/s[1], float64(rss)/1024)
+		fmt.Fprintf(tw, "%s\t%d\t%.2fs (%.2f–%.2f)\t%.2fs (%.2f–%.2f)\t%.2f×\t%+.2fs\t%.2fs (%.2f–%.2f)\t%.2f\t%.0f\t%.0f MiB\t\n",
+			c.name, c.rows, b[1], b[0], b[2], s[1], s[0], s[2], s[1]/b[1], s[1]-b[1], cpu[1], cpu[0], cpu[2], cpu[1]*1e6/float64(c.rows), float64(c.rows)/s[1], float64(rss)/1024)
 	}
 	tw.Flush()
 }
 
 // wallStats returns min, median and max wall time in seconds.
 func wallStats(ss []sample) [3]float64 {
+	return stats(ss, func(s sample) float64 { return s.wall.Seconds() })
+}
+
+// stats returns min, median and max of f over ss.
+func stats(ss []sample, f func(sample) float64) [3]float64 {
 	v := make([]float64, len(ss))
 	for i, s := range ss {
-		v[i] = s.wall.Seconds()
+		v[i] = f(s)
 	}
 	slices.Sort(v)
 	med := v[len(v)/2]
@@ -177,45 +229,46 @@ func measure(ctx context.Context, bin string, args ...string) (sample, error) {
 	if ru != nil {
 		rss = ru.Maxrss
 	}
-	return sample{wall: wall, maxRSS: rss}, nil
+	return sample{wall: wall, cpu: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), maxRSS: rss}, nil
 }
 
-func ensureBenchData(ctx context.Context, srv *pgtemp.Server, n int) error {
+func ensureBenchData(ctx context.Context, srv *pgtemp.Server, db string, opts demodata.Options) error {
+	n := opts.Sellers
 	admin, err := pgx.Connect(ctx, srv.URL("postgres"))
 	if err != nil {
 		return err
 	}
 	defer admin.Close(ctx)
 	var exists bool
-	if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'bench')`).Scan(&exists); err != nil {
+	if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, db).Scan(&exists); err != nil {
 		return err
 	}
 	if exists {
-		conn, err := pgx.Connect(ctx, srv.URL("bench"))
+		conn, err := pgx.Connect(ctx, srv.URL(db))
 		if err == nil {
 			var loaded int
 			err = conn.QueryRow(ctx, `SELECT n FROM bench_meta`).Scan(&loaded)
 			conn.Close(ctx)
 			if err == nil && loaded == n {
-				fmt.Fprintf(os.Stderr, "reusing %d bench sellers in %s\n", n, srv.Dir())
+				fmt.Fprintf(os.Stderr, "reusing %d sellers of %s in %s\n", n, db, srv.Dir())
 				return nil
 			}
 		}
-		if _, err := admin.Exec(ctx, `DROP DATABASE bench WITH (FORCE)`); err != nil {
+		if _, err := admin.Exec(ctx, `DROP DATABASE `+db+` WITH (FORCE)`); err != nil {
 			return err
 		}
 	}
-	fmt.Fprintf(os.Stderr, "loading %d bench sellers into %s (once; later runs reuse them)\n", n, srv.Dir())
+	fmt.Fprintf(os.Stderr, "loading %d sellers into %s of %s (once; later runs reuse them)\n", n, db, srv.Dir())
 	start := time.Now()
-	if _, err := admin.Exec(ctx, `CREATE DATABASE bench`); err != nil {
+	if _, err := admin.Exec(ctx, `CREATE DATABASE `+db); err != nil {
 		return err
 	}
-	conn, err := pgx.Connect(ctx, srv.URL("bench"))
+	conn, err := pgx.Connect(ctx, srv.URL(db))
 	if err != nil {
 		return err
 	}
 	defer conn.Close(ctx)
-	if err := demodata.Load(ctx, conn, demodata.Options{Sellers: n, Runs: 20, Orgs: 1, Seed: 7}); err != nil {
+	if err := demodata.Load(ctx, conn, opts); err != nil {
 		return err
 	}
 	// Freeze and set hint bits now, so no measured scan pays for them.
@@ -242,6 +295,39 @@ func findPsql() (string, error) {
 	return "", errors.New("psql not found: install postgresql-client")
 }
 
+// shippedColumns are the source columns of the first job of the shipped
+// config (pipeline.yaml).
+func shippedColumns(path string) ([]string, error) {
+	if os.Getenv("DATABASE_URL") == "" {
+		os.Setenv("DATABASE_URL", "postgres://unused") // only the columns are read
+	}
+	cfg, err := config.Load(path, pipeline.CheckConfig)
+	if err != nil {
+		return nil, err
+	}
+	job, err := pipeline.NewJob(cfg.Jobs[0])
+	if err != nil {
+		return nil, err
+	}
+	return job.SourceColumns(), nil
+}
+
+// narrowConfig has a per_run job per format over the narrow database,
+// with the shipped config's columns.
+func narrowConfig(dbURL string, cols []string, out string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "source:\n  dsn: %q\n  statement_timeout: 0s\njobs:\n", dbURL)
+	for _, f := range []string{"csv", "ndjson", "parquet", "all"} {
+		formats := "[" + f + "]"
+		if f == "all" {
+			formats = "[csv, ndjson, parquet]"
+		}
+		fmt.Fprintf(&b, "  - name: narrow-%s\n    mode: per_run\n    destination: \"file://%s/narrow-%s\"\n    formats: %s\n    columns: [%s]\n",
+			f, out, f, formats, strings.Join(cols, ", "))
+	}
+	return b.String()
+}
+
 func benchConfig(dbURL, out string) string {
 	cols := "[" + strings.Join(demodata.SellerColumns, ", ") + "]"
 	var b strings.Builder
@@ -250,8 +336,9 @@ func benchConfig(dbURL, out string) string {
 		{"full-csv", "full", "[csv]"}, {"full-ndjson", "full", "[ndjson]"}, {"full-parquet", "full", "[parquet]"},
 		{"full-all", "full", "[csv, ndjson, parquet]"}, {"run-all", "per_run", "[csv, ndjson, parquet]"},
 	} {
-		fmt.Fprintf(&b, "  - name: %s\n    mode: %s\n    destination: \"file://%s\"\n    formats: %s\n    columns: %s\n",
-			j.name, j.mode, out, j.formats, cols)
+		// A bucket folder per job: jobs writing the same keys are refused.
+		fmt.Fprintf(&b, "  - name: %s\n    mode: %s\n    destination: \"file://%s/%s\"\n    formats: %s\n    columns: %s\n",
+			j.name, j.mode, out, j.name, j.formats, cols)
 	}
 	return b.String()
 }

@@ -60,7 +60,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	if args[0] == "bench" {
-		return bench(ctx, *bin, opts.Sellers, *reps, *cache, *hold)
+		return bench(ctx, *bin, *cfg, opts.Sellers, *reps, *cache, *hold)
 	}
 	if args[0] == "scale" {
 		var sizes []int
