@@ -35,10 +35,8 @@ import (
 	"time"
 	_ "time/tzdata" // time zones work on machines without a zoneinfo database
 
-	_ "gocloud.dev/blob/azureblob"
 	_ "gocloud.dev/blob/fileblob"
-	_ "gocloud.dev/blob/gcsblob"
-	_ "gocloud.dev/blob/memblob" // s3:// is opened by sinks itself (the AWS SDK's logs go through slog)
+	_ "gocloud.dev/blob/memblob" // s3:// is opened by sinks itself (the AWS SDK's logs go through slog); gs:// and azblob:// in drivers_*.go
 
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/internal/daemon"
@@ -153,7 +151,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer stopProfiles()
 
-	cfg, err := config.Load(o.config, pipeline.CheckConfig)
+	cfg, err := config.Load(o.config, pipeline.CheckConfig, checkDriver)
 	if err != nil {
 		return &configError{err}
 	}
