@@ -177,7 +177,10 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	}
 
 	m := r.newManifest(u, snap, rd, mcols)
-	m.SchemaChange = schemaChange
+	m.SchemaChange, m.Rerun = schemaChange, force
+	if asOf := snap.Time().In(u.job.Location).Format(time.DateOnly); force && u.run == nil && asOf != u.date {
+		m.DataAsOf = asOf
+	}
 	if schemaChange != nil {
 		r.logger().Warn("the output schema changed (on_schema_change: evolve)", append(u.logAttrs(), "change", strings.Join(schemaChange, "; "))...)
 	}

@@ -282,8 +282,84 @@ func TestFullSnapshotPerOrg(t *testing.T) {
 	if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
 		t.Errorf("second once: %d, %v", len(res.Exported), err)
 	}
-	if res, err := f.Runner.RerunDate(ctx, job, "2026-11-22"); err != nil || len(res.Exported) != 3 {
+	if res, err := f.Runner.RerunDate(ctx, job, "2026-11-22"); err != nil || len(res.Exported) != 3 || !res.Exported[0].Rerun {
 		t.Errorf("rerun -date: %d, %v", len(res.Exported), err)
+	}
+
+	// A date ahead is refused; one behind gets today's rows, says so, and
+	// leaves latest.json at today's snapshot.
+	var future *pipeline.FutureDateError
+	if _, err := f.Runner.RerunDate(ctx, job, "2026-11-23"); !errors.As(err, &future) {
+		t.Errorf("rerun of tomorrow: %v, want a FutureDateError", err)
+	}
+	res, err = f.Runner.RerunDate(ctx, job, "2026-11-01")
+	if err != nil || len(res.Exported) != 3 {
+		t.Fatalf("rerun of a past date: %+v, %v", res, err)
+	}
+	for _, m := range res.Exported {
+		if asOf := m.Snapshot.ReadAt.In(job.Location).Format(time.DateOnly); m.Date != "2026-11-01" || m.DataAsOf != asOf || !m.Rerun {
+			t.Errorf("past rerun's manifest: date %s, data_as_of %q (read %s), rerun %v", m.Date, m.DataAsOf, asOf, m.Rerun)
+		}
+	}
+	for k, data := range f.AllFiles() {
+		if path.Base(k) != pipeline.LatestName {
+			continue
+		}
+		var l pipeline.Latest
+		if err := json.Unmarshal(data, &l); err != nil || l.Date != "2026-11-22" {
+			t.Errorf("%s names date %s after a rerun of an earlier date, want 2026-11-22 (%v)", k, l.Date, err)
+		}
+	}
+}
+
+// TestRepairLatest: a latest.json pointing at a snapshot dated after today
+// (what `rerun -date` of a future date left before it was refused) is put
+// back on the newest real one; -dry-run only reports; a second repair
+// finds nothing to do.
+func TestRepairLatest(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("full-nightly")
+	res, err := f.Runner.Once(ctx, job)
+	if err != nil || len(res.Exported) == 0 {
+		t.Fatalf("once: %+v, %v", res, err)
+	}
+	m := res.Exported[0]
+	mkey := path.Join(path.Dir(m.Files[0].Key), pipeline.ManifestName)
+	latest := job.Layout.Latest(mkey, m.OrgID)
+	future := strings.Replace(mkey, "2026-11-22", "2031-01-01", 1)
+	if future == mkey {
+		t.Fatalf("no date in %s", mkey)
+	}
+	fm := *m
+	fm.Date = "2031-01-01"
+	data, _ := json.Marshal(fm)
+	pin, _ := json.Marshal(pipeline.Latest{LatestVersion: 1, Job: m.Job, Mode: m.Mode, OrgID: m.OrgID, Date: "2031-01-01", Manifest: future})
+	for k, v := range map[string][]byte{future: data, latest: pin} {
+		p := filepath.Join(f.Dir, filepath.FromSlash(k))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, v, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repairs, err := f.Runner.RepairLatest(ctx, job, true)
+	if err != nil || len(repairs) != 1 || repairs[0].Key != latest || repairs[0].Was != future || repairs[0].Now != mkey {
+		t.Fatalf("dry run: %+v, %v; want %s moved from %s to %s", repairs, err, latest, future, mkey)
+	}
+	if got := f.AllFiles()[latest]; !bytes.Equal(got, pin) {
+		t.Errorf("a dry run wrote %s", latest)
+	}
+	if _, err := f.Runner.RepairLatest(ctx, job, false); err != nil {
+		t.Fatal(err)
+	}
+	var l pipeline.Latest
+	if err := json.Unmarshal(f.AllFiles()[latest], &l); err != nil || l.Manifest != mkey || l.Date != "2026-11-22" {
+		t.Errorf("after the repair %s names %s (%s), %v; want %s", latest, l.Manifest, l.Date, err, mkey)
+	}
+	if repairs, err := f.Runner.RepairLatest(ctx, job, false); err != nil || len(repairs) != 0 {
+		t.Errorf("second repair: %+v, %v; want nothing to do", repairs, err)
 	}
 }
 

@@ -5,7 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sellersnap/sellersnap/sinks"
 )
@@ -82,4 +85,98 @@ func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit,
 		return fmt.Errorf("write %s: %w", key, err)
 	}
 	return nil
+}
+
+// LatestRepair is one latest.json RepairLatest rewrote (or would have).
+type LatestRepair struct {
+	Key  string // of latest.json
+	Was  string // the manifest it named ("" when missing or unreadable)
+	Now  string // the manifest it names
+	Date string // of that manifest
+}
+
+// RepairLatest recomputes every latest.json of job from its manifests and
+// rewrites those that name anything else: a manifest dated after today (a
+// rerun of a future date by an older version), one that is gone, or an
+// older export. It reads every manifest of the job once (one listing, then
+// the reads, 8 at a time). With dryRun it only reports.
+func (r *Runner) RepairLatest(ctx context.Context, job *Job, dryRun bool) ([]LatestRepair, error) {
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return nil, err
+	}
+	objs, err := bucket.List(ctx, job.Layout.Prefix(), "/"+ManifestName)
+	if err != nil {
+		return nil, err
+	}
+	ms := make([]*Manifest, len(objs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(existsConcurrency)
+	for i, o := range objs {
+		g.Go(func() error {
+			m, err := readManifest(gctx, bucket, o.Key)
+			if sinks.IsNotFound(err) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if m.Job == job.Name {
+				ms[i] = m
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	today := r.now().In(job.Location).Format(time.DateOnly)
+	newest := map[string]*Latest{} // latest.json key → what it should say
+	var keys []string
+	for i, m := range ms {
+		if m == nil || m.Date > today {
+			continue
+		}
+		mkey := objs[i].Key
+		l := &Latest{LatestVersion: 1, Job: m.Job, Mode: m.Mode, OrgID: m.OrgID, RunID: m.RunID, Date: m.Date,
+			Manifest: mkey, Rows: m.Rows, RunCompletedAt: m.Snapshot.RunCompletedAt, ExportedAt: m.ExportedAt}
+		key := job.Layout.Latest(mkey, m.OrgID)
+		if old, ok := newest[key]; !ok || l.newer(old) {
+			if !ok {
+				keys = append(keys, key)
+			}
+			newest[key] = l
+		}
+	}
+	slices.Sort(keys)
+	var repairs []LatestRepair
+	for _, key := range keys {
+		l := newest[key]
+		data, err := json.MarshalIndent(l, "", "  ")
+		if err != nil {
+			return repairs, err
+		}
+		rep := LatestRepair{Key: key, Now: l.Manifest, Date: l.Date}
+		old, err := bucket.ReadAll(ctx, key)
+		switch {
+		case sinks.IsNotFound(err):
+		case err != nil:
+			return repairs, fmt.Errorf("read %s: %w", key, err)
+		default:
+			var prev Latest
+			if json.Unmarshal(old, &prev) == nil {
+				rep.Was = prev.Manifest
+			}
+			if bytes.Equal(bytes.TrimSpace(old), data) {
+				continue
+			}
+		}
+		if !dryRun {
+			if err := bucket.Put(ctx, key, append(data, '\n'), "application/json", nil); err != nil {
+				return repairs, fmt.Errorf("write %s: %w", key, err)
+			}
+		}
+		repairs = append(repairs, rep)
+	}
+	return repairs, nil
 }

@@ -30,7 +30,14 @@ type Manifest struct {
 	OrgID string `json:"org_id"`
 	// Date is the run's completed_at date (per_run) or the snapshot date
 	// (full), in the job's time zone: the date in the keys.
-	Date    string           `json:"date"`
+	Date string `json:"date"`
+	// DataAsOf is the date (job's time zone) the rows were read, when a
+	// rerun of a full snapshot wrote it under an earlier Date
+	// (rerun -allow-past): the files hold that day's data, not Date's.
+	DataAsOf string `json:"data_as_of,omitempty"`
+	// Rerun is true when `sellersnap rerun` wrote this export over
+	// whatever was there.
+	Rerun   bool             `json:"rerun,omitempty"`
 	Rows    int64            `json:"rows"`
 	Columns []ManifestColumn `json:"columns"`
 	// SchemaFingerprint identifies the output schema (names, types,

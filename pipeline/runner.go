@@ -203,14 +203,30 @@ func (r *Runner) Full(ctx context.Context, job *Job, date string) (Result, error
 	return r.full(ctx, job, date, false)
 }
 
+// FutureDateError refuses a full snapshot dated after today: it would hold
+// today's rows under a date that has not come, and its latest.json would
+// name it over every real snapshot until then.
+type FutureDateError struct {
+	Job, Date, Today, Location string
+}
+
+func (e *FutureDateError) Error() string {
+	return fmt.Sprintf("job %s: date %s is after today (%s in %s); a full snapshot holds the rows as they are when it is taken", e.Job, e.Date, e.Today, e.Location)
+}
+
 // RerunDate writes the full snapshot of every org for date again, with the
-// database as it is now.
+// database as it is now: a date before today gets today's rows (the
+// manifest says so in data_as_of); a date after today is refused
+// (FutureDateError).
 func (r *Runner) RerunDate(ctx context.Context, job *Job, date string) (Result, error) {
 	if job.Mode != config.ModeFull {
 		return Result{}, fmt.Errorf("job %s is a %s job: rerun it with -run", job.Name, job.Mode)
 	}
 	if _, err := time.Parse(time.DateOnly, date); err != nil {
 		return Result{}, fmt.Errorf("date %q: want YYYY-MM-DD", date)
+	}
+	if today := r.now().In(job.Location).Format(time.DateOnly); date > today {
+		return Result{}, &FutureDateError{Job: job.Name, Date: date, Today: today, Location: job.Location.String()}
 	}
 	return r.full(ctx, job, date, true)
 }

@@ -3,9 +3,11 @@
 //
 //	sellersnap validate -config pipeline.yaml
 //	sellersnap once     -config pipeline.yaml [-job NAME]
-//	sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD)
+//	sellersnap plan     -config pipeline.yaml [-job NAME] [-json]
+//	sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD [-allow-past])
 //	sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
 //	sellersnap status   -config pipeline.yaml [-job NAME]
+//	sellersnap repair-latest -config pipeline.yaml [-job NAME] [-dry-run]
 //	sellersnap version
 //
 // Exit status: 0 success, 1 an export failed, 2 usage or configuration error.
@@ -110,9 +112,10 @@ const usage = `usage:
   sellersnap validate -config pipeline.yaml [-v]
   sellersnap plan     -config pipeline.yaml [-job NAME] [-json] [-v]
   sellersnap once     -config pipeline.yaml [-job NAME]
-  sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD)
+  sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD [-allow-past])
   sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
   sellersnap status   -config pipeline.yaml [-job NAME]
+  sellersnap repair-latest -config pipeline.yaml [-job NAME] [-dry-run]
   sellersnap version
 
 common flags: -log-format text|json, -log-level debug|info|warn|error
@@ -121,16 +124,17 @@ exit status: 0 success, 1 an export failed, 2 usage or configuration error
 
 // commandHelp says what each command does, for "sellersnap CMD -h".
 var commandHelp = map[string]string{
-	"validate": "Checks the config, schedules, database (tables, columns, types, grants), schema drift and\nevery bucket (writes and deletes a probe object), then summarises what once would do.",
-	"plan":     "Prints what once would do now: each job's pending runs (or orgs), their rows and the keys\nit would write. Writes nothing.",
-	"once":     "Exports everything pending for every job (or -job), then exits: 0 when all succeeded,\n1 when an export failed (the next once retries it).",
-	"rerun":    "Exports one unit again, whether or not it was exported: a run of a per_run job (-run) or a\ndate of a full job (-date). Rewrites its files and manifest.",
-	"run":      "The daemon: runs each job on its schedule (and per_run jobs on NOTIFY), serves the status\npage, /metrics, /healthz and /readyz, and stops cleanly on SIGTERM.",
-	"status":   "Prints each job's recent exports (read from the manifests in the bucket) and pending runs.",
+	"validate":      "Checks the config, schedules, database (tables, columns, types, grants), schema drift and\nevery bucket (writes and deletes a probe object), then summarises what once would do.",
+	"plan":          "Prints what once would do now: each job's pending runs (or orgs), their rows and the keys\nit would write. Writes nothing.",
+	"once":          "Exports everything pending for every job (or -job), then exits: 0 when all succeeded,\n1 when an export failed (the next once retries it).",
+	"rerun":         "Exports one unit again, whether or not it was exported: a run of a per_run job (-run) or a\ndate of a full job (-date). Rewrites its files and manifest.",
+	"run":           "The daemon: runs each job on its schedule (and per_run jobs on NOTIFY), serves the status\npage, /metrics, /healthz and /readyz, and stops cleanly on SIGTERM.",
+	"status":        "Prints each job's recent exports (read from the manifests in the bucket) and pending runs.",
+	"repair-latest": "Recomputes each org's latest.json from the job's manifests (reads every one) and rewrites\nthose that name anything but the newest export dated today or earlier.",
 }
 
 type options struct {
-	json, verbose                               bool
+	json, verbose, allowPast, dryRun            bool
 	config, job, run, date, logFormat, logLevel string
 	listen                                      *string
 	cpuProfile, memProfile                      string
@@ -194,6 +198,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return plan(ctx, runner, jobs, stdout, o.json, o.verbose)
 	case "status":
 		return status(ctx, runner, jobs, stdout)
+	case "repair-latest":
+		return repairLatest(ctx, runner, jobs, stdout, o.dryRun)
 	case "run":
 		listen := *cfg.Daemon.Listen
 		if *o.listen != "" {
@@ -239,7 +245,8 @@ func parseArgs(args []string, stdout, stderr io.Writer) (cmd string, o options, 
 		return cmd, o, true, nil
 	case "rerun":
 		fs.StringVar(&o.run, "run", "", "collection run id to export again (per_run jobs)")
-		fs.StringVar(&o.date, "date", "", "snapshot date YYYY-MM-DD to write again (full jobs)")
+		fs.StringVar(&o.date, "date", "", "snapshot date YYYY-MM-DD to write again (full jobs): today, or an earlier date with -allow-past")
+		fs.BoolVar(&o.allowPast, "allow-past", false, "with -date before today: write today's rows under that date (the manifest records data_as_of)")
 	case "run":
 		o.listen = fs.String("listen", "", "HTTP address for /healthz and /readyz (default: daemon.listen in the config)")
 	case "plan":
@@ -247,6 +254,8 @@ func parseArgs(args []string, stdout, stderr io.Writer) (cmd string, o options, 
 		fs.BoolVar(&o.verbose, "v", false, "list every pending unit and key (default: a summary)")
 	case "validate":
 		fs.BoolVar(&o.verbose, "v", false, "list every pending unit and key (default: a summary)")
+	case "repair-latest":
+		fs.BoolVar(&o.dryRun, "dry-run", false, "print what would change; write nothing")
 	case "once", "status":
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
@@ -316,6 +325,16 @@ func (o options) check(cmd string, only []*config.Job) error {
 			if _, err := time.Parse(time.DateOnly, o.date); err != nil {
 				return &usageError{fmt.Sprintf("-date %q: want a calendar date YYYY-MM-DD", o.date)}
 			}
+			j := only[0]
+			today := time.Now().In(j.Location).Format(time.DateOnly)
+			switch {
+			case o.date > today:
+				return &usageError{fmt.Sprintf("-date %s is after today (%s in %s, job %s's time zone): a full snapshot holds the rows as they are when it is taken", o.date, today, j.Location, j.Name)}
+			case o.date < today && !o.allowPast:
+				return &usageError{fmt.Sprintf("-date %s is before today (%s in %s, job %s's time zone): the snapshot would hold today's rows under %s; pass -allow-past to write it anyway (its manifest then says data_as_of %s)", o.date, today, j.Location, j.Name, o.date, today)}
+			}
+		} else if o.allowPast {
+			return &usageError{"-allow-past goes with -date (full jobs)"}
 		}
 	}
 	if o.listen != nil && *o.listen != "" {
@@ -652,4 +671,29 @@ func toolVersion() string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// repairLatest prints each latest.json it rewrote (or would have).
+func repairLatest(ctx context.Context, r *pipeline.Runner, jobs []*pipeline.Job, stdout io.Writer, dryRun bool) error {
+	verb := "repaired"
+	if dryRun {
+		verb = "would repair"
+	}
+	for _, job := range jobs {
+		repairs, err := r.RepairLatest(ctx, job, dryRun)
+		for _, rep := range repairs {
+			was := rep.Was
+			if was == "" {
+				was = "(none)"
+			}
+			fmt.Fprintf(stdout, "%s: %s %s\n  was %s\n  now %s (%s)\n", job.Name, verb, rep.Key, was, rep.Now, rep.Date)
+		}
+		if err != nil {
+			return fmt.Errorf("job %s: %w", job.Name, err)
+		}
+		if len(repairs) == 0 {
+			fmt.Fprintf(stdout, "%s: every latest.json names the newest export\n", job.Name)
+		}
+	}
+	return nil
 }

@@ -771,6 +771,12 @@ func TestUsageAndConfigMistakesExit2(t *testing.T) {
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-run", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}, "full job"},
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-3-1"}, "YYYY-MM-DD"},
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-02-30"}, "YYYY-MM-DD"},
+		// A snapshot dated ahead would hold today's rows and pin latest.json
+		// there; one dated back needs saying so.
+		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", time.Now().AddDate(0, 0, 2).Format(time.DateOnly)}, "after today"},
+		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2031-01-01", "-allow-past"}, "after today"},
+		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-01-01"}, "-allow-past"},
+		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-run", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "-allow-past"}, "-allow-past goes with -date"},
 		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-run", "not-a-uuid"}, "UUID"},
 		{[]string{"rerun", "-config", cfg, "-job", "no-such-job", "-run", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}, "no job"},
 		{[]string{"run", "-config", cfg, "-listen", "55511"}, "-listen"},
