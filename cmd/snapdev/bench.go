@@ -128,7 +128,7 @@ func bench(ctx context.Context, bin, shippedConfig string, n, reps int, cacheDir
 	fullSQL := sqlFor(sources.Query{Columns: cols, OrgID: org})
 	runSQL := sqlFor(sources.Query{Columns: cols, OrgID: org, RunID: runID})
 	narrowSQL := sqlFor(sources.Query{Columns: narrowCols, OrgID: narrowOrg, RunID: narrowRun})
-	date := "2026-01-01"
+	date := time.Now().UTC().Format(time.DateOnly) // the jobs are in UTC; rerun refuses other dates without -allow-past
 	cases := []*benchCase{
 		{name: "full, csv", formats: "csv", args: []string{"rerun", "-job", "full-csv", "-date", date}, query: fullSQL, rows: fullRows},
 		{name: "full, ndjson", formats: "ndjson", args: []string{"rerun", "-job", "full-ndjson", "-date", date}, query: fullSQL, rows: fullRows},
