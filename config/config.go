@@ -64,6 +64,8 @@ type Config struct {
 	Source Source `yaml:"source"`
 	Daemon Daemon `yaml:"daemon"`
 	Jobs   []*Job `yaml:"jobs"`
+	// Reruns are units to export again, each applied once (config/reruns.go).
+	Reruns []*Rerun `yaml:"reruns"`
 }
 
 // Defaults of the daemon (sellersnap run).
@@ -515,6 +517,9 @@ func (f *File) validate(checks []Check) error {
 	}
 	if len(errs) == 0 {
 		errs = append(errs, f.checkKeysDisjoint()...)
+	}
+	if len(errs) == 0 {
+		f.validateReruns(bad)
 	}
 	return joinErrors(errs)
 }

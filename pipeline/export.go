@@ -26,6 +26,8 @@ type unit struct {
 	date   string
 	values map[string]string // placeholder values, less ext
 	held   fence             // nil when not locked (plan, tests)
+	// rerunID is the rerun writing the unit, recorded in its manifest.
+	rerunID string
 }
 
 // stillHeld returns nil while u's lock is held (or u has none).
@@ -177,7 +179,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	}
 
 	m := r.newManifest(u, snap, rd, mcols)
-	m.SchemaChange, m.Rerun = schemaChange, force
+	m.SchemaChange, m.Rerun, m.RerunID = schemaChange, force, u.rerunID
 	if asOf := snap.Time().In(u.job.Location).Format(time.DateOnly); force && u.run == nil && asOf != u.date {
 		m.DataAsOf = asOf
 	}

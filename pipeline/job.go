@@ -32,6 +32,9 @@ type Job struct {
 	Formats []*sinks.Format
 	// Layout names every key the job writes.
 	Layout Layout
+	// Reruns are the config's reruns: entries for this job, applied once
+	// each by Once (ApplyReruns). Set by whoever compiles the job.
+	Reruns []DeclaredRerun
 
 	filter         sources.Filter
 	columns        []config.Column
@@ -112,6 +115,12 @@ func Compile(ctx context.Context, f *config.File, catalog *sources.Catalog) ([]*
 		job, err := NewJob(j)
 		if err != nil {
 			return nil, err
+		}
+		for _, rr := range f.Reruns {
+			if rr.Job == j.Name {
+				job.Reruns = append(job.Reruns, DeclaredRerun{ID: rr.ID, Reason: rr.Reason, Selectors: rr.Selectors(),
+					Selection: Selection{Runs: rr.Runs, From: rr.From, To: rr.To, Orgs: rr.Orgs, AllowPast: rr.AllowPast}})
+			}
 		}
 		jobs[i] = job
 	}

@@ -37,7 +37,10 @@ type Manifest struct {
 	DataAsOf string `json:"data_as_of,omitempty"`
 	// Rerun is true when `sellersnap rerun` wrote this export over
 	// whatever was there.
-	Rerun   bool             `json:"rerun,omitempty"`
+	Rerun bool `json:"rerun,omitempty"`
+	// RerunID names the reruns: entry (or rerun -id) that wrote this
+	// export; a rerun that stopped half-way skips the units that carry it.
+	RerunID string           `json:"rerun_id,omitempty"`
 	Rows    int64            `json:"rows"`
 	Columns []ManifestColumn `json:"columns"`
 	// SchemaFingerprint identifies the output schema (names, types,

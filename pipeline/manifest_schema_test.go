@@ -1,6 +1,7 @@
 package pipeline_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/pipeline"
 )
 
 // validate checks v against the subset of JSON Schema that
@@ -113,6 +115,11 @@ func TestManifestsMatchTheJSONSchema(t *testing.T) {
 	f := newFixture(t, "    max_rows_per_file: 100\n    columns: [display_name, {name: platform_id, mask: hmac-sha256}, {name: normalized_name, redact: true}, created_at]")
 	f.Once("new-sellers")
 	f.Once("full-nightly")
+	// A rerun of an earlier date: rerun, rerun_id and data_as_of.
+	if _, err := f.Runner.RerunSelection(context.Background(), f.Job("full-nightly"),
+		pipeline.Selection{From: "2026-11-21", To: "2026-11-21", AllowPast: true}, pipeline.RerunOptions{ID: "schema-check"}); err != nil {
+		t.Fatal(err)
+	}
 	pgtest.Exec(t, f.DBURL, `UPDATE sellers SET feedback_percent = 'NaN' WHERE id IN (SELECT id FROM sellers WHERE feedback_percent IS NOT NULL LIMIT 3)`)
 	f.Load("    on_schema_change: evolve\n    formats: [csv]")
 	pgtest.Exec(t, f.DBURL, `INSERT INTO collection_runs (id, org_id, status, started_at, completed_at)

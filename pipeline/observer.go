@@ -29,6 +29,9 @@ type Observer interface {
 	LatestFailed(job string)
 	// Backlog reports the units still pending and the age of the oldest.
 	Backlog(job string, n int, oldest time.Duration)
+	// RerunApplied reports an attempt at a declared rerun and its status
+	// after it (RerunApplied, RerunIncomplete, RerunRunning).
+	RerunApplied(job, status string)
 }
 
 // Export is one finished export, as an Observer and the status page see
@@ -83,6 +86,7 @@ func (nopObserver) ExportFailed(Export)                {}
 func (nopObserver) Skipped(string)                     {}
 func (nopObserver) Retried(string)                     {}
 func (nopObserver) LatestFailed(string)                {}
+func (nopObserver) RerunApplied(string, string)        {}
 func (nopObserver) Backlog(string, int, time.Duration) {}
 
 func (r *Runner) observer() Observer {

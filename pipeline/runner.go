@@ -139,7 +139,17 @@ type Result struct {
 // without a manifest, oldest first; for a full job today's snapshot (in the
 // job's time zone) of every org that has none yet. A failed unit does not
 // stop the others; the returned error joins every failure.
+//
+// Then it applies the job's declared reruns not yet applied (ApplyReruns).
 func (r *Runner) Once(ctx context.Context, job *Job) (Result, error) {
+	res, err := r.once(ctx, job)
+	if len(job.Reruns) > 0 && ctx.Err() == nil {
+		err = errors.Join(err, r.ApplyReruns(ctx, job))
+	}
+	return res, err
+}
+
+func (r *Runner) once(ctx context.Context, job *Job) (Result, error) {
 	if job.Mode == config.ModeFull {
 		return r.Full(ctx, job, r.now().In(job.Location).Format(time.DateOnly))
 	}
@@ -493,6 +503,29 @@ func (r *Runner) Plan(ctx context.Context, job *Job) ([]Planned, error) {
 			return nil, err
 		}
 	}
+	plan, err := planned(job, units, counts)
+	if err != nil {
+		return nil, err
+	}
+	if len(plan) > 0 {
+		bucket, err := r.Bucket(ctx, job.Destination)
+		if err != nil {
+			return nil, err
+		}
+		if ok, err := bucket.Exists(ctx, job.Layout.Schema()); err != nil {
+			return nil, err
+		} else if !ok {
+			plan[0].Keys = append(plan[0].Keys, job.Layout.Schema()) // the first export records the schema
+		}
+		if nextState != "" {
+			plan[0].Keys = append(plan[0].Keys, nextState) // the pass records what it exported
+		}
+	}
+	return plan, nil
+}
+
+// planned describes units with their row counts (by run id, or by org).
+func planned(job *Job, units []unit, counts map[string]int64) ([]Planned, error) {
 	plan := make([]Planned, 0, len(units))
 	for _, u := range units {
 		p := Planned{OrgID: u.orgID, Date: u.date, Rows: counts[u.orgID]}
@@ -510,20 +543,6 @@ func (r *Runner) Plan(ctx context.Context, job *Job) ([]Planned, error) {
 		mk, _ := u.manifestKey()
 		p.Keys = append(p.Keys, job.Layout.Success(mk), mk, u.latestKey(mk))
 		plan = append(plan, p)
-	}
-	if len(plan) > 0 {
-		bucket, err := r.Bucket(ctx, job.Destination)
-		if err != nil {
-			return nil, err
-		}
-		if ok, err := bucket.Exists(ctx, job.Layout.Schema()); err != nil {
-			return nil, err
-		} else if !ok {
-			plan[0].Keys = append(plan[0].Keys, job.Layout.Schema()) // the first export records the schema
-		}
-		if nextState != "" {
-			plan[0].Keys = append(plan[0].Keys, nextState) // the pass records what it exported
-		}
 	}
 	return plan, nil
 }

@@ -209,6 +209,12 @@ func (p *Postgres) CompletedRunsAfter(ctx context.Context, t time.Time) ([]Run, 
 	return p.completedRuns(ctx, " AND completed_at > $2", t)
 }
 
+// CompletedRunsBetween is CompletedRuns for the runs completed at or
+// after from and before to.
+func (p *Postgres) CompletedRunsBetween(ctx context.Context, from, to time.Time) ([]Run, error) {
+	return p.completedRuns(ctx, " AND completed_at >= $2 AND completed_at < $3", from, to)
+}
+
 // CompletedRunsByID is CompletedRuns for the runs in ids (those not
 // completed, or gone, are left out).
 func (p *Postgres) CompletedRunsByID(ctx context.Context, ids []string) ([]Run, error) {

@@ -4,7 +4,7 @@
 //	sellersnap validate -config pipeline.yaml
 //	sellersnap once     -config pipeline.yaml [-job NAME]
 //	sellersnap plan     -config pipeline.yaml [-job NAME] [-json]
-//	sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD [-allow-past])
+//	sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID… | -date D | -from D -to D) [-org ORG…] [-dry-run]
 //	sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
 //	sellersnap status   -config pipeline.yaml [-job NAME]
 //	sellersnap repair-latest -config pipeline.yaml [-job NAME] [-dry-run]
@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/signal"
 	"path"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
@@ -112,7 +113,7 @@ const usage = `usage:
   sellersnap validate -config pipeline.yaml [-v]
   sellersnap plan     -config pipeline.yaml [-job NAME] [-json] [-v]
   sellersnap once     -config pipeline.yaml [-job NAME]
-  sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID | -date YYYY-MM-DD [-allow-past])
+  sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID… | -date D | -from D -to D) [-org ORG…] [-allow-past] [-dry-run] [-id ID]
   sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
   sellersnap status   -config pipeline.yaml [-job NAME]
   sellersnap repair-latest -config pipeline.yaml [-job NAME] [-dry-run]
@@ -134,10 +135,12 @@ var commandHelp = map[string]string{
 }
 
 type options struct {
-	json, verbose, allowPast, dryRun            bool
-	config, job, run, date, logFormat, logLevel string
-	listen                                      *string
-	cpuProfile, memProfile                      string
+	json, verbose, allowPast, dryRun       bool
+	config, job, date, logFormat, logLevel string
+	runs, orgs                             []string // rerun -run, -org (repeatable)
+	from, to, rerunID                      string
+	listen                                 *string
+	cpuProfile, memProfile                 string
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -191,6 +194,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			Initial: cfg.Daemon.Retry.Initial.Duration, Max: cfg.Daemon.Retry.Max.Duration}}
 	defer runner.Close()
 
+	if cmd != "rerun" && cmd != "repair-latest" {
+		// An applied reruns: entry whose selectors changed is a
+		// configuration error; the bucket being unreachable is not (yet).
+		for _, j := range jobs {
+			for _, d := range j.Reruns {
+				var changed *pipeline.RerunChangedError
+				if _, err := runner.ReadRerunRecord(ctx, j, d); errors.As(err, &changed) {
+					return &configError{cfg.Errorf(rerunField(cfg, d.ID), "%v", err)}
+				}
+			}
+		}
+	}
+
 	switch cmd {
 	case "validate":
 		return validate(ctx, runner, jobs, stdout, o.verbose)
@@ -209,12 +225,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			Listen: listen, Pprof: cfg.Daemon.Pprof}
 		return d.Run(ctx, abortAfter(ctx, cfg.Daemon.ShutdownGrace.Duration, logger))
 	case "rerun":
-		if o.run != "" {
-			_, err = runner.RerunRun(ctx, jobs[0], o.run)
-		} else {
-			_, err = runner.RerunDate(ctx, jobs[0], o.date)
-		}
-		return err
+		return rerun(ctx, runner, jobs[0], o, stdout, stderr)
 	default:
 		return once(ctx, runner, jobs, logger)
 	}
@@ -244,9 +255,15 @@ func parseArgs(args []string, stdout, stderr io.Writer) (cmd string, o options, 
 		fmt.Fprint(stdout, versionReport())
 		return cmd, o, true, nil
 	case "rerun":
-		fs.StringVar(&o.run, "run", "", "collection run id to export again (per_run jobs)")
-		fs.StringVar(&o.date, "date", "", "snapshot date YYYY-MM-DD to write again (full jobs): today, or an earlier date with -allow-past")
-		fs.BoolVar(&o.allowPast, "allow-past", false, "with -date before today: write today's rows under that date (the manifest records data_as_of)")
+		fs.Func("run", "collection run id to export again (per_run jobs; repeatable)", func(v string) error { o.runs = append(o.runs, v); return nil })
+		fs.StringVar(&o.date, "date", "", "one date YYYY-MM-DD: -from and -to that date")
+		fs.StringVar(&o.from, "from", "", "first date YYYY-MM-DD (job's time zone): per_run jobs the runs completed from that day, full jobs the snapshot dates")
+		fs.StringVar(&o.to, "to", "", "last date YYYY-MM-DD, inclusive")
+		fs.Func("org", "only this org id (repeatable)", func(v string) error { o.orgs = append(o.orgs, v); return nil })
+		fs.BoolVar(&o.allowPast, "allow-past", false, "full jobs, dates before today: write today's rows under them (the manifests record data_as_of)")
+		fs.BoolVar(&o.dryRun, "dry-run", false, "print the units the rerun would rewrite, their rows and keys; write nothing")
+		fs.StringVar(&o.rerunID, "id", "", "record this id in every manifest written; run again with the same id, the rerun skips the units it already rewrote")
+		fs.BoolVar(&o.verbose, "v", false, "with -dry-run: list every unit and key")
 	case "run":
 		o.listen = fs.String("listen", "", "HTTP address for /healthz and /readyz (default: daemon.listen in the config)")
 	case "plan":
@@ -309,32 +326,27 @@ func (o options) startProfiles() (stop func(), err error) {
 // (before anything connects anywhere).
 func (o options) check(cmd string, only []*config.Job) error {
 	if cmd == "rerun" {
-		if o.job == "" || (o.run == "") == (o.date == "") {
-			return &usageError{"rerun needs -job and exactly one of -run or -date"}
-		}
-		if o.run != "" && !sources.IsRunID(o.run) {
-			return &usageError{fmt.Sprintf("-run %q: want a collection run id (a UUID)", o.run)}
-		}
-		switch j := only[0]; {
-		case o.run != "" && j.Mode != config.ModePerRun:
-			return &usageError{fmt.Sprintf("job %s is a %s job: rerun it with -date YYYY-MM-DD", j.Name, j.Mode)}
-		case o.date != "" && j.Mode != config.ModeFull:
-			return &usageError{fmt.Sprintf("job %s is a %s job: rerun it with -run RUN_ID", j.Name, j.Mode)}
+		if o.job == "" {
+			return &usageError{"rerun needs -job"}
 		}
 		if o.date != "" {
-			if _, err := time.Parse(time.DateOnly, o.date); err != nil {
-				return &usageError{fmt.Sprintf("-date %q: want a calendar date YYYY-MM-DD", o.date)}
+			if o.from != "" || o.to != "" {
+				return &usageError{"-date is -from and -to that date: give one or the other"}
 			}
-			j := only[0]
-			today := time.Now().In(j.Location).Format(time.DateOnly)
-			switch {
-			case o.date > today:
-				return &usageError{fmt.Sprintf("-date %s is after today (%s in %s, job %s's time zone): a full snapshot holds the rows as they are when it is taken", o.date, today, j.Location, j.Name)}
-			case o.date < today && !o.allowPast:
-				return &usageError{fmt.Sprintf("-date %s is before today (%s in %s, job %s's time zone): the snapshot would hold today's rows under %s; pass -allow-past to write it anyway (its manifest then says data_as_of %s)", o.date, today, j.Location, j.Name, o.date, today)}
-			}
-		} else if o.allowPast {
-			return &usageError{"-allow-past goes with -date (full jobs)"}
+			o.from, o.to = o.date, o.date
+		}
+		if len(o.runs) == 0 && o.from == "" && o.to == "" {
+			return &usageError{"rerun needs -run RUN_ID (per_run jobs), or -date, or -from and -to"}
+		}
+		if o.rerunID != "" && !rerunIDPattern.MatchString(o.rerunID) {
+			return &usageError{fmt.Sprintf("-id %q: use lowercase letters, digits, '.', '-' and '_' (at most 63)", o.rerunID)}
+		}
+		var errs []string
+		config.CheckSelectors(only[0], o.runs, o.from, o.to, o.orgs, o.allowPast, time.Now(), func(field, format string, args ...any) {
+			errs = append(errs, "-"+selectorFlag(field)+": "+fmt.Sprintf(format, args...))
+		})
+		if len(errs) > 0 {
+			return &usageError{strings.Join(errs, "\n")}
 		}
 	}
 	if o.listen != nil && *o.listen != "" {
@@ -455,6 +467,11 @@ func status(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, 
 			}
 			fmt.Fprintf(w, "  - %s: %d rows\n", what, p.Rows)
 		}
+		reruns, err := declaredReruns(ctx, runner, j)
+		if err != nil {
+			return err
+		}
+		printReruns(w, reruns)
 	}
 	return nil
 }
@@ -487,7 +504,12 @@ func validate(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job
 		if err != nil {
 			return err
 		}
-		printPlan(w, j, p, verbose)
+		printPlan(w, j, p, verbose, "")
+		reruns, err := declaredReruns(ctx, runner, j)
+		if err != nil {
+			return fmt.Errorf("job %s: %w", j.Name, err)
+		}
+		printReruns(w, reruns)
 	}
 	return nil
 }
@@ -500,6 +522,7 @@ func plan(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, w 
 		Mode    string             `json:"mode"`
 		Bucket  string             `json:"bucket"`
 		Pending []pipeline.Planned `json:"pending"`
+		Reruns  []rerunStatus      `json:"reruns,omitempty"`
 	}
 	var all []jobPlan
 	for _, j := range jobs {
@@ -510,10 +533,15 @@ func plan(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, w 
 		if p == nil {
 			p = []pipeline.Planned{}
 		}
-		all = append(all, jobPlan{Job: j.Name, Mode: j.Mode, Bucket: sinks.Redact(j.Destination), Pending: p})
+		reruns, err := declaredReruns(ctx, runner, j)
+		if err != nil {
+			return fmt.Errorf("job %s: %w", j.Name, err)
+		}
+		all = append(all, jobPlan{Job: j.Name, Mode: j.Mode, Bucket: sinks.Redact(j.Destination), Pending: p, Reruns: reruns})
 		if !asJSON {
 			fmt.Fprintf(w, "job %s (%s) → %s\n", j.Name, j.Mode, sinks.Redact(j.Destination))
-			printPlan(w, j, p, verbose)
+			printPlan(w, j, p, verbose, "")
+			printReruns(w, reruns)
 		}
 	}
 	if asJSON {
@@ -526,10 +554,13 @@ func plan(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, w 
 
 // printPlan prints a job's pending units: a summary (counts, the first unit
 // with its keys, the last unit), or with verbose every unit and key.
-func printPlan(w io.Writer, j *pipeline.Job, plan []pipeline.Planned, verbose bool) {
-	what := "pending runs"
-	if j.Mode == config.ModeFull {
+func printPlan(w io.Writer, j *pipeline.Job, plan []pipeline.Planned, verbose bool, what string) {
+	switch {
+	case what != "":
+	case j.Mode == config.ModeFull:
 		what = "orgs pending for today's snapshot"
+	default:
+		what = "pending runs"
 	}
 	var rows int64
 	for _, p := range plan {
@@ -696,4 +727,109 @@ func repairLatest(ctx context.Context, r *pipeline.Runner, jobs []*pipeline.Job,
 		}
 	}
 	return nil
+}
+
+// rerunIDPattern is config's rule for rerun ids.
+var rerunIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+
+// selectorFlag names the rerun flag of a config.CheckSelectors field.
+func selectorFlag(field string) string {
+	switch {
+	case strings.HasPrefix(field, "runs"):
+		return "run"
+	case strings.HasPrefix(field, "orgs"):
+		return "org"
+	case field == "allow_past":
+		return "allow-past"
+	}
+	return field
+}
+
+// rerun rewrites the units the flags select (or, with -dry-run, prints
+// them), with progress on stderr when it takes more than a few seconds.
+func rerun(ctx context.Context, r *pipeline.Runner, job *pipeline.Job, o options, stdout, stderr io.Writer) error {
+	sel := pipeline.Selection{Runs: o.runs, From: o.from, To: o.to, Orgs: o.orgs, AllowPast: o.allowPast}
+	if o.dryRun {
+		p, err := r.PlanRerun(ctx, job, sel)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "job %s (%s) → %s: rerun %s would rewrite\n", job.Name, job.Mode, sinks.Redact(job.Destination), sel)
+		printPlan(stdout, job, p, o.verbose, "units")
+		return nil
+	}
+	start, last := time.Now(), time.Time{}
+	res, err := r.RerunSelection(ctx, job, sel, pipeline.RerunOptions{ID: o.rerunID, Progress: func(p pipeline.RerunProgress) {
+		if time.Since(start) < 3*time.Second || time.Since(last) < 2*time.Second && p.Done < p.Total {
+			return
+		}
+		last = time.Now()
+		fmt.Fprintf(stderr, "rerun %s: %s\n", job.Name, pipeline.ProgressLine(p))
+	}})
+	if err == nil && res.Busy > 0 {
+		err = fmt.Errorf("%d of %d units were being exported by another process and were not rewritten; run the rerun again (with -id, it skips the units it rewrote)", res.Busy, res.Total)
+	}
+	if res.Total == 0 && err == nil {
+		fmt.Fprintf(stderr, "rerun %s: nothing selected (%s)\n", job.Name, sel)
+	}
+	return err
+}
+
+// rerunField is the config field of the reruns: entry with id.
+func rerunField(cfg *config.File, id string) string {
+	for i, r := range cfg.Reruns {
+		if r.ID == id {
+			return fmt.Sprintf("reruns[%d]", i)
+		}
+	}
+	return "reruns"
+}
+
+// rerunStatus is a declared rerun as plan, validate and status show it.
+type rerunStatus struct {
+	ID        string                `json:"id"`
+	Selection string                `json:"selection"`
+	Reason    string                `json:"reason"`
+	Status    string                `json:"status"` // pending, or the record's
+	Units     int                   `json:"units"`  // selected now (pending) or by the last attempt
+	Record    *pipeline.RerunRecord `json:"record,omitempty"`
+}
+
+// declaredReruns describes job's reruns: entries: their records, and for
+// those not applied yet how many units they select now.
+func declaredReruns(ctx context.Context, r *pipeline.Runner, j *pipeline.Job) ([]rerunStatus, error) {
+	var out []rerunStatus
+	for _, d := range j.Reruns {
+		rec, err := r.ReadRerunRecord(ctx, j, d)
+		if err != nil {
+			return nil, err
+		}
+		st := rerunStatus{ID: d.ID, Selection: d.Selection.String(), Reason: d.Reason, Status: "pending", Record: rec}
+		if rec != nil {
+			st.Status, st.Units = rec.Status, rec.Units
+		}
+		if rec == nil || rec.Status != pipeline.RerunApplied {
+			p, err := r.PlanRerun(ctx, j, d.Selection)
+			if err != nil {
+				return nil, fmt.Errorf("rerun %s: %w", d.ID, err)
+			}
+			st.Units = len(p)
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func printReruns(w io.Writer, reruns []rerunStatus) {
+	for _, st := range reruns {
+		fmt.Fprintf(w, "  rerun %s: %s, %d units (%s) — %s\n", st.ID, st.Status, st.Units, st.Selection, st.Reason)
+		if rec := st.Record; rec != nil {
+			fmt.Fprintf(w, "      %d attempts, last by %s at %s; %d rewritten, %d failed, %d busy", rec.Attempts, rec.By,
+				rec.UpdatedAt.Format(time.RFC3339), rec.Rewritten, rec.Failed, rec.Busy)
+			if rec.LastError != "" {
+				fmt.Fprintf(w, "; last error: %s", rec.LastError)
+			}
+			fmt.Fprintln(w)
+		}
+	}
 }

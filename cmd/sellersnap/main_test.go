@@ -767,7 +767,11 @@ func TestUsageAndConfigMistakesExit2(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-date", "2026-03-01"}, "per_run job"},
+		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-from", "2026-03-02", "-to", "2026-03-01"}, "before from"},
+		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-from", "2026-03-02"}, "go together"},
+		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-date", "2026-03-02", "-org", "acme"}, "-org"},
+		{[]string{"rerun", "-config", cfg, "-job", "new-sellers"}, "rerun needs"},
+		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-date", "2026-03-02", "-id", "Bad ID"}, "-id"},
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-run", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}, "full job"},
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-3-1"}, "YYYY-MM-DD"},
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-02-30"}, "YYYY-MM-DD"},
@@ -776,7 +780,7 @@ func TestUsageAndConfigMistakesExit2(t *testing.T) {
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", time.Now().AddDate(0, 0, 2).Format(time.DateOnly)}, "after today"},
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2031-01-01", "-allow-past"}, "after today"},
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-01-01"}, "-allow-past"},
-		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-run", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "-allow-past"}, "-allow-past goes with -date"},
+		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-run", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "-allow-past"}, "-allow-past: goes with dates of a full job"},
 		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-run", "not-a-uuid"}, "UUID"},
 		{[]string{"rerun", "-config", cfg, "-job", "no-such-job", "-run", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}, "no job"},
 		{[]string{"run", "-config", cfg, "-listen", "55511"}, "-listen"},

@@ -28,6 +28,7 @@ import (
 //	sellersnap_panics_total{job}                    panics recovered
 //	sellersnap_ticks_coalesced_total{job}           schedule ticks merged into a queued pass
 //	sellersnap_latest_failures_total{job}           latest.json pointers that could not be updated
+//	sellersnap_reruns_total{job,status}             attempts at declared reruns, by status after them: applied, incomplete, running
 //	sellersnap_pass_failures_total{job,reason}      passes that failed: bucket, database, schema, conflict, other
 //	sellersnap_dependency_up{dependency,job}        1 if PostgreSQL (job="") or the job's bucket answered the last check
 //	sellersnap_schedule_interval_seconds{job,mode}  time between the job's next two ticks (for "no success in 2 × schedule")
@@ -49,6 +50,7 @@ type Metrics struct {
 	panics      *prometheus.CounterVec
 	coalesced   *prometheus.CounterVec
 	latestFails *prometheus.CounterVec
+	reruns      *prometheus.CounterVec
 	passFails   *prometheus.CounterVec
 	up          *prometheus.GaugeVec
 	interval    *prometheus.GaugeVec
@@ -89,12 +91,13 @@ func NewMetrics() *Metrics {
 	m.inFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_exports_in_flight", Help: "Exports running now."}, job)
 	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_panics_total", Help: "Panics recovered in exports."}, job)
 	m.coalesced = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_ticks_coalesced_total", Help: "Schedule ticks merged into an already queued pass."}, job)
+	m.reruns = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_reruns_total", Help: "Attempts at declared reruns (pipeline.yaml reruns:), by status after the attempt."}, append(slices.Clone(job), "status"))
 	m.latestFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_latest_failures_total", Help: "latest.json pointers that could not be updated (the export itself succeeded)."}, job)
 	m.passFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_pass_failures_total", Help: "Passes of a job that failed, by reason: bucket, database, schema, conflict, other."}, []string{"job", "reason"})
 	m.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_dependency_up", Help: "1 if the dependency answered the last check: PostgreSQL (job=\"\") or a job's bucket."}, []string{"dependency", "job"})
 	m.interval = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_schedule_interval_seconds", Help: "Time between the job's next two schedule ticks."}, []string{"job", "mode"})
 	m.Registry.MustRegister(m.runs, m.rows, m.bytes, m.duration, m.lastSuccess, m.backlog, m.oldest,
-		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.passFails, m.up, m.interval,
+		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.reruns, m.passFails, m.up, m.interval,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -128,6 +131,9 @@ func (m *Metrics) InitJobs(jobs []*pipeline.Job) {
 		m.panics.WithLabelValues(j.Name)
 		m.coalesced.WithLabelValues(j.Name)
 		m.latestFails.WithLabelValues(j.Name)
+		for _, st := range []string{pipeline.RerunApplied, pipeline.RerunIncomplete, pipeline.RerunRunning} {
+			m.reruns.WithLabelValues(j.Name, st)
+		}
 		if j.Cron != nil {
 			next := j.Cron.Next(time.Now().In(j.Location))
 			m.interval.WithLabelValues(j.Name, j.Mode).Set(j.Cron.Next(next).Sub(next).Seconds())
@@ -200,6 +206,14 @@ func (m *Metrics) dependencyUp(dependency, job string, up bool) {
 	m.mu.Lock()
 	m.deps[path.Join(dependency, job)] = up
 	m.mu.Unlock()
+}
+
+// RerunApplied implements pipeline.Observer.
+func (m *Metrics) RerunApplied(job, status string) {
+	if m == nil {
+		return
+	}
+	m.reruns.WithLabelValues(job, status).Inc()
 }
 
 // LatestFailed implements pipeline.Observer.
