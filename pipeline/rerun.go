@@ -63,8 +63,9 @@ type RerunResult struct {
 	Result
 	Total int
 	// Resumed units already carried the rerun's id (an earlier attempt
-	// wrote them) and were left alone.
-	Resumed int
+	// wrote them) and were left alone; ResumedRows are their rows.
+	Resumed     int
+	ResumedRows int64
 	// Busy units were being exported by another process and were left
 	// for the next attempt.
 	Busy int
@@ -118,14 +119,15 @@ func (r *Runner) RerunSelection(ctx context.Context, job *Job, sel Selection, op
 		}
 		u.rerunID = opts.ID
 		if opts.ID != "" {
-			done, err := r.carriesRerun(ctx, bucket, u, opts.ID)
+			m, err := r.carriesRerun(ctx, bucket, u, opts.ID)
 			if err != nil {
 				res.Failed++
 				errs = append(errs, unitError(u, err))
 				continue
 			}
-			if done {
+			if m != nil {
 				res.Resumed++
+				res.ResumedRows += m.Rows
 				continue
 			}
 		}
@@ -163,20 +165,20 @@ func (r *Runner) RerunSelection(ctx context.Context, job *Job, sel Selection, op
 	return res, errors.Join(errs...)
 }
 
-// carriesRerun reports whether u's manifest was written by rerun id.
-func (r *Runner) carriesRerun(ctx context.Context, bucket *sinks.Bucket, u unit, id string) (bool, error) {
+// carriesRerun returns u's manifest if rerun id wrote it, else nil.
+func (r *Runner) carriesRerun(ctx context.Context, bucket *sinks.Bucket, u unit, id string) (*Manifest, error) {
 	key, err := u.manifestKey()
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	m, err := readManifest(ctx, bucket, key)
 	if sinks.IsNotFound(err) {
-		return false, nil
+		return nil, nil
 	}
-	if err != nil {
-		return false, err
+	if err != nil || m.Job != u.job.Name || m.RerunID != id {
+		return nil, err
 	}
-	return m.Job == u.job.Name && m.RerunID == id, nil
+	return m, nil
 }
 
 // rerunUnits resolves sel to units: per_run jobs the runs named and those

@@ -42,10 +42,10 @@ type RerunRecord struct {
 	UpdatedAt  time.Time `json:"updated_at"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`
 	Units      int       `json:"units"`
-	Rewritten  int       `json:"rewritten"` // by all attempts
+	Rewritten  int       `json:"rewritten"` // units whose manifest carries the rerun, after the last attempt
 	Failed     int       `json:"failed"`    // in the last attempt
 	Busy       int       `json:"busy"`      // in the last attempt
-	Rows       int64     `json:"rows"`      // rewritten, by all attempts
+	Rows       int64     `json:"rows"`      // of the units rewritten
 	LastError  string    `json:"last_error,omitempty"`
 }
 
@@ -156,7 +156,9 @@ func (r *Runner) applyRerun(ctx context.Context, job *Job, d DeclaredRerun) erro
 		r.logger().Info("rerun progress", append([]any{"job", job.Name, "rerun", d.ID}, progressAttrs(p)...)...)
 	}})
 	rec.Units, rec.Failed, rec.Busy, rec.UpdatedAt = res.Total, res.Failed, res.Busy, r.now().UTC()
-	rec.Rewritten += len(res.Exported)
+	// Counted from the units, so that an attempt killed before it could
+	// write the record is counted by the next.
+	rec.Rewritten, rec.Rows = res.Resumed+len(res.Exported), res.ResumedRows
 	for _, m := range res.Exported {
 		rec.Rows += m.Rows
 	}
