@@ -343,7 +343,11 @@ func (o options) check(cmd string, only []*config.Job) error {
 		}
 		var errs []string
 		config.CheckSelectors(only[0], o.runs, o.from, o.to, o.orgs, o.allowPast, time.Now(), func(field, format string, args ...any) {
-			errs = append(errs, "-"+selectorFlag(field)+": "+fmt.Sprintf(format, args...))
+			flag := selectorFlag(field)
+			if o.date != "" && (flag == "from" || flag == "to") {
+				flag = "date"
+			}
+			errs = append(errs, "-"+flag+": "+fmt.Sprintf(format, args...))
 		})
 		if len(errs) > 0 {
 			return &usageError{strings.Join(errs, "\n")}

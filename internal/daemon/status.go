@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"html/template"
 	"net/http"
@@ -65,6 +66,13 @@ Bucket <span class="bucket {{updown .BucketUp}}">{{updown .BucketUp}}</span>: <c
 <td class="key opt">{{if .Manifest}}<a href="/manifest?key={{.Manifest}}&amp;job={{.Job}}">{{.Manifest}}</a>{{end}}</td></tr>
 {{end}}</tbody></table></div>
 {{else}}<p class="none">No exports yet: none in the bucket, none by this process.</p>{{end}}
+{{if .Reruns}}<h3>Declared reruns</h3><div class="scroll">
+<table class="reruns"><thead><tr><th>id</th><th>status</th><th>selects</th><th>reason</th><th class="opt">attempts</th><th>rewritten</th><th class="opt">updated</th></tr></thead><tbody>
+{{range .Reruns}}<tr class="rerun {{.Status}}"><td class="id">{{.ID}}</td><td class="status">{{.Status}}{{if .Error}}: <span class="error">{{.Error}}</span>{{end}}</td>
+<td class="id">{{.Selection}}</td><td>{{.Reason}}</td>
+<td class="opt">{{if .Record}}{{.Record.Attempts}}{{end}}</td><td>{{if .Record}}{{.Record.Rewritten}} of {{.Record.Units}}{{end}}</td>
+<td class="opt">{{if .Record}}{{ago .Record.UpdatedAt $.Now}}{{end}}</td></tr>
+{{end}}</tbody></table></div>{{end}}
 </section>
 {{end}}
 </body></html>
@@ -120,6 +128,13 @@ type statusJob struct {
 	Destination string // redacted: the page is unauthenticated
 	Next        time.Time
 	Exports     []pipeline.Export
+	Reruns      []statusRerun
+}
+
+// statusRerun is a reruns: entry with its record from the bucket.
+type statusRerun struct {
+	ID, Status, Selection, Reason, Error string
+	Record                               *pipeline.RerunRecord
 }
 
 func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
@@ -136,8 +151,22 @@ func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
 		Jobs       []statusJob
 	}{Version: d.Runner.Version, Now: now, DatabaseUp: d.Metrics.DatabaseUp(), Listen: d.ListenState()}
 	for _, j := range d.Jobs {
-		data.Jobs = append(data.Jobs, statusJob{Job: j, JobStatus: d.Metrics.Status(j.Name), Destination: sinks.Redact(j.Destination),
-			Next: j.Cron.Next(now.In(j.Location)), Exports: d.Metrics.History(j.Name)})
+		sj := statusJob{Job: j, JobStatus: d.Metrics.Status(j.Name), Destination: sinks.Redact(j.Destination),
+			Next: j.Cron.Next(now.In(j.Location)), Exports: d.Metrics.History(j.Name)}
+		for _, dr := range j.Reruns {
+			st := statusRerun{ID: dr.ID, Status: "pending", Selection: dr.Selection.String(), Reason: dr.Reason}
+			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+			rec, err := d.Runner.ReadRerunRecord(ctx, j, dr)
+			cancel()
+			switch {
+			case err != nil:
+				st.Status, st.Error = "unknown", err.Error() // bucket errors are redacted
+			case rec != nil:
+				st.Status, st.Record, st.Error = rec.Status, rec, rec.LastError
+			}
+			sj.Reruns = append(sj.Reruns, st)
+		}
+		data.Jobs = append(data.Jobs, sj)
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if err := statusPage.Execute(w, data); err != nil {

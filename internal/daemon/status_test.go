@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/internal/pipelinetest"
 	"github.com/sellersnap/sellersnap/pipeline"
 )
@@ -230,4 +231,36 @@ func TestMetricsExistFromTheStartAndCountFailures(t *testing.T) {
 		t.Errorf("the restarted page says there are no exports")
 	}
 	stop()
+}
+
+// TestDaemonAppliesADeclaredRerunAndShowsIt: a reruns: entry is applied by
+// the daemon's start-up pass, shown on the status page with its record,
+// and counted in sellersnap_reruns_total.
+func TestDaemonAppliesADeclaredRerunAndShowsIt(t *testing.T) {
+	f := newFixture(t, "")
+	runs, err := f.Src.CompletedRuns(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := *f.Job("new-sellers")
+	sched, err := config.ParseSchedule("@yearly")
+	if err != nil {
+		t.Fatal(err)
+	}
+	job.Cron, job.Schedule = sched, "@yearly"
+	job.Reruns = []pipeline.DeclaredRerun{{ID: "page-check", Reason: "collector fix <b>#7</b>",
+		Selection: pipeline.Selection{Runs: []string{runs[0].ID, runs[1].ID}}, Selectors: "v1"}}
+	f.daemonFor([]*pipeline.Job{&job}, "sellers", false, 5*time.Second)
+	pipelinetest.WaitFor(t, "the HTTP server", 10*time.Second, func() bool { return f.daemons[0].Addr() != nil })
+	base := "http://" + f.daemons[0].Addr().String()
+	pipelinetest.WaitFor(t, "the rerun applied", 30*time.Second, func() bool {
+		_, m := get(t, base+"/metrics")
+		return strings.Contains(m, `sellersnap_reruns_total{job="new-sellers",status="applied"} 1`)
+	})
+	code, body := get(t, base+"/")
+	if code != 200 || !strings.Contains(body, `<tr class="rerun applied"><td class="id">page-check</td>`) ||
+		!strings.Contains(body, "2 of 2") || !strings.Contains(body, "collector fix &lt;b&gt;#7&lt;/b&gt;") {
+		i := max(strings.Index(body, "Declared reruns")-100, 0)
+		t.Errorf("status page: %d\n%.2000s", code, body[i:])
+	}
 }
