@@ -2,6 +2,9 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -46,6 +49,8 @@ type Job struct {
 	batchRows      int
 	maskKey        []byte
 	options        ManifestOptions
+	// configFingerprint is recorded in every manifest (config_fingerprint).
+	configFingerprint string
 }
 
 // NewJob compiles j, which config.Load has checked (with CheckConfig).
@@ -86,7 +91,28 @@ func NewJob(j *config.Job) (*Job, error) {
 		CSVCompression: all["csv"].Compression(), NDJSONCompression: all["ndjson"].Compression(), ParquetCompression: all["parquet"].Compression(),
 		Flagged: j.Flagged, Order: sources.Order,
 	}
+	job.configFingerprint = configFingerprint(j, job)
 	return job, nil
+}
+
+// configFingerprint identifies what in j shapes a unit's files: mode, path,
+// formats and their options, columns with their renames and transforms,
+// the flagged filter, the split limits, the schema policy. Not the bucket
+// (its URL may hold secrets), the schedule, nor the mask key (secret: a
+// new key shows as the masked values changing, not here).
+func configFingerprint(j *config.Job, job *Job) string {
+	b, _ := json.Marshal(struct {
+		Mode, Path     string
+		Formats        []string
+		Columns        []config.Column
+		Selects        map[string][]int
+		Options        ManifestOptions
+		MaxRows        int64
+		MaxBytes       int64
+		OnSchemaChange string
+	}{j.Mode, j.Path, j.Formats, j.Columns, job.selects, job.options, job.maxRows, job.maxBytes, j.OnSchemaChange})
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // Compile compiles every job of f and checks each against the source's

@@ -48,8 +48,12 @@ type Manifest struct {
 	SchemaFingerprint string `json:"schema_fingerprint"`
 	// SchemaChange lists how the schema changed from the job's previous
 	// one, when this export evolved it.
-	SchemaChange []string       `json:"schema_change,omitempty"`
-	Files        []ManifestFile `json:"files"`
+	SchemaChange []string `json:"schema_change,omitempty"`
+	// ConfigFingerprint identifies the job's settings that shaped the
+	// files (columns, transforms, formats and their options, path, filter):
+	// exports of one job with the same value were made alike.
+	ConfigFingerprint string         `json:"config_fingerprint,omitempty"`
+	Files             []ManifestFile `json:"files"`
 	// Snapshot says which database state the files hold.
 	Snapshot   ManifestSnapshot `json:"snapshot"`
 	ExportedAt time.Time        `json:"exported_at"`
