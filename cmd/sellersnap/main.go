@@ -324,7 +324,7 @@ func (o options) startProfiles() (stop func(), err error) {
 
 // check refuses flags that contradict each other or the jobs they name
 // (before anything connects anywhere).
-func (o options) check(cmd string, only []*config.Job) error {
+func (o *options) check(cmd string, only []*config.Job) error {
 	if cmd == "rerun" {
 		if o.job == "" {
 			return &usageError{"rerun needs -job"}

@@ -27,6 +27,7 @@ import (
 	"github.com/sellersnap/sellersnap/internal/demodata"
 	"github.com/sellersnap/sellersnap/internal/failpoint"
 	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/pipeline"
 )
 
 func TestMain(m *testing.M) {
@@ -120,6 +121,13 @@ func TestCommands(t *testing.T) {
 	}
 	if code, _, stderr := cli(t, env, "rerun", "-config", cfg, "-job", "new-sellers", "-run", failedID); code != 1 || !strings.Contains(stderr, "is not completed") {
 		t.Errorf("rerun of a failed run: exit %d\n%s", code, stderr)
+	}
+	// -date is -from and -to that date: today's full snapshot is written.
+	today := time.Now().UTC().Format(time.DateOnly) // full-nightly is in UTC
+	if code, _, stderr := cli(t, env, "rerun", "-config", cfg, "-job", "full-nightly", "-date", today); code != 0 || !strings.Contains(stderr, "exported") {
+		t.Errorf("rerun -date %s of a full job: exit %d\n%s", today, code, stderr)
+	} else if m, _ := filepath.Glob(filepath.Join(out, "sellers", "full", "org=*", "date="+today, pipeline.ManifestName)); len(m) == 0 {
+		t.Errorf("rerun -date %s wrote no manifest of that date", today)
 	}
 	if code, _, stderr := cli(t, env, "rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-13-01"); code != 2 || !strings.Contains(stderr, "want a calendar date YYYY-MM-DD") {
 		t.Errorf("rerun with a bad date: exit %d\n%s", code, stderr)
