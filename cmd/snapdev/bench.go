@@ -50,18 +50,7 @@ func bench(ctx context.Context, bin, shippedConfig string, n, reps int, cacheDir
 		return err
 	}
 	defer srv.Stop()
-	dbURL := srv.URL("bench")
-	if err := ensureBenchData(ctx, srv, "bench", demodata.Options{Sellers: n, Runs: 20, Orgs: 1, Seed: 7}); err != nil {
-		return err
-	}
-	// The narrow case: every seller in one run, read with the shipped
-	// config's columns, where PostgreSQL's own work per row is small and
-	// sellersnap's shows.
-	narrowURL := srv.URL("bench_narrow")
-	if err := ensureBenchData(ctx, srv, "bench_narrow", demodata.Options{Sellers: n, Runs: 1, Orgs: 1, Seed: 7}); err != nil {
-		return err
-	}
-	narrowCols, err := shippedColumns(shippedConfig)
+	in, err := benchData(ctx, srv, n, shippedConfig)
 	if err != nil {
 		return err
 	}
@@ -69,55 +58,92 @@ func bench(ctx context.Context, bin, shippedConfig string, n, reps int, cacheDir
 	if err != nil {
 		return err
 	}
-
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		return err
-	}
-	var org, runID string
-	var runRows int64
-	err = conn.QueryRow(ctx, `SELECT org_id::text FROM sellers LIMIT 1`).Scan(&org)
-	if err == nil {
-		err = conn.QueryRow(ctx, `SELECT s.first_seen_run_id::text, count(*) FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id
-			WHERE r.status = 'completed' AND s.deleted_at IS NULL GROUP BY 1 ORDER BY abs(count(*) - 50000), 1 LIMIT 1`).Scan(&runID, &runRows)
-	}
-	var fullRows int64
-	if err == nil {
-		err = conn.QueryRow(ctx, `SELECT count(*) FROM sellers WHERE deleted_at IS NULL AND org_id = $1`, org).Scan(&fullRows)
-	}
-	conn.Close(ctx)
-	var narrowOrg, narrowRun string
-	var narrowRows int64
-	if err == nil {
-		if conn, err = pgx.Connect(ctx, narrowURL); err == nil {
-			err = conn.QueryRow(ctx, `SELECT s.org_id::text, s.first_seen_run_id::text, count(*) FROM sellers s WHERE s.deleted_at IS NULL GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 1`).Scan(&narrowOrg, &narrowRun, &narrowRows)
-			conn.Close(ctx)
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("inspect bench data: %w", err)
-	}
-
 	work, err := os.MkdirTemp("", "sellersnap-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
-	cfgPath := filepath.Join(work, "bench.yaml")
-	if err := os.WriteFile(cfgPath, []byte(benchConfig(dbURL, filepath.Join(work, "out"))), 0o644); err != nil {
+	in.cfg = filepath.Join(work, "bench.yaml")
+	if err := os.WriteFile(in.cfg, []byte(benchConfig(in.url, filepath.Join(work, "out"))), 0o644); err != nil {
 		return err
 	}
-	narrowCfg := filepath.Join(work, "narrow.yaml")
-	if err := os.WriteFile(narrowCfg, []byte(narrowConfig(narrowURL, narrowCols, filepath.Join(work, "out"))), 0o644); err != nil {
+	in.narrowCfg = filepath.Join(work, "narrow.yaml")
+	if err := os.WriteFile(in.narrowCfg, []byte(narrowConfig(in.narrowURL, in.narrowCols, filepath.Join(work, "out"))), 0o644); err != nil {
 		return err
 	}
 	if hold {
 		fmt.Printf("DATABASE_URL=%s\nconfig: %s (jobs full-csv, full-ndjson, full-parquet, full-all, run-all; run %s)\nnarrow: %s, config %s (jobs narrow-csv, -ndjson, -parquet, -all; run %s)\nCtrl-C stops it.\n",
-			dbURL, cfgPath, runID, narrowURL, narrowCfg, narrowRun)
+			in.url, in.cfg, in.runID, in.narrowURL, in.narrowCfg, in.narrowRun)
 		<-ctx.Done()
 		return nil
 	}
-	cols := demodata.SellerColumns
+	cases := benchCases(in)
+	fmt.Printf("data: %d sellers (%d live in the org, %d in the run closest to 50k), 16 columns; narrow: %d sellers in one run, the %d columns of %s; %d repetitions, baseline and sellersnap alternating\n\n",
+		n, in.fullRows, in.runRows, in.narrowRows, len(in.narrowCols), shippedConfig, reps)
+	if err := runBench(ctx, psql, bin, in, cases, reps, filepath.Join(work, "out")); err != nil {
+		return err
+	}
+	printBench(cases)
+	return nil
+}
+
+// benchInputs are the bench's two databases and what it reads of them.
+type benchInputs struct {
+	url, narrowURL    string // the 16-column data (20 runs) and the narrow one (one run)
+	cfg, narrowCfg    string // their configs
+	org, runID        string
+	fullRows, runRows int64
+	narrowCols        []string
+	narrowOrg         string
+	narrowRun         string
+	narrowRows        int64
+}
+
+// benchData loads (or reuses) the two data sets and finds the org, the run
+// closest to 50,000 sellers and the narrow case's run.
+func benchData(ctx context.Context, srv *pgtemp.Server, n int, shippedConfig string) (*benchInputs, error) {
+	in := &benchInputs{url: srv.URL("bench"), narrowURL: srv.URL("bench_narrow")}
+	if err := ensureBenchData(ctx, srv, "bench", demodata.Options{Sellers: n, Runs: 20, Orgs: 1, Seed: 7}); err != nil {
+		return nil, err
+	}
+	// The narrow case: every seller in one run, read with the shipped
+	// config's columns, where PostgreSQL's own work per row is small and
+	// sellersnap's shows.
+	if err := ensureBenchData(ctx, srv, "bench_narrow", demodata.Options{Sellers: n, Runs: 1, Orgs: 1, Seed: 7}); err != nil {
+		return nil, err
+	}
+	var err error
+	if in.narrowCols, err = shippedColumns(shippedConfig); err != nil {
+		return nil, err
+	}
+	conn, err := pgx.Connect(ctx, in.url)
+	if err != nil {
+		return nil, err
+	}
+	err = conn.QueryRow(ctx, `SELECT org_id::text FROM sellers LIMIT 1`).Scan(&in.org)
+	if err == nil {
+		err = conn.QueryRow(ctx, `SELECT s.first_seen_run_id::text, count(*) FROM sellers s JOIN collection_runs r ON r.id = s.first_seen_run_id
+			WHERE r.status = 'completed' AND s.deleted_at IS NULL GROUP BY 1 ORDER BY abs(count(*) - 50000), 1 LIMIT 1`).Scan(&in.runID, &in.runRows)
+	}
+	if err == nil {
+		err = conn.QueryRow(ctx, `SELECT count(*) FROM sellers WHERE deleted_at IS NULL AND org_id = $1`, in.org).Scan(&in.fullRows)
+	}
+	conn.Close(ctx)
+	if err == nil {
+		if conn, err = pgx.Connect(ctx, in.narrowURL); err == nil {
+			err = conn.QueryRow(ctx, `SELECT s.org_id::text, s.first_seen_run_id::text, count(*) FROM sellers s WHERE s.deleted_at IS NULL GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 1`).Scan(&in.narrowOrg, &in.narrowRun, &in.narrowRows)
+			conn.Close(ctx)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("inspect bench data: %w", err)
+	}
+	return in, nil
+}
+
+// benchCases are the measured exports, each with the query its baseline
+// copies.
+func benchCases(in *benchInputs) []*benchCase {
 	sqlFor := func(q sources.Query) string {
 		s, params, _ := q.SQL(sources.DefaultSchema, sources.DefaultSellersTable)
 		for i := len(params); i >= 1; i-- {
@@ -125,30 +151,35 @@ func bench(ctx context.Context, bin, shippedConfig string, n, reps int, cacheDir
 		}
 		return s
 	}
-	fullSQL := sqlFor(sources.Query{Columns: cols, OrgID: org})
-	runSQL := sqlFor(sources.Query{Columns: cols, OrgID: org, RunID: runID})
-	narrowSQL := sqlFor(sources.Query{Columns: narrowCols, OrgID: narrowOrg, RunID: narrowRun})
+	cols := demodata.SellerColumns
+	fullSQL := sqlFor(sources.Query{Columns: cols, OrgID: in.org})
+	runSQL := sqlFor(sources.Query{Columns: cols, OrgID: in.org, RunID: in.runID})
+	narrowSQL := sqlFor(sources.Query{Columns: in.narrowCols, OrgID: in.narrowOrg, RunID: in.narrowRun})
 	date := time.Now().UTC().Format(time.DateOnly) // the jobs are in UTC; rerun refuses other dates without -allow-past
 	cases := []*benchCase{
-		{name: "full, csv", formats: "csv", args: []string{"rerun", "-job", "full-csv", "-date", date}, query: fullSQL, rows: fullRows},
-		{name: "full, ndjson", formats: "ndjson", args: []string{"rerun", "-job", "full-ndjson", "-date", date}, query: fullSQL, rows: fullRows},
-		{name: "full, parquet", formats: "parquet", args: []string{"rerun", "-job", "full-parquet", "-date", date}, query: fullSQL, rows: fullRows},
-		{name: "full, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "full-all", "-date", date}, query: fullSQL, rows: fullRows},
-		{name: "one run, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "run-all", "-run", runID}, query: runSQL, rows: runRows},
+		{name: "full, csv", formats: "csv", args: []string{"rerun", "-job", "full-csv", "-date", date}, query: fullSQL, rows: in.fullRows},
+		{name: "full, ndjson", formats: "ndjson", args: []string{"rerun", "-job", "full-ndjson", "-date", date}, query: fullSQL, rows: in.fullRows},
+		{name: "full, parquet", formats: "parquet", args: []string{"rerun", "-job", "full-parquet", "-date", date}, query: fullSQL, rows: in.fullRows},
+		{name: "full, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "full-all", "-date", date}, query: fullSQL, rows: in.fullRows},
+		{name: "one run, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "run-all", "-run", in.runID}, query: runSQL, rows: in.runRows},
 	}
 	for _, f := range []string{"csv", "ndjson", "parquet", "all"} {
 		name := "narrow run, " + f
 		if f == "all" {
 			name = "narrow run, all three"
 		}
-		cases = append(cases, &benchCase{name: name, formats: f, query: narrowSQL, rows: narrowRows, db: narrowURL, cfg: narrowCfg,
-			args: []string{"rerun", "-job", "narrow-" + f, "-run", narrowRun}})
+		cases = append(cases, &benchCase{name: name, formats: f, query: narrowSQL, rows: in.narrowRows, db: in.narrowURL, cfg: in.narrowCfg,
+			args: []string{"rerun", "-job", "narrow-" + f, "-run", in.narrowRun}})
 	}
-	fmt.Printf("data: %d sellers (%d live in the org, %d in the run closest to 50k), 16 columns; narrow: %d sellers in one run, the %d columns of %s; %d repetitions, baseline and sellersnap alternating\n\n",
-		n, fullRows, runRows, narrowRows, len(narrowCols), shippedConfig, reps)
+	return cases
+}
+
+// runBench measures each case reps times, its baseline and its export
+// alternating.
+func runBench(ctx context.Context, psql, bin string, in *benchInputs, cases []*benchCase, reps int, out string) error {
 	for rep := 0; rep < reps; rep++ {
 		for _, c := range cases {
-			db := dbURL
+			db := in.url
 			if c.db != "" {
 				db = c.db
 			}
@@ -160,10 +191,10 @@ func bench(ctx context.Context, bin, shippedConfig string, n, reps int, cacheDir
 			// Each export writes new files, as in production: replacing the
 			// previous repetition's would add the filesystem's unlink of
 			// hundreds of megabytes to the time (measured 0.15 s for NDJSON).
-			if err := os.RemoveAll(filepath.Join(work, "out")); err != nil {
+			if err := os.RemoveAll(out); err != nil {
 				return err
 			}
-			cfg := cfgPath
+			cfg := in.cfg
 			if c.cfg != "" {
 				cfg = c.cfg
 			}
@@ -175,7 +206,6 @@ func bench(ctx context.Context, bin, shippedConfig string, n, reps int, cacheDir
 		}
 		fmt.Fprintf(os.Stderr, "repetition %d/%d done\n", rep+1, reps)
 	}
-	printBench(cases)
 	return nil
 }
 

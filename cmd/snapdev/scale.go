@@ -21,6 +21,7 @@ import (
 	"github.com/sellersnap/sellersnap/internal/demodata"
 	"github.com/sellersnap/sellersnap/internal/pgtemp"
 	"github.com/sellersnap/sellersnap/pipeline"
+	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
 )
 
@@ -104,15 +105,7 @@ func scaleOne(ctx context.Context, srv *pgtemp.Server, n, orgs int) error {
 		return err
 	}
 	defer conn.Close(ctx)
-	// n completed runs over the last year, round-robin over the orgs.
-	_, err = conn.Exec(ctx, `WITH o AS (SELECT array_agg(gen_random_uuid()) AS ids FROM generate_series(1, $2))
-		INSERT INTO collection_runs SELECT gen_random_uuid(), o.ids[1 + g % $2], 'completed',
-		  now() - interval '366 days' + g * (interval '365 days' / $1), now() - interval '366 days' + g * (interval '365 days' / $1) + interval '1 minute'
-		FROM o, generate_series(1, $1) g`, n, orgs)
-	if err != nil {
-		return err
-	}
-	if _, err := conn.Exec(ctx, `VACUUM ANALYZE collection_runs`); err != nil { // as autovacuum would have
+	if err := scaleHistory(ctx, conn, n, orgs); err != nil {
 		return err
 	}
 	dir, err := os.MkdirTemp("", "sellersnap-scale-")
@@ -131,60 +124,15 @@ func scaleOne(ctx context.Context, srv *pgtemp.Server, n, orgs int) error {
 		return err
 	}
 	defer closeRunner()
-	// The history: a manifest per run, as earlier exports left them.
-	runs, err := r.Source.CompletedRuns(ctx)
-	if err != nil {
+	if err := writeHistoryManifests(ctx, r, job, dir); err != nil {
 		return err
-	}
-	for _, run := range runs {
-		key, err := job.RunManifestKey(run)
-		if err != nil {
-			return err
-		}
-		p := filepath.Join(dir, filepath.FromSlash(key))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(p, []byte(`{"manifest_version": 1, "job": "new-sellers"}`), 0o644); err != nil {
-			return err
-		}
 	}
 	bucket, err := r.Bucket(ctx, job.Destination)
 	if err != nil {
 		return err
 	}
-	step := func(name string, f func() (int, error)) error {
-		reqs := bucket.Requests()
-		start := time.Now()
-		rows, err := f()
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		fmt.Printf("| %d | %s | %.1f ms | %d | %d | %d MiB |\n", n, name, float64(time.Since(start).Microseconds())/1000, bucket.Requests()-reqs, rows, peakRSS()>>20)
-		return nil
-	}
-	// repeat runs f reps times and prints the median wall time with the
-	// spread, and the bucket requests of one run.
-	repeat := func(name string, reps int, f func() (int, error)) error {
-		walls := make([]time.Duration, reps)
-		var reqs int64
-		var rows int
-		for i := range walls {
-			before := bucket.Requests()
-			start := time.Now()
-			var err error
-			if rows, err = f(); err != nil {
-				return fmt.Errorf("%s: %w", name, err)
-			}
-			walls[i] = time.Since(start)
-			reqs = bucket.Requests() - before
-		}
-		slices.Sort(walls)
-		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-		fmt.Printf("| %d | %s (median of %d, min–max %.2f–%.2f ms) | %.2f ms | %d | %d | %d MiB |\n",
-			n, name, reps, ms(walls[0]), ms(walls[reps-1]), ms(walls[reps/2]), reqs, rows, peakRSS()>>20)
-		return nil
-	}
+	m := &scaleMeter{n: n, bucket: bucket}
+	step, repeat := m.step, m.repeat
 	once := func(want int) func() (int, error) {
 		return func() (int, error) {
 			res, err := r.Once(ctx, job)
@@ -229,6 +177,84 @@ func scaleOne(ctx context.Context, srv *pgtemp.Server, n, orgs int) error {
 	}
 	clock = clock.Add(25 * time.Hour)
 	return step("daily reconciliation (idle)", once(0))
+}
+
+// scaleHistory inserts n completed runs over the last year, round-robin
+// over orgs, and vacuums as autovacuum would have.
+func scaleHistory(ctx context.Context, conn *pgx.Conn, n, orgs int) error {
+	_, err := conn.Exec(ctx, `WITH o AS (SELECT array_agg(gen_random_uuid()) AS ids FROM generate_series(1, $2))
+		INSERT INTO collection_runs SELECT gen_random_uuid(), o.ids[1 + g % $2], 'completed',
+		  now() - interval '366 days' + g * (interval '365 days' / $1), now() - interval '366 days' + g * (interval '365 days' / $1) + interval '1 minute'
+		FROM o, generate_series(1, $1) g`, n, orgs)
+	if err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, `VACUUM ANALYZE collection_runs`)
+	return err
+}
+
+// writeHistoryManifests writes a manifest per completed run under dir, as
+// earlier exports left them.
+func writeHistoryManifests(ctx context.Context, r *pipeline.Runner, job *pipeline.Job, dir string) error {
+	runs, err := r.Source.CompletedRuns(ctx)
+	if err != nil {
+		return err
+	}
+	for _, run := range runs {
+		key, err := job.RunManifestKey(run)
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(dir, filepath.FromSlash(key))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, []byte(`{"manifest_version": 1, "job": "new-sellers"}`), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scaleMeter prints a table row per measured step: wall time, bucket
+// requests, rows and peak RSS.
+type scaleMeter struct {
+	n      int
+	bucket *sinks.Bucket
+}
+
+func (m *scaleMeter) step(name string, f func() (int, error)) error {
+	reqs := m.bucket.Requests()
+	start := time.Now()
+	rows, err := f()
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	fmt.Printf("| %d | %s | %.1f ms | %d | %d | %d MiB |\n", m.n, name, float64(time.Since(start).Microseconds())/1000, m.bucket.Requests()-reqs, rows, peakRSS()>>20)
+	return nil
+}
+
+// repeat runs f reps times and prints the median wall time with the
+// spread, and the bucket requests of one run.
+func (m *scaleMeter) repeat(name string, reps int, f func() (int, error)) error {
+	walls := make([]time.Duration, reps)
+	var reqs int64
+	var rows int
+	for i := range walls {
+		before := m.bucket.Requests()
+		start := time.Now()
+		var err error
+		if rows, err = f(); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		walls[i] = time.Since(start)
+		reqs = m.bucket.Requests() - before
+	}
+	slices.Sort(walls)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	fmt.Printf("| %d | %s (median of %d, min–max %.2f–%.2f ms) | %.2f ms | %d | %d | %d MiB |\n",
+		m.n, name, reps, ms(walls[0]), ms(walls[reps-1]), ms(walls[reps/2]), reqs, rows, peakRSS()>>20)
+	return nil
 }
 
 // demoRun adds a completed run of org with n sellers.

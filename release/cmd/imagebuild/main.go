@@ -152,50 +152,93 @@ type entry struct {
 
 // rootfs returns the layer, gzip-compressed.
 func rootfs(o options, created time.Time) ([]byte, error) {
-	var entries []entry
-	dirs := map[string]bool{}
-	addDir := func(name string, mode int64, uid int) {
-		for d := name; d != "." && d != "/" && !dirs[d]; d = path.Dir(d) {
-			dirs[d] = true
-			m, u := int64(0o755), 0
-			if d == name {
-				m, u = mode, uid
-			}
-			entries = append(entries, entry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: m, Uid: u, Gid: u}})
-		}
-	}
-	addFile := func(name string, mode int64, data []byte) {
-		addDir(path.Dir(name), 0o755, 0)
-		entries = append(entries, entry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data))}, data: data})
-	}
-
-	bin, err := os.ReadFile(o.binary)
-	if err != nil {
+	t := &tree{dirs: map[string]bool{}}
+	if err := t.addBinary(o.binary); err != nil {
 		return nil, err
 	}
+	if err := t.addCerts(o.certs); err != nil {
+		return nil, err
+	}
+	if err := t.addZoneinfo(o.zoneinfo); err != nil {
+		return nil, err
+	}
+	uid := strconv.Itoa(UID)
+	t.addFile("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:"+uid+":"+uid+":nonroot:/home/nonroot:/sbin/nologin\n"))
+	t.addFile("etc/group", 0o644, []byte("root:x:0:\nnonroot:x:"+uid+":\n"))
+	t.addDir("home/nonroot", 0o700, UID)
+	t.addDir("etc/sellersnap", 0o755, 0)
+	t.addDir("tmp", 0o1777, 0)
+	return t.gzipTar(created)
+}
+
+// tree is the image's file system being assembled: entries in the order
+// added, each parent directory once.
+type tree struct {
+	entries []entry
+	dirs    map[string]bool
+}
+
+// addDir adds name and its missing parents (0755, root); name itself gets
+// mode and uid.
+func (t *tree) addDir(name string, mode int64, uid int) {
+	for d := name; d != "." && d != "/" && !t.dirs[d]; d = path.Dir(d) {
+		t.dirs[d] = true
+		m, u := int64(0o755), 0
+		if d == name {
+			m, u = mode, uid
+		}
+		t.entries = append(t.entries, entry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: m, Uid: u, Gid: u}})
+	}
+}
+
+func (t *tree) addFile(name string, mode int64, data []byte) {
+	t.addDir(path.Dir(name), 0o755, 0)
+	t.entries = append(t.entries, entry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data))}, data: data})
+}
+
+func (t *tree) addSymlink(name, target string) {
+	t.addDir(path.Dir(name), 0o755, 0)
+	t.entries = append(t.entries, entry{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777}})
+}
+
+// addBinary adds the sellersnap binary, which must be a static Linux one.
+func (t *tree) addBinary(file string) error {
+	bin, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
 	if !bytes.HasPrefix(bin, []byte("\x7fELF")) {
-		return nil, fmt.Errorf("%s is not a Linux binary", o.binary)
+		return fmt.Errorf("%s is not a Linux binary", file)
 	}
 	if bytes.Contains(bin, []byte("/lib64/ld-linux")) || bytes.Contains(bin, []byte("/lib/ld-linux")) {
-		return nil, fmt.Errorf("%s is linked dynamically: build it with CGO_ENABLED=0", o.binary)
+		return fmt.Errorf("%s is linked dynamically: build it with CGO_ENABLED=0", file)
 	}
-	addFile("usr/local/bin/sellersnap", 0o755, bin)
+	t.addFile("usr/local/bin/sellersnap", 0o755, bin)
+	return nil
+}
 
-	certs, err := os.ReadFile(o.certs)
+// addCerts adds the build machine's CA bundle.
+func (t *tree) addCerts(file string) error {
+	certs, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("CA certificates: %w (install Debian's ca-certificates)", err)
+		return fmt.Errorf("CA certificates: %w (install Debian's ca-certificates)", err)
 	}
 	if n := bytes.Count(certs, []byte("BEGIN CERTIFICATE")); n < 10 {
-		return nil, fmt.Errorf("%s holds %d certificates: not a CA bundle", o.certs, n)
+		return fmt.Errorf("%s holds %d certificates: not a CA bundle", file, n)
 	}
-	addFile("etc/ssl/certs/ca-certificates.crt", 0o644, certs)
+	t.addFile("etc/ssl/certs/ca-certificates.crt", 0o644, certs)
+	return nil
+}
 
+// addZoneinfo adds the build machine's zoneinfo tree, without its right/
+// and posix/ variants.
+func (t *tree) addZoneinfo(dir string) error {
 	zones := 0
-	err = filepath.WalkDir(o.zoneinfo, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(o.zoneinfo, p)
+		rel, _ := filepath.Rel(dir, p)
 		rel = filepath.ToSlash(rel)
 		if rel == "right" || rel == "posix" {
 			return filepath.SkipDir // leap-second and duplicate variants
@@ -203,43 +246,40 @@ func rootfs(o options, created time.Time) ([]byte, error) {
 		name := path.Join("usr/share/zoneinfo", rel)
 		switch {
 		case d.IsDir():
-			addDir(name, 0o755, 0)
+			t.addDir(name, 0o755, 0)
 		case d.Type()&fs.ModeSymlink != 0:
 			target, err := os.Readlink(p)
 			if err != nil {
 				return err
 			}
-			addDir(path.Dir(name), 0o755, 0)
-			entries = append(entries, entry{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777}})
+			t.addSymlink(name, target)
 		case d.Type().IsRegular():
 			data, err := os.ReadFile(p)
 			if err != nil {
 				return err
 			}
-			addFile(name, 0o644, data)
+			t.addFile(name, 0o644, data)
 			zones++
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("zoneinfo: %w (install Debian's tzdata)", err)
+		return fmt.Errorf("zoneinfo: %w (install Debian's tzdata)", err)
 	}
 	if zones < 100 {
-		return nil, fmt.Errorf("%s holds %d zone files: not a zoneinfo tree", o.zoneinfo, zones)
+		return fmt.Errorf("%s holds %d zone files: not a zoneinfo tree", dir, zones)
 	}
+	return nil
+}
 
-	uid := strconv.Itoa(UID)
-	addFile("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:"+uid+":"+uid+":nonroot:/home/nonroot:/sbin/nologin\n"))
-	addFile("etc/group", 0o644, []byte("root:x:0:\nnonroot:x:"+uid+":\n"))
-	addDir("home/nonroot", 0o700, UID)
-	addDir("etc/sellersnap", 0o755, 0)
-	addDir("tmp", 0o1777, 0)
-
-	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.hdr.Name, b.hdr.Name) })
+// gzipTar writes the entries sorted by name and dated at created, as a
+// gzip-compressed tar with no name or time in its header: reproducible.
+func (t *tree) gzipTar(created time.Time) ([]byte, error) {
+	slices.SortFunc(t.entries, func(a, b entry) int { return strings.Compare(a.hdr.Name, b.hdr.Name) })
 	var buf bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression) // no name, no time: reproducible
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
 	tw := tar.NewWriter(zw)
-	for _, e := range entries {
+	for _, e := range t.entries {
 		h := e.hdr
 		h.ModTime, h.Format = created, tar.FormatPAX
 		if err := tw.WriteHeader(&h); err != nil {
