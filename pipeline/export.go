@@ -12,6 +12,7 @@ import (
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/memory"
 
+	"github.com/sellersnap/sellersnap/internal/arrowmem"
 	"github.com/sellersnap/sellersnap/internal/failpoint"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
@@ -405,7 +406,7 @@ func (r *Runner) allocator() memory.Allocator {
 	if r.Allocator != nil {
 		return r.Allocator
 	}
-	return memory.DefaultAllocator
+	return arrowmem.Shared()
 }
 
 func (r *Runner) logger() *slog.Logger {

@@ -28,7 +28,7 @@ type Runner struct {
 	Version string
 	// Logger for one line per export. Default slog.Default().
 	Logger *slog.Logger
-	// Allocator for Arrow records. Default memory.DefaultAllocator.
+	// Allocator for Arrow records. Default arrowmem.Shared(), a pool.
 	Allocator memory.Allocator
 	// Now is the wall clock (exported_at, today's date for full jobs).
 	// Default time.Now.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/memory"
 	"github.com/apache/arrow/go/v17/parquet"
 	"github.com/apache/arrow/go/v17/parquet/compress"
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
@@ -58,6 +59,12 @@ type ParquetOptions struct {
 	// memory (encoded and compressed) until it is complete. Default
 	// DefaultRowGroupRows.
 	RowGroupRows int64
+	// Allocator for the writer's pages and scratch buffers. Default Go's
+	// allocator, whose Free does nothing: Arrow Go v17 keeps a decimal
+	// column's chunk statistics as slices of a scratch buffer it frees
+	// after each record (fixed in apache/arrow-go#917, after v17), so an
+	// allocator that reuses freed memory corrupts them.
+	Allocator memory.Allocator
 }
 
 // Parquet writes records to one Parquet file: timestamptz as TIMESTAMP
@@ -85,6 +92,9 @@ func NewParquet(w io.Writer, schema *arrow.Schema, opts ParquetOptions) (*Parque
 	if opts.RowGroupRows <= 0 {
 		opts.RowGroupRows = DefaultRowGroupRows
 	}
+	if opts.Allocator == nil {
+		opts.Allocator = memory.NewGoAllocator()
+	}
 	props := []parquet.WriterProperty{
 		parquet.WithCompression(codec),
 		parquet.WithCreatedBy(CreatedBy),
@@ -93,6 +103,7 @@ func NewParquet(w io.Writer, schema *arrow.Schema, opts ParquetOptions) (*Parque
 		parquet.WithDictionaryDefault(false),
 		parquet.WithStats(true),
 		parquet.WithDataPageSize(DataPageSize),
+		parquet.WithAllocator(opts.Allocator),
 		// The spec gives the root element no repetition or REQUIRED; Arrow
 		// Go's default REPEATED makes strict readers (hyparquet) fail.
 		parquet.WithRootRepetition(parquet.Repetitions.Required),

@@ -38,10 +38,12 @@ import (
 	"time"
 	_ "time/tzdata" // time zones work on machines without a zoneinfo database
 
+	"github.com/apache/arrow/go/v17/arrow/memory"
 	_ "gocloud.dev/blob/fileblob"
 	_ "gocloud.dev/blob/memblob" // s3:// is opened by sinks itself (the AWS SDK's logs go through slog); gs:// and azblob:// in drivers_*.go
 
 	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/internal/arrowmem"
 	"github.com/sellersnap/sellersnap/internal/daemon"
 	"github.com/sellersnap/sellersnap/pipeline"
 	"github.com/sellersnap/sellersnap/sinks"
@@ -64,6 +66,10 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
+	// Arrow's Parquet encoders take scratch buffers from sync.Pools of
+	// DefaultAllocator buffers, which every collection empties; with the
+	// pool, the buffers they free are reused (internal/arrowmem).
+	memory.DefaultAllocator = arrowmem.Shared()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
