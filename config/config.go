@@ -239,6 +239,9 @@ type NDJSON struct {
 type Parquet struct {
 	// Compression: zstd (the default), snappy, gzip, brotli or none.
 	Compression string `yaml:"compression"`
+	// CompressionLevel is the codec's level (zstd 1–22, gzip 1–9, brotli
+	// 1–11); 0 (the default) is the codec's default (zstd: 3).
+	CompressionLevel int `yaml:"compression_level"`
 	// RowGroupRows is the most rows per row group. 0 (the default) is the
 	// encoder's default, 65536.
 	RowGroupRows int64 `yaml:"row_group_rows"`

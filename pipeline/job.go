@@ -167,6 +167,10 @@ func CheckConfig(j *config.Job, bad func(field, format string, args ...any)) {
 	for _, name := range sinks.FormatNames() {
 		if _, err := sinks.NewFormat(name, sinks.FormatOptions{Compression: formatOptions(j, name).Compression}); err != nil {
 			bad(name+".compression", "%v", err)
+		} else if name == "parquet" {
+			if _, err := sinks.NewFormat(name, formatOptions(j, name)); err != nil {
+				bad("parquet.compression_level", "%v", err)
+			}
 		}
 	}
 	if len(j.CSV.Delimiter) == 1 {
@@ -189,7 +193,8 @@ func formatOptions(j *config.Job, format string) sinks.FormatOptions {
 	case "ndjson":
 		return sinks.FormatOptions{Compression: j.NDJSON.Compression}
 	case "parquet":
-		return sinks.FormatOptions{Compression: j.Parquet.Compression, Parquet: sinks.ParquetOptions{RowGroupRows: j.Parquet.RowGroupRows}}
+		return sinks.FormatOptions{Compression: j.Parquet.Compression, Parquet: sinks.ParquetOptions{
+			RowGroupRows: j.Parquet.RowGroupRows, CompressionLevel: j.Parquet.CompressionLevel}}
 	}
 	return sinks.FormatOptions{}
 }

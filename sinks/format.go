@@ -65,6 +65,9 @@ var formats = map[string]formatSpec{
 	}},
 	"parquet": {contentType: "application/vnd.apache.parquet", compressions: parquetCompressions, build: func(f *Format, o FormatOptions) error {
 		o.Parquet.Compression = f.compression // per page, inside the file
+		if err := checkParquetLevel(f.compression, o.Parquet.CompressionLevel); err != nil {
+			return err
+		}
 		f.newEncoder = func(w io.Writer, s *arrow.Schema) (Encoder, error) { return NewParquet(w, s, o.Parquet) }
 		return nil
 	}},

@@ -49,6 +49,25 @@ func parquetCodec(name string) (compress.Compression, bool) {
 	return 0, false
 }
 
+// parquetLevels are the levels each Parquet codec accepts (0 is its
+// default); snappy and none have none.
+var parquetLevels = map[string][2]int{"zstd": {1, 22}, "gzip": {1, 9}, "brotli": {1, 11}}
+
+// checkParquetLevel reports whether level suits the Parquet codec.
+func checkParquetLevel(codec string, level int) error {
+	if level == 0 {
+		return nil
+	}
+	r, ok := parquetLevels[codec]
+	if !ok {
+		return fmt.Errorf("compression %q has no levels, got %d", codec, level)
+	}
+	if level < r[0] || level > r[1] {
+		return fmt.Errorf("%s levels are %d to %d, got %d", codec, r[0], r[1], level)
+	}
+	return nil
+}
+
 // ParquetOptions tune the Parquet encoder.
 type ParquetOptions struct {
 	// Compression: zstd (the default), snappy, gzip, brotli or none.
@@ -88,6 +107,13 @@ func NewParquet(w io.Writer, schema *arrow.Schema, opts ParquetOptions) (*Parque
 	codec, ok := parquetCodec(opts.Compression)
 	if !ok {
 		return nil, fmt.Errorf("parquet: unknown compression %q", opts.Compression)
+	}
+	name := opts.Compression
+	if name == "" {
+		name = "zstd"
+	}
+	if err := checkParquetLevel(name, opts.CompressionLevel); err != nil {
+		return nil, fmt.Errorf("parquet: %w", err)
 	}
 	if opts.RowGroupRows <= 0 {
 		opts.RowGroupRows = DefaultRowGroupRows
