@@ -8,7 +8,7 @@ TESTFLAGS ?=
 BENCH_SELLERS ?= 1000000
 BENCH_REPS    ?= 5
 
-.PHONY: all build demo scale test test-faults fuzz verify-readers test-minio bench check vet lint fmt clean image test-image release release-check
+.PHONY: all build demo scale test test-faults fuzz verify-readers test-minio bench check vet lint fmt clean image test-image release release-check bench-peer
 
 all: build
 
@@ -28,6 +28,13 @@ demo:
 # The loaded cluster is kept in .cache/ and reused. BENCH_SELLERS=10000000 for 10M.
 bench: build
 	./bin/snapdev bench -bin ./bin/sellersnap -sellers $(BENCH_SELLERS) -reps $(BENCH_REPS)
+
+# sellersnap's Parquet encoder against DuckDB's (threads=1) on the same rows in memory:
+# CPU ns per row and file bytes, PEER_ROWS=200000 demo sellers, the shipped columns.
+# Needs the verify/ module's C++ toolchain (DuckDB via cgo). Medians: benchstat-style, 5 counts.
+PEER_ROWS ?= 200000
+bench-peer:
+	cd verify && PEER_ROWS=$(PEER_ROWS) CGO_ENABLED=1 $(GO) test -run '^$$' -bench '^BenchmarkParquetPeer$$' -benchtime 5x -count 5 .
 
 # Discovery and full snapshots as the history grows (docs/scaling.md): a throwaway
 # PostgreSQL with 100 to 100,000 completed runs and 1,000 orgs. ~2 minutes.
