@@ -168,7 +168,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 			return nil, err
 		}
 		outs = append(outs, o)
-		st.sinks = append(st.sinks, &sink{enc: o, finish: o.Close})
+		st.sinks = append(st.sinks, &sink{name: format.Name(), enc: o, finish: o.Close})
 	}
 	st.progress = func(rows int64) {
 		el := time.Since(start)
@@ -178,6 +178,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	if err := st.run(ctx, cancel); err != nil {
 		return nil, err
 	}
+	r.logger().Debug("stages", append(u.logAttrs(), st.timings()...)...)
 
 	m := r.newManifest(u, snap, rd, mcols)
 	m.SchemaChange, m.Rerun, m.RerunID, m.ConfigFingerprint = schemaChange, force, u.rerunID, u.job.configFingerprint

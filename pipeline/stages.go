@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -28,9 +29,32 @@ type encoder interface {
 // sink is one encoder and the stream it writes into. finish flushes what
 // the encoder and any compressor still hold; it does not commit anything.
 type sink struct {
+	name   string // the format, for the timings
 	enc    encoder
 	finish func() error
 	rows   int64
+	timing timing
+}
+
+// timing is where one stage's goroutine spent an export: working (for the
+// extract stage that includes waiting for PostgreSQL's rows), waiting for
+// a record from the stage before, and waiting for room in the stage after.
+// A stage that waits for input is faster than the one before it; one
+// that waits for room is faster than one after it.
+type timing struct {
+	work, waitIn, waitOut time.Duration
+}
+
+// since adds the time since *t0 to *d and moves *t0 to now.
+func since(d *time.Duration, t0 *time.Time) {
+	now := time.Now()
+	*d += now.Sub(*t0)
+	*t0 = now
+}
+
+func (t timing) attr(name string) slog.Attr {
+	return slog.Group(name, "work", t.work.Round(time.Millisecond), "wait_in", t.waitIn.Round(time.Millisecond),
+		"wait_out", t.waitOut.Round(time.Millisecond))
 }
 
 // stages is one export's stream: where it reads, how it transforms, and
@@ -44,6 +68,17 @@ type stages struct {
 	// once per every.
 	progress func(rows int64)
 	every    time.Duration
+	// Where the extract and transform stages spent the export.
+	extractTiming, transformTiming timing
+}
+
+// timings are the stages' timings as log attributes, in stream order.
+func (s *stages) timings() []any {
+	out := []any{s.extractTiming.attr("extract"), s.transformTiming.attr("transform")}
+	for _, sk := range s.sinks {
+		out = append(out, sk.timing.attr(sk.name))
+	}
+	return out
 }
 
 // run streams the records through the stages
@@ -90,8 +125,11 @@ func (s *stages) extract(ctx context.Context, fail func(error) error, out chan<-
 	defer close(out)
 	var rows int64
 	last := time.Now()
+	t := &s.extractTiming
+	t0 := time.Now()
 	for {
 		rec, err := s.rd.Next()
+		since(&t.work, &t0)
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
@@ -109,6 +147,7 @@ func (s *stages) extract(ctx context.Context, fail func(error) error, out chan<-
 			rec.Release()
 			return context.Cause(ctx)
 		}
+		since(&t.waitOut, &t0)
 	}
 }
 
@@ -120,12 +159,16 @@ func (s *stages) transform(ctx context.Context, fail func(error) error, in <-cha
 			close(ch)
 		}
 	}()
+	t := &s.transformTiming
+	t0 := time.Now()
 	for rec := range in {
+		since(&t.waitIn, &t0)
 		out, err := project(rec, s.schema, s.tfs)
 		rec.Release()
 		if err != nil {
 			return fail(err)
 		}
+		since(&t.work, &t0)
 		for _, ch := range fans {
 			out.Retain()
 			select {
@@ -137,24 +180,32 @@ func (s *stages) transform(ctx context.Context, fail func(error) error, in <-cha
 			}
 		}
 		out.Release()
+		since(&t.waitOut, &t0)
 	}
 	return nil
 }
 
 // encode writes every record of in to sk, then finishes it.
 func encode(ctx context.Context, fail func(error) error, sk *sink, in <-chan arrow.Record) error {
+	t := &sk.timing
+	t0 := time.Now()
 	for rec := range in {
+		since(&t.waitIn, &t0)
 		err := sk.enc.Write(rec)
 		sk.rows += rec.NumRows()
 		rec.Release()
+		since(&t.work, &t0)
 		if err != nil {
 			return fail(err)
 		}
 	}
+	since(&t.waitIn, &t0)
 	if err := context.Cause(ctx); err != nil {
 		return err
 	}
-	if err := sk.finish(); err != nil {
+	err := sk.finish()
+	since(&t.work, &t0)
+	if err != nil {
 		return fail(err)
 	}
 	return nil

@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -157,5 +160,42 @@ func TestProjectRejectsMismatchedRecords(t *testing.T) {
 	other := arrow.NewSchema([]arrow.Field{{Name: "n", Type: arrow.PrimitiveTypes.Int32}, {Name: "s", Type: arrow.BinaryTypes.String}}, nil)
 	if _, err := project(rec, other, nil); err == nil {
 		t.Fatal("type mismatch accepted")
+	}
+}
+
+// slowEncoder takes d per record: an encoder slower than the rest.
+type slowEncoder struct{ d time.Duration }
+
+func (e slowEncoder) Write(arrow.Record) error { time.Sleep(e.d); return nil }
+func (slowEncoder) Close() error               { return nil }
+
+// TestStageTimingsShowTheSlowestStage: with one slow sink, the timings say
+// that sink worked while the others and the extract stage waited for it.
+func TestStageTimingsShowTheSlowestStage(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	rd := &fakeReader{mem: memory.NewGoAllocator(), schema: stageSchema, n: 20, err: io.EOF}
+	ss := newSinks(t, &bytes.Buffer{}, &bytes.Buffer{})
+	ss[0].name, ss[1].name = "csv", "ndjson"
+	ss = append(ss, &sink{name: "slow", enc: slowEncoder{20 * time.Millisecond}, finish: func() error { return nil }})
+	st := &stages{rd: rd, schema: stageSchema, sinks: ss}
+	if err := st.run(ctx, cancel); err != nil {
+		t.Fatal(err)
+	}
+	if w := ss[2].timing.work; w < 20*20*time.Millisecond {
+		t.Errorf("slow sink worked %v, want ≥ 400ms", w)
+	}
+	if w := ss[0].timing.waitIn; w < 200*time.Millisecond {
+		t.Errorf("fast sink waited %v for records, want most of the slow sink's 400ms", w)
+	}
+	if w := st.extractTiming.waitOut; w < 200*time.Millisecond {
+		t.Errorf("extract waited %v for room, want most of the slow sink's 400ms", w)
+	}
+	var got []string
+	for _, a := range st.timings() {
+		got = append(got, a.(slog.Attr).Key)
+	}
+	if want := "extract transform csv ndjson slow"; strings.Join(got, " ") != want {
+		t.Errorf("timings %q, want %q", got, want)
 	}
 }

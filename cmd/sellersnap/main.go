@@ -31,6 +31,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"syscall"
@@ -146,7 +147,7 @@ type options struct {
 	runs, orgs                             []string // rerun -run, -org (repeatable)
 	from, to, rerunID                      string
 	listen                                 *string
-	cpuProfile, memProfile                 string
+	cpuProfile, memProfile, traceFile      string
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -256,6 +257,7 @@ func parseArgs(args []string, stdout, stderr io.Writer) (cmd string, o options, 
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile to this file (for developers)")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile to this file at exit (for developers)")
+	fs.StringVar(&o.traceFile, "trace", "", "write an execution trace to this file, for go tool trace (for developers)")
 	switch cmd {
 	case "version":
 		fmt.Fprint(stdout, versionReport())
@@ -316,6 +318,17 @@ func (o options) startProfiles() (stop func(), err error) {
 			return stop, err
 		}
 		stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+	}
+	if o.traceFile != "" {
+		f, err := os.Create(o.traceFile)
+		if err != nil {
+			return stop, err
+		}
+		if err := trace.Start(f); err != nil {
+			f.Close()
+			return stop, err
+		}
+		stops = append(stops, func() { trace.Stop(); f.Close() })
 	}
 	if o.memProfile != "" {
 		stops = append(stops, func() {
