@@ -44,27 +44,34 @@ func BenchmarkParquetPeer(b *testing.B) {
 	parquetFile := peerData(b, n)
 	records, schema, rows := readRecords(b, parquetFile)
 
-	b.Run("sellersnap", func(b *testing.B) {
-		var size int64
-		cpu := cpuTime()
-		for b.Loop() {
-			w := &countingWriter{}
-			enc, err := sinks.NewParquet(w, schema, sinks.ParquetOptions{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			for _, rec := range records {
-				if err := enc.Write(rec); err != nil {
+	// The default level (zstd 3, as DuckDB's) and compression_level: 1.
+	for _, level := range []int{0, 1} {
+		name := "sellersnap"
+		if level != 0 {
+			name += fmt.Sprintf("-zstd%d", level)
+		}
+		b.Run(name, func(b *testing.B) {
+			var size int64
+			cpu := cpuTime()
+			for b.Loop() {
+				w := &countingWriter{}
+				enc, err := sinks.NewParquet(w, schema, sinks.ParquetOptions{CompressionLevel: level})
+				if err != nil {
 					b.Fatal(err)
 				}
+				for _, rec := range records {
+					if err := enc.Write(rec); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := enc.Close(); err != nil {
+					b.Fatal(err)
+				}
+				size = w.n
 			}
-			if err := enc.Close(); err != nil {
-				b.Fatal(err)
-			}
-			size = w.n
-		}
-		report(b, cpuTime()-cpu, rows, size)
-	})
+			report(b, cpuTime()-cpu, rows, size)
+		})
+	}
 
 	b.Run("duckdb", func(b *testing.B) {
 		db, err := sql.Open("duckdb", "")
