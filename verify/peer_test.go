@@ -90,7 +90,7 @@ func BenchmarkParquetPeer(b *testing.B) {
 		var size int64
 		cpu := cpuTime()
 		for b.Loop() {
-			if _, err := db.Exec(fmt.Sprintf(`COPY t TO '%s' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)`, out)); err != nil {
+			if _, err := db.Exec(fmt.Sprintf(`COPY t TO '%s' (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 3, ROW_GROUP_SIZE 65536)`, out)); err != nil {
 				b.Fatal(err)
 			}
 			fi, err := os.Stat(out)
