@@ -294,14 +294,7 @@ func TestParquetTypesAndRoundTrip(t *testing.T) {
 		}
 	}
 
-	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{}, mem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tbl, err := fr.ReadTable(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tbl := readTable(t, pf, mem)
 	defer tbl.Release()
 	got := array.NewTableReader(tbl, -1)
 	defer got.Release()
@@ -495,4 +488,18 @@ func TestParquetDoesNotReadReleasedRecords(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("Parquet written from pooled records differs from Go's allocator (%d vs %d bytes): something read a released buffer", len(got), len(want))
 	}
+}
+
+// readTable reads a whole Parquet file through pqarrow.
+func readTable(t *testing.T, pf *file.Reader, mem memory.Allocator) arrow.Table {
+	t.Helper()
+	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{}, mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl, err := fr.ReadTable(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tbl
 }

@@ -8,7 +8,6 @@ import (
 	"github.com/apache/arrow/go/v17/arrow/array"
 	"github.com/apache/arrow/go/v17/arrow/memory"
 	"github.com/apache/arrow/go/v17/parquet/file"
-	"github.com/apache/arrow/go/v17/parquet/pqarrow"
 
 	"github.com/sellersnap/sellersnap/sinks"
 )
@@ -118,14 +117,7 @@ func readParquetRows(t *testing.T, data []byte) []byte {
 		t.Fatal(err)
 	}
 	defer pf.Close()
-	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 1 << 20}, memory.DefaultAllocator)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tbl, err := fr.ReadTable(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tbl := readTable(t, pf, memory.DefaultAllocator)
 	defer tbl.Release()
 	tr := array.NewTableReader(tbl, -1)
 	defer tr.Release()

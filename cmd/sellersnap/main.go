@@ -308,27 +308,27 @@ func (o options) startProfiles() (stop func(), err error) {
 			stops[i]()
 		}
 	}
-	if o.cpuProfile != "" {
-		f, err := os.Create(o.cpuProfile)
+	// startTo starts a recording into a new file at path.
+	startTo := func(path string, start func(io.Writer) error, end func()) error {
+		if path == "" {
+			return nil
+		}
+		f, err := os.Create(path)
 		if err != nil {
-			return stop, err
+			return err
 		}
-		if err := pprof.StartCPUProfile(f); err != nil {
+		if err := start(f); err != nil {
 			f.Close()
-			return stop, err
+			return err
 		}
-		stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+		stops = append(stops, func() { end(); f.Close() })
+		return nil
 	}
-	if o.traceFile != "" {
-		f, err := os.Create(o.traceFile)
-		if err != nil {
-			return stop, err
-		}
-		if err := trace.Start(f); err != nil {
-			f.Close()
-			return stop, err
-		}
-		stops = append(stops, func() { trace.Stop(); f.Close() })
+	if err := startTo(o.cpuProfile, pprof.StartCPUProfile, pprof.StopCPUProfile); err != nil {
+		return stop, err
+	}
+	if err := startTo(o.traceFile, trace.Start, trace.Stop); err != nil {
+		return stop, err
 	}
 	if o.memProfile != "" {
 		stops = append(stops, func() {
