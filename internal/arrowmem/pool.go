@@ -21,7 +21,7 @@ import (
 // buffer once nothing refers to it (Mallocator, its C allocator, relies on
 // that too); a buffer freed twice is kept once.
 //
-// Every freed buffer is overwritten with Poison before it is kept, so code
+// Every buffer given to Free is overwritten with Poison, kept or not, so code
 // that reads a buffer after freeing it (a statistic or a slice still
 // pointing into a released record) reads garbage at once, in tests as in
 // production, instead of stale data that looks right until the buffer is
@@ -104,7 +104,7 @@ func (p *Pool) Reallocate(size int, b []byte) []byte {
 // Free takes b back for reuse, unless it did not come from a pool, the
 // pool is full, or it holds b already.
 func (p *Pool) Free(b []byte) {
-	fill(b[:cap(b)], Poison)
+	memory.Set(b[:cap(b)], Poison)
 	c, ok := poolClass(cap(b))
 	if !ok || cap(b) != 1<<(c+poolMinShift) || uintptr(unsafe.Pointer(unsafe.SliceData(b)))%poolAlign != 0 {
 		return // not one of ours
@@ -122,17 +122,6 @@ func (p *Pool) Free(b []byte) {
 	}
 	p.free[c] = append(p.free[c], b)
 	p.kept += cap(b)
-}
-
-// fill sets every byte of b to v (compiled to a memset-like loop).
-func fill(b []byte, v byte) {
-	if len(b) == 0 {
-		return
-	}
-	b[0] = v
-	for i := 1; i < len(b); i *= 2 {
-		copy(b[i:], b[:i])
-	}
 }
 
 // alignedBuffer returns a zeroed buffer of length size and capacity
