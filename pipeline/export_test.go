@@ -344,21 +344,21 @@ func TestRepairLatest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	repairs, err := f.Runner.RepairLatest(ctx, job, true)
+	repairs, _, err := f.Runner.RepairLatest(ctx, job, true)
 	if err != nil || len(repairs) != 1 || repairs[0].Key != latest || repairs[0].Was != future || repairs[0].Now != mkey {
 		t.Fatalf("dry run: %+v, %v; want %s moved from %s to %s", repairs, err, latest, future, mkey)
 	}
 	if got := f.AllFiles()[latest]; !bytes.Equal(got, pin) {
 		t.Errorf("a dry run wrote %s", latest)
 	}
-	if _, err := f.Runner.RepairLatest(ctx, job, false); err != nil {
+	if _, _, err := f.Runner.RepairLatest(ctx, job, false); err != nil {
 		t.Fatal(err)
 	}
 	var l pipeline.Latest
 	if err := json.Unmarshal(f.AllFiles()[latest], &l); err != nil || l.Manifest != mkey || l.Date != "2026-11-22" {
 		t.Errorf("after the repair %s names %s (%s), %v; want %s", latest, l.Manifest, l.Date, err, mkey)
 	}
-	if repairs, err := f.Runner.RepairLatest(ctx, job, false); err != nil || len(repairs) != 0 {
+	if repairs, _, err := f.Runner.RepairLatest(ctx, job, false); err != nil || len(repairs) != 0 {
 		t.Errorf("second repair: %+v, %v; want nothing to do", repairs, err)
 	}
 }

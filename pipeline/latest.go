@@ -4,13 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
+	"path"
 	"slices"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sources"
 )
 
 // SuccessName is the empty marker written beside a manifest, for tools
@@ -55,13 +60,21 @@ func (l *Latest) newer(old *Latest) bool {
 }
 
 // updateLatest points the unit's latest.json at m unless it already names
-// a newer export. It runs after the manifest exists, so the pointer never
-// names an incomplete export. Two processes finishing exports of the same
-// org at once may leave the older of the two; the next export corrects it.
+// a newer export that is still true. It runs after the manifest exists, so
+// the pointer never names an incomplete export. An export dated in the
+// future (a run whose completed_at is after the database's clock when it
+// was read) does not move the pointer; a pointer that names one, or a run
+// the database does not have as it says, or a manifest that is gone, is
+// replaced. Two processes finishing exports of the same org at once may
+// leave the older of the two; the next export corrects it.
 func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit, mkey string, m *Manifest) error {
 	key := u.latestKey(mkey)
-	l := &Latest{LatestVersion: 1, Job: m.Job, Mode: m.Mode, OrgID: m.OrgID, RunID: m.RunID, Date: m.Date,
-		Manifest: mkey, Rows: m.Rows, RunCompletedAt: m.Snapshot.RunCompletedAt, ExportedAt: m.ExportedAt}
+	now := m.Snapshot.ReadAt // the database's clock
+	if why := future(u.job, m.Date, m.Snapshot.RunCompletedAt, now); why != "" {
+		r.logger().Info("latest.json stays where it is: the export is dated in the future", append(u.logAttrs(), "why", why)...)
+		return nil
+	}
+	l := latestOf(m, mkey)
 	data, err := json.MarshalIndent(l, "", "  ")
 	if err != nil {
 		return err
@@ -78,13 +91,130 @@ func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit,
 	default:
 		var prev Latest
 		if json.Unmarshal(old, &prev) == nil && prev.Manifest != mkey && !l.newer(&prev) {
-			return nil
+			why, err := r.untrue(ctx, bucket, u.job, &prev, now)
+			if err != nil {
+				return fmt.Errorf("check %s: %w", key, err)
+			}
+			if why == "" {
+				return nil
+			}
+			r.logger().Warn("latest.json named an export that is not true; moving it", append(u.logAttrs(), "key", key, "was", prev.Manifest, "why", why)...)
 		}
 	}
 	if err := bucket.Put(ctx, key, append(data, '\n'), "application/json", nil); err != nil {
 		return fmt.Errorf("write %s: %w", key, err)
 	}
 	return nil
+}
+
+// latestOf is the latest.json that names manifest m at mkey.
+func latestOf(m *Manifest, mkey string) *Latest {
+	return &Latest{LatestVersion: 1, Job: m.Job, Mode: m.Mode, OrgID: m.OrgID, RunID: m.RunID, Date: m.Date,
+		Manifest: mkey, Rows: m.Rows, RunCompletedAt: m.Snapshot.RunCompletedAt, ExportedAt: m.ExportedAt}
+}
+
+// future says why an export dated date, of a run completed at completed
+// (nil for a full snapshot), is after now (the database's clock), or "".
+func future(job *Job, date string, completed *time.Time, now time.Time) string {
+	if completed != nil && completed.After(now) {
+		return fmt.Sprintf("run completed at %s, after the database's clock (%s)", completed.Format(time.RFC3339), now.Format(time.RFC3339))
+	}
+	if today := now.In(job.Location).Format(time.DateOnly); date > today {
+		return fmt.Sprintf("date %s is after today (%s in %s)", date, today, job.Location)
+	}
+	return ""
+}
+
+// untrue says why the export a latest.json names cannot stay there, or "":
+// it is dated in the future, its run is not in the database as the
+// pointer says, or its manifest is gone.
+func (r *Runner) untrue(ctx context.Context, bucket *sinks.Bucket, job *Job, l *Latest, now time.Time) (string, error) {
+	if why := future(job, l.Date, l.RunCompletedAt, now); why != "" {
+		return why, nil
+	}
+	if l.Manifest == "" {
+		return "it names no manifest", nil
+	}
+	if job.Mode == config.ModePerRun {
+		run, err := r.Source.RunByID(ctx, l.RunID)
+		if errors.Is(err, sources.ErrRunNotFound) || errors.As(err, new(*sources.RunNotCompletedError)) {
+			return fmt.Sprintf("run %q: %v", l.RunID, err), nil
+		}
+		if err != nil {
+			return "", err
+		}
+		if l.RunCompletedAt == nil || !run.CompletedAt.Equal(*l.RunCompletedAt) || run.OrgID != l.OrgID {
+			return fmt.Sprintf("run %s is not in the database as it says (org %q, completed at %s)", run.ID, run.OrgID, run.CompletedAt.Format(time.RFC3339Nano)), nil
+		}
+	}
+	ok, err := bucket.Exists(ctx, l.Manifest)
+	if err != nil || ok {
+		return "", err
+	}
+	return fmt.Sprintf("its manifest %s is gone", l.Manifest), nil
+}
+
+// rejected says why manifest m, found at mkey, may not be named by a
+// latest.json, or "": only a manifest of the job whose run (or org and
+// date) is in the database as it says, at the key that unit's export
+// writes, whose files lie in its own folder and exist with the listed
+// sizes. runs holds the completed runs by id (per_run jobs), orgs the orgs
+// with sellers (full jobs); now is the database's clock.
+func (r *Runner) rejected(ctx context.Context, bucket *sinks.Bucket, job *Job, mkey string, m *Manifest, runs map[string]sources.Run, orgs map[string]bool, now time.Time) (string, error) {
+	if m.Job != job.Name || m.Mode != string(job.Mode) {
+		return fmt.Sprintf("it is job %q's (%s), not this %s job's", m.Job, m.Mode, job.Mode), nil
+	}
+	var u unit
+	if job.Mode == config.ModePerRun {
+		run, ok := runs[m.RunID]
+		if !ok {
+			return fmt.Sprintf("run %q is not a completed run in the database", m.RunID), nil
+		}
+		if run.OrgID != m.OrgID || m.Snapshot.RunCompletedAt == nil || !m.Snapshot.RunCompletedAt.Equal(run.CompletedAt) {
+			return fmt.Sprintf("run %s is in org %q, completed at %s in the database, not as the manifest says", run.ID, run.OrgID, run.CompletedAt.Format(time.RFC3339Nano)), nil
+		}
+		u = newRunUnit(job, run)
+	} else {
+		if !orgs[m.OrgID] {
+			return fmt.Sprintf("org %q has no sellers in the database", m.OrgID), nil
+		}
+		if _, err := time.Parse(time.DateOnly, m.Date); err != nil {
+			return fmt.Sprintf("date %q is not a date", m.Date), nil
+		}
+		u = newOrgUnit(job, m.OrgID, m.Date)
+	}
+	if why := future(job, m.Date, m.Snapshot.RunCompletedAt, now); why != "" {
+		return why, nil
+	}
+	want, err := u.manifestKey()
+	if err != nil {
+		return err.Error(), nil
+	}
+	if want != mkey {
+		return fmt.Sprintf("its unit's manifest is %s", want), nil
+	}
+	if len(m.Files) == 0 {
+		return "it lists no files", nil
+	}
+	folder := path.Dir(mkey)
+	for _, f := range m.Files {
+		if path.Clean(f.Key) != f.Key || path.Dir(f.Key) != folder || path.Base(f.Key) == ManifestName {
+			return fmt.Sprintf("file %q is not in the unit's folder %s", f.Key, folder), nil
+		}
+	}
+	for _, f := range m.Files {
+		size, err := bucket.Size(ctx, f.Key)
+		if sinks.IsNotFound(err) {
+			return fmt.Sprintf("file %s is missing", f.Key), nil
+		}
+		if err != nil {
+			return "", err
+		}
+		if size != f.Bytes {
+			return fmt.Sprintf("file %s has %d bytes, the manifest says %d", f.Key, size, f.Bytes), nil
+		}
+	}
+	return "", nil
 }
 
 // LatestRepair is one latest.json RepairLatest rewrote (or would have).
@@ -95,19 +225,35 @@ type LatestRepair struct {
 	Date string // of that manifest
 }
 
+// LatestRejection is a manifest RepairLatest would not point a latest.json
+// at, and why.
+type LatestRejection struct {
+	Manifest string
+	Why      string
+}
+
 // RepairLatest recomputes every latest.json of job from its manifests and
 // rewrites those that name anything else: a manifest dated after today (a
-// rerun of a future date by an older version), one that is gone, or an
-// older export. It reads every manifest of the job once (one listing, then
-// the reads, 8 at a time). With dryRun it only reports.
-func (r *Runner) RepairLatest(ctx context.Context, job *Job, dryRun bool) ([]LatestRepair, error) {
+// rerun of a future date by an older version), one that is gone, one that
+// is not true, or an older export. A manifest is a candidate only if the
+// database has its run (or org) as it says and its files are where and as
+// large as it says (see rejected); the newest candidate of each pointer
+// that passes is chosen, and the newer ones that did not are returned as
+// rejected. It reads every manifest of the job once (one listing, then the
+// reads, 8 at a time), and checks the files of the candidates it tries.
+// With dryRun it only reports.
+func (r *Runner) RepairLatest(ctx context.Context, job *Job, dryRun bool) ([]LatestRepair, []LatestRejection, error) {
 	bucket, err := r.Bucket(ctx, job.Destination)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	runs, orgs, now, err := r.latestFacts(ctx, job)
+	if err != nil {
+		return nil, nil, err
 	}
 	objs, err := bucket.List(ctx, job.Layout.Prefix(), "/"+ManifestName)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ms := make([]*Manifest, len(objs))
 	g, gctx := errgroup.WithContext(ctx)
@@ -119,6 +265,11 @@ func (r *Runner) RepairLatest(ctx context.Context, job *Job, dryRun bool) ([]Lat
 				return nil
 			}
 			if err != nil {
+				var se *json.SyntaxError
+				var te *json.UnmarshalTypeError
+				if errors.As(err, &se) || errors.As(err, &te) {
+					return nil // not a manifest: never a candidate
+				}
 				return err
 			}
 			if m.Job == job.Name {
@@ -128,40 +279,56 @@ func (r *Runner) RepairLatest(ctx context.Context, job *Job, dryRun bool) ([]Lat
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	today := r.now().In(job.Location).Format(time.DateOnly)
-	newest := map[string]*Latest{} // latest.json key → what it should say
-	var keys []string
+	// The candidates of each pointer, newest first.
+	byKey := map[string][]*Latest{}
+	manifests := map[string]*Manifest{}
 	for i, m := range ms {
-		if m == nil || m.Date > today {
+		if m == nil {
 			continue
 		}
 		mkey := objs[i].Key
-		l := &Latest{LatestVersion: 1, Job: m.Job, Mode: m.Mode, OrgID: m.OrgID, RunID: m.RunID, Date: m.Date,
-			Manifest: mkey, Rows: m.Rows, RunCompletedAt: m.Snapshot.RunCompletedAt, ExportedAt: m.ExportedAt}
+		manifests[mkey] = m
 		key := job.Layout.Latest(mkey, m.OrgID)
-		if old, ok := newest[key]; !ok || l.newer(old) {
-			if !ok {
-				keys = append(keys, key)
-			}
-			newest[key] = l
-		}
+		byKey[key] = append(byKey[key], latestOf(m, mkey))
 	}
-	slices.Sort(keys)
+	keys := slices.Sorted(maps.Keys(byKey))
 	var repairs []LatestRepair
+	var rejections []LatestRejection
 	for _, key := range keys {
-		l := newest[key]
+		cands := byKey[key]
+		slices.SortFunc(cands, func(a, b *Latest) int {
+			if a.newer(b) {
+				return -1
+			}
+			return 1
+		})
+		var l *Latest
+		for _, c := range cands {
+			why, err := r.rejected(ctx, bucket, job, c.Manifest, manifests[c.Manifest], runs, orgs, now)
+			if err != nil {
+				return repairs, rejections, err
+			}
+			if why == "" {
+				l = c
+				break
+			}
+			rejections = append(rejections, LatestRejection{Manifest: c.Manifest, Why: why})
+		}
+		if l == nil {
+			continue // nothing true to name; a pointer already there stays
+		}
 		data, err := json.MarshalIndent(l, "", "  ")
 		if err != nil {
-			return repairs, err
+			return repairs, rejections, err
 		}
 		rep := LatestRepair{Key: key, Now: l.Manifest, Date: l.Date}
 		old, err := bucket.ReadAll(ctx, key)
 		switch {
 		case sinks.IsNotFound(err):
 		case err != nil:
-			return repairs, fmt.Errorf("read %s: %w", key, err)
+			return repairs, rejections, fmt.Errorf("read %s: %w", key, err)
 		default:
 			var prev Latest
 			if json.Unmarshal(old, &prev) == nil {
@@ -173,10 +340,40 @@ func (r *Runner) RepairLatest(ctx context.Context, job *Job, dryRun bool) ([]Lat
 		}
 		if !dryRun {
 			if err := bucket.Put(ctx, key, append(data, '\n'), "application/json", nil); err != nil {
-				return repairs, fmt.Errorf("write %s: %w", key, err)
+				return repairs, rejections, fmt.Errorf("write %s: %w", key, err)
 			}
 		}
 		repairs = append(repairs, rep)
 	}
-	return repairs, nil
+	return repairs, rejections, nil
+}
+
+// latestFacts reads, in one snapshot, what a candidate for latest.json is
+// checked against: the completed runs by id (per_run), the orgs with
+// sellers (full), and the database's clock.
+func (r *Runner) latestFacts(ctx context.Context, job *Job) (map[string]sources.Run, map[string]bool, time.Time, error) {
+	snap, err := r.Source.Snapshot(ctx)
+	if err != nil {
+		return nil, nil, time.Time{}, err
+	}
+	defer snap.Close(context.WithoutCancel(ctx))
+	runs, orgs := map[string]sources.Run{}, map[string]bool{}
+	if job.Mode == config.ModePerRun {
+		list, err := snap.CompletedRuns(ctx)
+		if err != nil {
+			return nil, nil, time.Time{}, err
+		}
+		for _, run := range list {
+			runs[run.ID] = run
+		}
+	} else {
+		list, err := snap.Orgs(ctx, job.filter)
+		if err != nil {
+			return nil, nil, time.Time{}, err
+		}
+		for _, o := range list {
+			orgs[o] = true
+		}
+	}
+	return runs, orgs, snap.Time(), nil
 }

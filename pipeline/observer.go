@@ -32,6 +32,9 @@ type Observer interface {
 	// RerunApplied reports an attempt at a declared rerun and its status
 	// after it (RerunApplied, RerunIncomplete, RerunRunning).
 	RerunApplied(job, status string)
+	// StateCorrected reports an export state the pass did not believe
+	// (reason: clock, missing_manifest) and corrected.
+	StateCorrected(job, reason string)
 }
 
 // Export is one finished export, as an Observer and the status page see
@@ -87,6 +90,7 @@ func (nopObserver) Skipped(string)                     {}
 func (nopObserver) Retried(string)                     {}
 func (nopObserver) LatestFailed(string)                {}
 func (nopObserver) RerunApplied(string, string)        {}
+func (nopObserver) StateCorrected(string, string)      {}
 func (nopObserver) Backlog(string, int, time.Duration) {}
 
 func (r *Runner) observer() Observer {

@@ -228,6 +228,7 @@ type stopAfter struct {
 }
 
 func (o *stopAfter) ExportStarted(string) func() { return func() {} }
+func (o *stopAfter) StateCorrected(string, string) {}
 func (o *stopAfter) Exported(e pipeline.Export, m *pipeline.Manifest) {
 	o.runs = append(o.runs, m.RunID)
 	if len(o.runs) == o.n {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"path"
 	"slices"
 	"strconv"
@@ -24,31 +26,40 @@ import (
 //
 //	every completed run with completed_at ≤ watermark has a manifest,
 //	except the runs in pending; the runs after it listed in exported
-//	have one too; there were `below` completed runs up to the watermark.
+//	have one too; digests sums up, day by day, the completed runs up to
+//	the watermark.
 //
-// A pass reads the newest state, counts the completed runs up to the
-// watermark (one row; skipped while PostgreSQL's statistics count no
-// change to the runs table since the state was written), asks the database for the runs completed after the
-// watermark and for the pending ones, and checks a manifest only for those
-// it does not know to be exported: an idle pass lists one folder and reads
-// one small object, however long the history. The state is derived from
-// the manifests, never the other way round: a lost, corrupt or foreign
-// state object is rebuilt from them (a reconciliation: every completed run
-// against one listing of the manifests), and so is a state whose count no
-// longer matches (a run marked completed, or inserted, long after its
-// completed_at; a run deleted), and every state older than reconcileEvery
-// (which also finds a manifest deleted by hand). Versions are written create-only (state/00000000000000000042.json),
-// so replicas racing on it never overwrite each other: the loser's next
-// pass reads the winner's version.
+// The state is a cache that makes a pass cheaper; it is never the reason a
+// run is skipped. A pass reads the newest version and, in one snapshot of
+// the database, the digest of every day's completed runs (one index-only
+// scan, no statistics: sources.Snapshot.RunDigests), the runs completed
+// after the watermark and the pending ones. A day whose digest differs
+// from the state's (a run inserted or marked completed late, one deleted
+// and another inserted, a run in a table inheriting from the runs table,
+// whatever PostgreSQL's statistics say) has each of its runs checked for a
+// manifest; every run after the watermark is checked too (a HEAD for those
+// the state lists as exported). An idle pass therefore lists one folder,
+// reads one small object and sends one HEAD per run of the last hour,
+// however long the history. The watermark comes from the database's
+// clock: a state whose watermark is after it (a clock that jumped) or
+// that lists a run as exported without its manifest is corrected on that
+// pass, with a warning and sellersnap_state_corrections_total. A lost,
+// corrupt or foreign state is rebuilt from the manifests (a
+// reconciliation: every completed run against one listing of the
+// manifests), and so is every state older than reconcileEvery (which also
+// finds a manifest deleted by hand below the watermark). Versions are
+// written create-only (state/00000000000000000042.json), so replicas
+// racing on it never overwrite each other: the loser's next pass reads the
+// winner's version.
 const (
-	stateVersion = 1
-	// reconcileEvery bounds how long a run the incremental pass cannot
-	// see waits for its export.
+	stateVersion = 2
+	// reconcileEvery bounds how long a run whose manifest was deleted by
+	// hand below the watermark waits for its export again.
 	reconcileEvery = 24 * time.Hour
 	// watermarkLag keeps the runs completed in the last hour above the
-	// watermark (listed from the database on every pass), so that a run
-	// whose transaction commits late, or a clock a little apart from the
-	// database's, loses nothing.
+	// watermark (listed from the database on every pass): a run whose
+	// transaction commits a little after its completed_at changes no
+	// digest, so its day is not listed again.
 	watermarkLag = time.Hour
 	// stateKeep is how many versions stay in the bucket.
 	stateKeep = 2
@@ -61,15 +72,15 @@ type runState struct {
 	Path         string    `json:"path"`     // the key template the manifests were looked for at
 	Timezone     string    `json:"timezone"` // of {run_date} in it
 	Watermark    time.Time `json:"watermark"`
-	Below        int64     `json:"below"`
-	Pending      []string  `json:"pending"`
-	Exported     []string  `json:"exported"`
-	ReconciledAt time.Time `json:"reconciled_at"`
-	UpdatedAt    time.Time `json:"updated_at"`
-	// RunsChanges is sources.RunsChanges read before the pass that wrote
-	// this version queried the runs: while it reads the same, below is
-	// still the count up to the watermark.
-	RunsChanges string `json:"runs_changes,omitempty"`
+	// Seed is the hash seed of the digests.
+	Seed int64 `json:"seed"`
+	// Digests are the completed runs up to the watermark, by day of
+	// completed_at (UTC).
+	Digests      map[string]sources.RunDigest `json:"digests"`
+	Pending      []string                     `json:"pending"`
+	Exported     []string                     `json:"exported"`
+	ReconciledAt time.Time                    `json:"reconciled_at"`
+	UpdatedAt    time.Time                    `json:"updated_at"`
 }
 
 // discovery is what a pass found: the pending units, and what it needs to
@@ -83,7 +94,11 @@ type discovery struct {
 	runs       []sources.Run
 	done       map[string]bool // run id → has a manifest
 	reconciled bool
-	changes    string // sources.RunsChanges before the pass's queries
+	// watermark, seed and digests are the next state's: the database's
+	// clock less watermarkLag, and the runs up to it.
+	watermark time.Time
+	seed      int64
+	digests   map[string]sources.RunDigest
 	// found are the runs a manifest read showed exported that the state
 	// did not list: another process exported them, or one killed before it
 	// could record them (and perhaps before it updated latest.json).
@@ -100,6 +115,7 @@ func stateDir(job *Job) string {
 
 // discover finds the pending runs of a per_run job: from the state when
 // there is a recent one, else from every completed run and every manifest.
+// The database is read in one snapshot.
 func (r *Runner) discover(ctx context.Context, job *Job) (*discovery, error) {
 	bucket, err := r.Bucket(ctx, job.Destination)
 	if err != nil {
@@ -109,28 +125,23 @@ func (r *Runner) discover(ctx context.Context, job *Job) (*discovery, error) {
 	if err := r.readState(ctx, d); err != nil {
 		return nil, err
 	}
-	if d.changes, err = r.Source.RunsChanges(ctx); err != nil {
+	snap, err := r.Source.Snapshot(ctx)
+	if err != nil {
 		return nil, err
 	}
-	reconcile := d.prev == nil || d.now.Sub(d.prev.ReconciledAt) >= reconcileEvery || d.now.Before(d.prev.ReconciledAt)
-	// The count is the one query of a pass whose cost grows with the
-	// history: skip it while the statistics say the runs table is as it
-	// was when the state was written.
-	if !reconcile && (d.changes == "" || d.changes != d.prev.RunsChanges) {
-		n, err := r.Source.CountCompletedUpTo(ctx, d.prev.Watermark)
-		if err != nil {
-			return nil, err
-		}
-		if n != d.prev.Below {
-			r.logger().Info("completed runs changed below the export watermark; reconciling with the manifests",
-				"job", job.Name, "watermark", d.prev.Watermark, "runs_then", d.prev.Below, "runs_now", n)
+	defer snap.Close(context.WithoutCancel(ctx))
+	d.watermark = snap.Time().Add(-watermarkLag).UTC()
+	reconcile := d.prev == nil || d.now.Sub(d.prev.ReconciledAt) >= reconcileEvery
+	if !reconcile {
+		if why := d.prev.contradiction(d.watermark, d.now); why != "" {
+			r.stateCorrected(job, "clock", "the export state contradicts the clock; rebuilding it from the manifests", "key", stateKey(job, d.seq), "why", why)
 			reconcile = true
 		}
 	}
 	if reconcile {
-		err = r.reconcile(ctx, d)
+		err = r.reconcile(ctx, snap, d)
 	} else {
-		err = r.incremental(ctx, d)
+		err = r.incremental(ctx, snap, d)
 	}
 	if err != nil {
 		return nil, err
@@ -141,6 +152,26 @@ func (r *Runner) discover(ctx context.Context, job *Job) (*discovery, error) {
 		}
 	}
 	return d, nil
+}
+
+// contradiction says why st cannot describe the runs up to watermark (the
+// database's clock less watermarkLag) at wall-clock time now, or "".
+func (st *runState) contradiction(watermark, now time.Time) string {
+	switch {
+	case st.Watermark.After(watermark):
+		return fmt.Sprintf("its watermark %s is after the database's clock less %s (%s)", st.Watermark.Format(time.RFC3339), watermarkLag, watermark.Format(time.RFC3339))
+	case st.ReconciledAt.After(now):
+		return fmt.Sprintf("it was reconciled at %s, after now (%s)", st.ReconciledAt.Format(time.RFC3339), now.Format(time.RFC3339))
+	case st.UpdatedAt.After(now.Add(watermarkLag)):
+		return fmt.Sprintf("it was updated at %s, after now (%s)", st.UpdatedAt.Format(time.RFC3339), now.Format(time.RFC3339))
+	}
+	return ""
+}
+
+// stateCorrected logs a state the pass did not believe, and counts it.
+func (r *Runner) stateCorrected(job *Job, reason, msg string, attrs ...any) {
+	r.logger().Warn(msg, append([]any{"job", job.Name, "reason", reason}, attrs...)...)
+	r.observer().StateCorrected(job.Name, reason)
 }
 
 // readState sets d.prev to the newest valid version (nil for none).
@@ -178,6 +209,8 @@ func (r *Runner) readState(ctx context.Context, d *discovery) error {
 		case err != nil:
 		case st.StateVersion != stateVersion || st.Job != d.job.Name:
 			err = fmt.Errorf("state version %d of job %q", st.StateVersion, st.Job)
+		case st.Seed == 0 || st.Digests == nil:
+			err = errors.New("no digests of the runs up to its watermark")
 		case st.Path != d.job.Layout.String() || st.Timezone != d.job.Location.String():
 			// The job's path or time zone changed: its manifests are looked for elsewhere now.
 			err = fmt.Errorf("state of path %q in %s, the job's is %q in %s", st.Path, st.Timezone, d.job.Layout.String(), d.job.Location)
@@ -196,9 +229,13 @@ func (r *Runner) readState(ctx context.Context, d *discovery) error {
 // state does not already count as the job's is read once, as a pass reads
 // every manifest it finds (see exported): building the state of a bucket
 // with a long history costs one read per manifest, once.
-func (r *Runner) reconcile(ctx context.Context, d *discovery) error {
-	runs, err := r.Source.CompletedRuns(ctx)
+func (r *Runner) reconcile(ctx context.Context, snap *sources.Snapshot, d *discovery) error {
+	runs, err := snap.CompletedRuns(ctx)
 	if err != nil {
+		return err
+	}
+	d.seed = cmp.Or(rand.Int64(), 1)
+	if _, d.digests, err = snap.RunDigests(ctx, d.seed, d.watermark, d.watermark); err != nil {
 		return err
 	}
 	objs, err := d.bucket.List(ctx, d.job.Layout.Prefix(), "/"+ManifestName)
@@ -271,14 +308,30 @@ func (st *runState) exportedSet() func(sources.Run) bool {
 }
 
 // incremental finds the pending runs from the state: the runs completed
-// after its watermark that it does not list as exported, and its pending
-// ones, each checked for a manifest.
-func (r *Runner) incremental(ctx context.Context, d *discovery) error {
-	above, err := r.Source.CompletedRunsAfter(ctx, d.prev.Watermark)
+// after its watermark, its pending ones, and those of every day whose
+// digest changed, each checked for a manifest (a HEAD for those the state
+// lists as exported, which must still have one).
+func (r *Runner) incremental(ctx context.Context, snap *sources.Snapshot, d *discovery) error {
+	d.seed = d.prev.Seed
+	below, all, err := snap.RunDigests(ctx, d.seed, d.prev.Watermark, d.watermark)
 	if err != nil {
 		return err
 	}
-	below, err := r.Source.CompletedRunsByID(ctx, d.prev.Pending)
+	d.digests = all
+	changed := changedDays(d.prev.Digests, below)
+	if len(changed) > 0 {
+		r.logger().Info("completed runs changed below the export watermark; checking those days' runs",
+			"job", d.job.Name, "watermark", d.prev.Watermark, "days", changed)
+	}
+	onDays, err := snap.CompletedRunsOnDays(ctx, changed, d.prev.Watermark)
+	if err != nil {
+		return err
+	}
+	above, err := snap.CompletedRunsAfter(ctx, d.prev.Watermark)
+	if err != nil {
+		return err
+	}
+	pending, err := snap.CompletedRunsByID(ctx, d.prev.Pending)
 	if err != nil {
 		return err
 	}
@@ -286,28 +339,29 @@ func (r *Runner) incremental(ctx context.Context, d *discovery) error {
 	for _, id := range d.prev.Exported {
 		known[id] = true
 	}
-	d.runs = append(below, above...)
+	d.runs = slices.Concat(onDays, pending, above)
 	slices.SortFunc(d.runs, func(a, b sources.Run) int {
 		return cmp.Or(a.CompletedAt.Compare(b.CompletedAt), strings.Compare(a.ID, b.ID))
 	})
 	d.runs = slices.CompactFunc(d.runs, func(a, b sources.Run) bool { return a.ID == b.ID })
-	var check []sources.Run
-	for _, run := range d.runs {
-		if known[run.ID] {
-			d.done[run.ID] = true
-		} else {
-			check = append(check, run)
-		}
-	}
-	done := make([]bool, len(check))
+	done := make([]bool, len(d.runs))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(existsConcurrency)
-	for i, run := range check {
+	for i, run := range d.runs {
 		g.Go(func() error {
 			u := newRunUnit(d.job, run)
 			key, err := u.manifestKey()
 			if err != nil {
 				return unitError(u, err)
+			}
+			if known[run.ID] {
+				// Listed as exported: one HEAD says whether it still is.
+				done[i], err = d.bucket.Exists(gctx, key)
+				if err == nil && !done[i] {
+					r.stateCorrected(d.job, "missing_manifest", "the export state lists a run as exported but its manifest is missing; exporting it again",
+						"run_id", run.ID, "key", key)
+				}
+				return err
 			}
 			done[i], err = r.exported(gctx, d.bucket, d.job, key)
 			if isConflict(err) {
@@ -319,13 +373,31 @@ func (r *Runner) incremental(ctx context.Context, d *discovery) error {
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	for i, run := range check {
+	for i, run := range d.runs {
 		d.done[run.ID] = done[i]
-		if done[i] {
+		if done[i] && !known[run.ID] {
 			d.found = append(d.found, run)
 		}
 	}
 	return nil
+}
+
+// changedDays lists, sorted, the days whose digest in now differs from
+// the one in then.
+func changedDays(then, now map[string]sources.RunDigest) []string {
+	var days []string
+	for day, dg := range now {
+		if then[day] != dg {
+			days = append(days, day)
+		}
+	}
+	for day := range then {
+		if _, ok := now[day]; !ok {
+			days = append(days, day) // every run of it is gone: nothing to list, but say so
+		}
+	}
+	slices.Sort(days)
+	return days
 }
 
 // next is the state after a pass that exported the runs in res.
@@ -333,22 +405,14 @@ func (d *discovery) next(res Result) *runState {
 	for _, m := range res.Exported {
 		d.done[m.RunID] = true
 	}
-	st := &runState{StateVersion: stateVersion, Job: d.job.Name, Path: d.job.Layout.String(), Timezone: d.job.Location.String(), Watermark: d.now.Add(-watermarkLag).UTC(),
-		Pending: []string{}, Exported: []string{}, ReconciledAt: d.now.UTC(), UpdatedAt: d.now.UTC(), RunsChanges: d.changes}
-	if d.prev != nil {
-		if d.prev.Watermark.After(st.Watermark) {
-			st.Watermark = d.prev.Watermark // the clock went back: never below a watermark already written
-		}
-		if !d.reconciled {
-			st.ReconciledAt = d.prev.ReconciledAt
-			st.Below = d.prev.Below // the runs up to the old watermark; those above it are in d.runs
-		}
+	st := &runState{StateVersion: stateVersion, Job: d.job.Name, Path: d.job.Layout.String(), Timezone: d.job.Location.String(),
+		Watermark: d.watermark, Seed: d.seed, Digests: d.digests,
+		Pending: []string{}, Exported: []string{}, ReconciledAt: d.now.UTC(), UpdatedAt: d.now.UTC()}
+	if d.prev != nil && !d.reconciled {
+		st.ReconciledAt = d.prev.ReconciledAt
 	}
 	for _, run := range d.runs {
 		below := !run.CompletedAt.After(st.Watermark)
-		if below && (d.reconciled || run.CompletedAt.After(d.prev.Watermark)) {
-			st.Below++
-		}
 		switch {
 		case below && !d.done[run.ID]:
 			st.Pending = append(st.Pending, run.ID)
@@ -364,7 +428,7 @@ func (d *discovery) next(res Result) *runState {
 // state is as true as this one, and the next pass reads it.
 func (r *Runner) saveState(ctx context.Context, d *discovery, res Result) error {
 	st := d.next(res)
-	if p := d.prev; p != nil && !d.reconciled && p.Below == st.Below && slices.Equal(p.Pending, st.Pending) && slices.Equal(p.Exported, st.Exported) && p.RunsChanges == st.RunsChanges {
+	if p := d.prev; p != nil && !d.reconciled && maps.Equal(p.Digests, st.Digests) && slices.Equal(p.Pending, st.Pending) && slices.Equal(p.Exported, st.Exported) {
 		return nil
 	}
 	if err := putVersion(ctx, d.bucket, d.job, d.seq+1, st); err != nil {
@@ -450,7 +514,16 @@ func (r *Runner) repairLatest(ctx context.Context, d *discovery, res Result) {
 		if err == nil {
 			var m *Manifest
 			if m, err = readManifest(ctx, d.bucket, mkey); err == nil {
-				err = r.updateLatest(ctx, d.bucket, u, mkey, m)
+				// Found, not written by this process: followed only if true.
+				var why string
+				why, err = r.rejected(ctx, d.bucket, d.job, mkey, m, map[string]sources.Run{run.ID: run}, nil, d.watermark.Add(watermarkLag))
+				switch {
+				case err != nil:
+				case why != "":
+					r.logger().Warn("not pointing latest.json at a manifest found in the bucket", append(u.logAttrs(), "manifest", mkey, "why", why)...)
+				default:
+					err = r.updateLatest(ctx, d.bucket, u, mkey, m)
+				}
 			}
 		}
 		if err != nil {

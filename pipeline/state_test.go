@@ -3,6 +3,7 @@ package pipeline_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -63,8 +64,9 @@ func insertOldRun(t *testing.T, dbURL, org string, completed time.Time, n int) s
 }
 
 // TestIdlePassCostsWhatIsNew: after the history is exported, a pass with
-// nothing new lists the state folder and reads one version (2 requests),
-// and a pass with new runs checks those runs only.
+// nothing new lists the state folder and reads one version (2 requests)
+// and sends a HEAD for each run completed in the last hour, and a pass
+// with new runs checks those runs only.
 func TestIdlePassCostsWhatIsNew(t *testing.T) {
 	f := newFixture(t, "")
 	ctx := context.Background()
@@ -101,8 +103,8 @@ func TestIdlePassCostsWhatIsNew(t *testing.T) {
 	if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
 		t.Fatalf("idle pass after the new runs: %+v, %v", res, err)
 	}
-	if n := f.requests() - before; n > 2 {
-		t.Errorf("an idle pass after new runs sent %d bucket requests, want at most 2", n)
+	if n := f.requests() - before; n > 2+int64(len(ids)) {
+		t.Errorf("an idle pass after new runs sent %d bucket requests, want at most %d (list and read the state, a HEAD for each run of the last hour)", n, 2+len(ids))
 	}
 
 	// The status page's and `sellersnap status`'s recent exports: the
@@ -262,8 +264,8 @@ func TestLatestIsRepairedAfterAKillBeforeIt(t *testing.T) {
 	if _, err := f.Runner.Once(ctx, job); err != nil {
 		t.Fatal(err)
 	}
-	if n := f.requests() - before; n > 2 {
-		t.Errorf("an idle pass after the repair sent %d bucket requests, want at most 2", n)
+	if n := f.requests() - before; n > 2+2 {
+		t.Errorf("an idle pass after the repair sent %d bucket requests, want at most 4 (list and read the state, a HEAD for each run of the last hour)", n)
 	}
 }
 
@@ -344,5 +346,282 @@ func TestChangedPathRebuildsTheState(t *testing.T) {
 				t.Errorf("after %q: run %s has no manifest at %s", change, run.ID, key)
 			}
 		}
+	}
+}
+
+// lateRun inserts a completed run whose completed_at is 3 hours before the
+// database's clock (below the export watermark), with n sellers; table is
+// where the row goes (the runs table or one inheriting from it).
+func lateRun(t *testing.T, dbURL, table, org string, n int) string {
+	t.Helper()
+	id := pipelinetest.InsertRun(t, dbURL, org, n, false)
+	pgtest.Exec(t, dbURL, `UPDATE collection_runs SET started_at = now() - interval '3 hours', completed_at = now() - interval '3 hours' WHERE id = $1`, id)
+	if table != "collection_runs" {
+		pgtest.Exec(t, dbURL, `WITH r AS (DELETE FROM ONLY collection_runs WHERE id = $1 RETURNING *) INSERT INTO `+table+` SELECT * FROM r`, id)
+	}
+	return id
+}
+
+// corrections records the export states a pass corrected.
+type corrections struct {
+	*stopAfter
+	mu      sync.Mutex
+	reasons []string
+}
+
+func (c *corrections) StateCorrected(_, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reasons = append(c.reasons, reason)
+}
+
+// TestEveryPassFindsEveryRunWithoutAManifest: a late run (completed 3 h
+// ago, below the watermark) is found by the very next pass and by plan,
+// whatever PostgreSQL's statistics say: a deletion paired with its
+// insertion (the count stays), the table's counters reset, the
+// collector's session not counting, the run in a table inheriting from
+// the runs table (whose counters the parent never sees).
+func TestEveryPassFindsEveryRunWithoutAManifest(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("new-sellers")
+	if _, err := f.Runner.Once(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, f.DBURL, `CREATE TABLE collection_runs_legacy () INHERITS (collection_runs)`)
+	org := f.AnyOrg()
+	for _, tc := range []struct {
+		name  string
+		table string
+		setup func(id string)
+	}{
+		{"count-neutral: an old run deleted, a late one inserted", "collection_runs", func(string) {
+			pgtest.Exec(t, f.DBURL, `DELETE FROM collection_runs WHERE id = (SELECT id FROM collection_runs WHERE status = 'completed' ORDER BY completed_at LIMIT 1)`)
+		}},
+		{"the table's statistics reset", "collection_runs", func(string) {
+			pgtest.Exec(t, f.DBURL, `SELECT pg_stat_reset_single_table_counters('collection_runs'::regclass)`)
+		}},
+		{"the collector's session with track_counts off", "collection_runs", func(id string) {
+			pgtest.Exec(t, f.DBURL, `SET track_counts = off; UPDATE collection_runs SET status = 'running' WHERE id = '`+id+`'; UPDATE collection_runs SET status = 'completed' WHERE id = '`+id+`'`)
+		}},
+		{"a table inheriting from the runs table", "collection_runs_legacy", func(string) {}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A pass first, so that the state is as fresh as it gets.
+			if _, err := f.Runner.Once(ctx, job); err != nil {
+				t.Fatal(err)
+			}
+			id := lateRun(t, f.DBURL, tc.table, org, 3)
+			tc.setup(id)
+			plan, err := f.Runner.Plan(ctx, job)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(plan) != 1 || plan[0].RunID != id {
+				t.Errorf("plan: %+v; want run %s pending", plan, id)
+			}
+			res, err := f.Runner.Once(ctx, job)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Exported) != 1 || res.Exported[0].RunID != id {
+				t.Fatalf("the next pass exported %d runs, want run %s", len(res.Exported), id)
+			}
+			if plan, err := f.Runner.Plan(ctx, job); err != nil || len(plan) != 0 {
+				t.Errorf("plan after: %+v, %v; want nothing pending", plan, err)
+			}
+		})
+	}
+}
+
+// TestAStateThatContradictsTheDatabaseOrTheBucketIsCorrected: a version
+// whose watermark is years ahead of the database's clock, or whose
+// exported list names a run without its manifest, is corrected on the
+// next pass (a warning and a count), never believed.
+func TestAStateThatContradictsTheDatabaseOrTheBucketIsCorrected(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	obs := &corrections{stopAfter: &stopAfter{n: -1}}
+	f.Runner.Observer = obs
+	job := f.Job("new-sellers")
+	if _, err := f.Runner.Once(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	newest := func() (string, map[string]any) {
+		keys := f.stateKeys()
+		key := keys[len(keys)-1]
+		var st map[string]any
+		if err := json.Unmarshal(f.AllFiles()[key], &st); err != nil {
+			t.Fatal(err)
+		}
+		return key, st
+	}
+	plant := func(st map[string]any) {
+		key, _ := newest()
+		data, _ := json.Marshal(st)
+		next := filepath.Join(f.Dir, filepath.Dir(key), fmt.Sprintf("%020d.json", len(f.stateKeys())+100))
+		if err := os.WriteFile(next, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A watermark in 2030 (a forward clock jump wrote it).
+	_, st := newest()
+	st["watermark"] = "2030-01-01T00:00:00Z"
+	plant(st)
+	id := lateRun(t, f.DBURL, "collection_runs", f.AnyOrg(), 2)
+	res, err := f.Runner.Once(ctx, job)
+	if err != nil || len(res.Exported) != 1 || res.Exported[0].RunID != id {
+		t.Fatalf("pass after a future watermark: %+v, %v; want run %s exported", res, err, id)
+	}
+	if _, st := newest(); st["watermark"].(string) >= "2030" {
+		t.Errorf("the watermark stayed in the future: %v", st["watermark"])
+	}
+	if !slices.Equal(obs.reasons, []string{"clock"}) {
+		t.Errorf("corrections counted: %v, want [clock]", obs.reasons)
+	}
+
+	// A run listed as exported whose manifest is gone.
+	recent := pipelinetest.InsertRun(t, f.DBURL, f.AnyOrg(), 2, false)
+	if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 1 {
+		t.Fatalf("export %s: %+v, %v", recent, res, err)
+	}
+	if _, st := newest(); !slices.Contains(st["exported"].([]any), any(recent)) {
+		t.Fatalf("the state does not list %s as exported: %v", recent, st["exported"])
+	}
+	run, err := f.Src.RunByID(ctx, recent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mkey, err := job.RunManifestKey(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(f.Dir, mkey)); err != nil {
+		t.Fatal(err)
+	}
+	res, err = f.Runner.Once(ctx, job)
+	if err != nil || len(res.Exported) != 1 || res.Exported[0].RunID != recent {
+		t.Fatalf("pass after the manifest went: %+v, %v; want run %s exported", res, err, recent)
+	}
+	if !slices.Equal(obs.reasons, []string{"clock", "missing_manifest"}) {
+		t.Errorf("corrections counted: %v, want [clock missing_manifest]", obs.reasons)
+	}
+}
+
+// readLatest returns what the latest.json of run's org says.
+func (f *fixture) readLatest(job *pipeline.Job, runID string) (string, pipeline.Latest) {
+	f.T.Helper()
+	run, err := f.Src.RunByID(context.Background(), runID)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	mkey, err := job.RunManifestKey(run)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	key := job.Layout.Latest(mkey, run.OrgID)
+	var l pipeline.Latest
+	if err := json.Unmarshal(f.AllFiles()[key], &l); err != nil {
+		f.T.Fatalf("%s: %v", key, err)
+	}
+	return key, l
+}
+
+// TestLatestNeverFollowsTheFutureOrAPlantedManifest: a run completed three
+// years ahead of the database's clock is exported (the data says so) but
+// latest.json stays on the newest real run, and a pointer an older version
+// left on it is moved off by the next export. repair-latest rejects a
+// planted manifest (a run the database does not have, keys outside its
+// folder, files that do not exist) and says why.
+func TestLatestNeverFollowsTheFutureOrAPlantedManifest(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("new-sellers")
+	org := f.AnyOrg()
+	real := pipelinetest.InsertRun(t, f.DBURL, org, 2, false)
+	if _, err := f.Runner.Once(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	ahead := pipelinetest.InsertRun(t, f.DBURL, org, 2, false)
+	pgtest.Exec(t, f.DBURL, `UPDATE collection_runs SET completed_at = now() + interval '3 years' WHERE id = $1`, ahead)
+	res, err := f.Runner.Once(ctx, job)
+	if err != nil || len(res.Exported) != 1 || res.Exported[0].RunID != ahead {
+		t.Fatalf("export of the run ahead: %+v, %v", res, err)
+	}
+	key, l := f.readLatest(job, real)
+	if l.RunID != real {
+		t.Fatalf("%s names run %s (%s), want %s: it moved to the future", key, l.RunID, l.Date, real)
+	}
+
+	// A pointer left on the future export by an older version moves off
+	// with the next export.
+	aheadRun, _ := f.Src.RunByID(ctx, ahead)
+	aheadKey, _ := job.RunManifestKey(aheadRun)
+	var aheadM pipeline.Manifest
+	if err := json.Unmarshal(f.AllFiles()[aheadKey], &aheadM); err != nil {
+		t.Fatal(err)
+	}
+	pin, _ := json.Marshal(pipeline.Latest{LatestVersion: 1, Job: job.Name, Mode: "per_run", OrgID: org, RunID: ahead, Date: aheadM.Date,
+		Manifest: aheadKey, RunCompletedAt: aheadM.Snapshot.RunCompletedAt})
+	if err := os.WriteFile(filepath.Join(f.Dir, key), pin, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	next := pipelinetest.InsertRun(t, f.DBURL, org, 2, false)
+	if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 1 {
+		t.Fatalf("export of the next run: %+v, %v", res, err)
+	}
+	if _, l := f.readLatest(job, next); l.RunID != next {
+		t.Errorf("%s names run %s after the next export, want %s", key, l.RunID, next)
+	}
+
+	// A planted manifest, for a run the database does not have.
+	nextRun, _ := f.Src.RunByID(ctx, next)
+	nextKey, _ := job.RunManifestKey(nextRun)
+	plantedKey := strings.Replace(nextKey, next, "6f1c0000-0000-4000-8000-000000000000", 1)
+	if plantedKey == nextKey {
+		t.Fatalf("no run id in %s", nextKey)
+	}
+	when := time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)
+	planted := pipeline.Manifest{ManifestVersion: 1, Job: job.Name, Mode: "per_run", RunID: "6f1c0000-0000-4000-8000-000000000000", OrgID: org,
+		Date: "2099-01-01", Rows: 999999, Snapshot: pipeline.ManifestSnapshot{RunCompletedAt: &when, ReadAt: when},
+		Files: []pipeline.ManifestFile{{Format: "csv", Key: "../../../../etc/passwd", Rows: 999999, Bytes: 10, SHA256: strings.Repeat("0", 64)}}}
+	data, _ := json.Marshal(planted)
+	p := filepath.Join(f.Dir, filepath.FromSlash(plantedKey))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The same, for a real run, with files that are not there.
+	var nextM pipeline.Manifest
+	if err := json.Unmarshal(f.AllFiles()[nextKey], &nextM); err != nil {
+		t.Fatal(err)
+	}
+	nextM.Files[0].Bytes++
+	data, _ = json.Marshal(nextM)
+	if err := os.WriteFile(filepath.Join(f.Dir, nextKey), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	repairs, rejections, err := f.Runner.RepairLatest(ctx, job, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	why := map[string]string{}
+	for _, r := range rejections {
+		why[r.Manifest] = r.Why
+	}
+	if !strings.Contains(why[plantedKey], "not a completed run in the database") {
+		t.Errorf("planted manifest: rejected %q, want 'not a completed run in the database' (rejections %v)", why[plantedKey], rejections)
+	}
+	if !strings.Contains(why[nextKey], "bytes, the manifest says") {
+		t.Errorf("manifest with a wrong size: rejected %q (rejections %v)", why[nextKey], rejections)
+	}
+	if _, ok := why[aheadKey]; !ok {
+		t.Errorf("the run ahead of the clock was not rejected: %v", rejections)
+	}
+	if _, l := f.readLatest(job, next); l.RunID != real {
+		t.Errorf("after repair-latest the pointer names %s, want the newest true export %s (repairs %+v)", l.RunID, real, repairs)
 	}
 }

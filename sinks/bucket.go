@@ -501,3 +501,13 @@ func (b *Bucket) abortMultipart(key string) {
 		_, _ = client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &name, Key: u.Key, UploadId: u.UploadId})
 	}
 }
+
+// Size returns the size in bytes of key.
+func (b *Bucket) Size(ctx context.Context, key string) (int64, error) {
+	b.requests.Add(1)
+	a, err := b.b.Attributes(ctx, key)
+	if err != nil {
+		return 0, b.redact(fmt.Errorf("attributes of %s: %w", key, err))
+	}
+	return a.Size, nil
+}

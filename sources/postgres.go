@@ -2,10 +2,12 @@ package sources
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"regexp"
 	"slices"
 	"strconv"
@@ -201,83 +203,54 @@ func scanRun(row pgx.Row) (Run, error) {
 // CompletedRuns lists runs whose status is the completed status and that
 // have a completed_at, oldest completed_at first.
 func (p *Postgres) CompletedRuns(ctx context.Context) ([]Run, error) {
-	return p.completedRuns(ctx, "")
+	return completedRuns(ctx, p.pool, p.cfg, "")
 }
 
 // CompletedRunsAfter is CompletedRuns for the runs completed after t.
 func (p *Postgres) CompletedRunsAfter(ctx context.Context, t time.Time) ([]Run, error) {
-	return p.completedRuns(ctx, " AND completed_at > $2", t)
+	return completedRuns(ctx, p.pool, p.cfg, " AND completed_at > $2", t)
 }
 
 // CompletedRunsBetween is CompletedRuns for the runs completed at or
 // after from and before to.
 func (p *Postgres) CompletedRunsBetween(ctx context.Context, from, to time.Time) ([]Run, error) {
-	return p.completedRuns(ctx, " AND completed_at >= $2 AND completed_at < $3", from, to)
+	return completedRuns(ctx, p.pool, p.cfg, " AND completed_at >= $2 AND completed_at < $3", from, to)
 }
 
 // CompletedRunsByID is CompletedRuns for the runs in ids (those not
 // completed, or gone, are left out).
 func (p *Postgres) CompletedRunsByID(ctx context.Context, ids []string) ([]Run, error) {
+	return completedRunsByID(ctx, p.pool, p.cfg, ids)
+}
+
+func completedRunsByID(ctx context.Context, q querier, cfg Config, ids []string) ([]Run, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	return p.completedRuns(ctx, " AND id = ANY($2::uuid[])", ids)
-}
-
-// CountCompletedUpTo counts the completed runs whose completed_at is t or
-// earlier (an index-only count; one row back however long the history).
-func (p *Postgres) CountCompletedUpTo(ctx context.Context, t time.Time) (int64, error) {
-	q := fmt.Sprintf(`SELECT count(*) FROM %s WHERE status = $1 AND completed_at IS NOT NULL AND completed_at <> 'infinity' AND completed_at <> '-infinity' AND completed_at <= $2`,
-		p.table(p.cfg.RunsTable))
-	var n int64
-	if err := p.pool.QueryRow(ctx, q, p.cfg.CompletedStatus, t).Scan(&n); err != nil {
-		return 0, fmt.Errorf("count runs: %w", err)
-	}
-	return n, nil
-}
-
-// RunsChanges is a fingerprint of the changes PostgreSQL's cumulative
-// statistics have counted on the runs table (rows inserted, updated and
-// deleted, with the table's oid): while it stays the same, the completed
-// runs up to a time stay the same too, and a pass need not count them. It
-// is "" where the statistics cannot say: a standby (replayed changes are
-// not counted there), track_counts off, or a runs table that is a view or
-// a partitioned table. The statistics lag commits by up to about a
-// minute; a caller relying on them must recount when they change and keep
-// a periodic recount.
-func (p *Postgres) RunsChanges(ctx context.Context) (string, error) {
-	const q = `SELECT c.oid::int8, c.relkind = 'r' AND NOT pg_is_in_recovery() AND current_setting('track_counts')::bool,
-		pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_updated(c.oid) + pg_stat_get_tuples_deleted(c.oid)
-		FROM pg_class c WHERE c.oid = to_regclass($1)`
-	var (
-		oid, n int64
-		ok     bool
-	)
-	if err := p.pool.QueryRow(ctx, q, p.table(p.cfg.RunsTable)).Scan(&oid, &ok, &n); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return "", nil
-		}
-		return "", fmt.Errorf("runs table statistics: %w", err)
-	}
-	if !ok {
-		return "", nil
-	}
-	return fmt.Sprintf("%d:%d", oid, n), nil
+	return completedRuns(ctx, q, cfg, " AND id = ANY($2::uuid[])", ids)
 }
 
 // NewestCompletedRuns is CompletedRuns for the n that completed last,
 // newest first.
 func (p *Postgres) NewestCompletedRuns(ctx context.Context, n int) ([]Run, error) {
-	return p.completedRuns(ctx, " ORDER BY completed_at DESC, id DESC LIMIT $2", n)
+	return completedRuns(ctx, p.pool, p.cfg, " ORDER BY completed_at DESC, id DESC LIMIT $2", n)
 }
 
-func (p *Postgres) completedRuns(ctx context.Context, and string, args ...any) ([]Run, error) {
+// querier is what a pool and a transaction have in common.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// completedWhere selects the completed runs (a finite completed_at).
+const completedWhere = `status = $1 AND completed_at IS NOT NULL AND completed_at <> 'infinity' AND completed_at <> '-infinity'`
+
+func completedRuns(ctx context.Context, q querier, cfg Config, and string, args ...any) ([]Run, error) {
 	if !strings.Contains(and, "ORDER BY") {
 		and += " ORDER BY completed_at, id"
 	}
-	q := fmt.Sprintf(`SELECT %s FROM %s WHERE status = $1 AND completed_at IS NOT NULL AND completed_at <> 'infinity' AND completed_at <> '-infinity'%s`,
-		runColumns, p.table(p.cfg.RunsTable), and)
-	rows, err := p.pool.Query(ctx, q, append([]any{p.cfg.CompletedStatus}, args...)...)
+	sql := fmt.Sprintf(`SELECT %s FROM %s WHERE %s%s`,
+		runColumns, pgx.Identifier{cfg.Schema, cfg.RunsTable}.Sanitize(), completedWhere, and)
+	rows, err := q.Query(ctx, sql, append([]any{cfg.CompletedStatus}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list runs: %w", err)
 	}
@@ -665,4 +638,109 @@ func (s *Snapshot) Orgs(ctx context.Context, f Filter) ([]string, error) {
 		return nil, fmt.Errorf("list orgs: %w", err)
 	}
 	return orgs, nil
+}
+
+// RunDigest sums up a set of completed runs: how many, and the sum of a
+// 64-bit hash (PostgreSQL's hashtextextended, with a seed) of each run's
+// id, org and completed_at. Two sets with the same digest are the same set
+// but for a hash collision: a run added, removed, moved to another day or
+// org, and a deletion paired with an insertion (which keeps a count)
+// change it.
+type RunDigest struct {
+	Runs int64  `json:"runs"`
+	Sum  string `json:"sum"` // a decimal integer
+}
+
+// RunDigests returns, by day of completed_at (UTC, YYYY-MM-DD), the digest
+// of the completed runs up to upTo and of those up to through. One scan of
+// the completed runs: index-only with an index on (status, completed_at)
+// INCLUDE (id, org_id), else of the table; it reads the runs table and
+// every table that inherits from it, and does not rest on any statistic.
+func (s *Snapshot) RunDigests(ctx context.Context, seed int64, upTo, through time.Time) (below, all map[string]RunDigest, err error) {
+	ctx, cancel := bound(ctx, s.cfg)
+	defer cancel()
+	q := fmt.Sprintf(`SELECT floor(extract(epoch FROM completed_at) / 86400)::int8,
+			completed_at <= $2, completed_at <= $3, count(*),
+			sum(hashtextextended(id::text || '/' || coalesce(org_id::text, '') || '/' || (extract(epoch FROM completed_at) * 1000000)::int8::text, $4))::text
+		FROM %s WHERE %s AND completed_at <= greatest($2, $3)
+		GROUP BY 1, 2, 3`, pgx.Identifier{s.cfg.Schema, s.cfg.RunsTable}.Sanitize(), completedWhere)
+	rows, err := s.tx.Query(ctx, q, s.cfg.CompletedStatus, upTo, through, seed)
+	if err != nil {
+		return nil, nil, fmt.Errorf("digest runs: %w", err)
+	}
+	defer rows.Close()
+	below, all = map[string]RunDigest{}, map[string]RunDigest{}
+	add := func(m map[string]RunDigest, day string, n int64, sum *big.Int) {
+		d := m[day]
+		total, _ := new(big.Int).SetString(cmp.Or(d.Sum, "0"), 10)
+		m[day] = RunDigest{Runs: d.Runs + n, Sum: total.Add(total, sum).String()}
+	}
+	for rows.Next() {
+		var (
+			dayN          int64
+			isBelow, isIn bool
+			n             int64
+			sumText       string
+		)
+		if err := rows.Scan(&dayN, &isBelow, &isIn, &n, &sumText); err != nil {
+			return nil, nil, fmt.Errorf("digest runs: %w", err)
+		}
+		sum, ok := new(big.Int).SetString(sumText, 10)
+		if !ok {
+			return nil, nil, fmt.Errorf("digest runs: sum %q is not an integer", sumText)
+		}
+		day := time.Unix(dayN*86400, 0).UTC().Format(time.DateOnly)
+		if isBelow {
+			add(below, day, n, sum)
+		}
+		if isIn {
+			add(all, day, n, sum)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("digest runs: %w", err)
+	}
+	return below, all, nil
+}
+
+// CompletedRuns is Postgres.CompletedRuns in the snapshot.
+func (s *Snapshot) CompletedRuns(ctx context.Context) ([]Run, error) {
+	ctx, cancel := bound(ctx, s.cfg)
+	defer cancel()
+	return completedRuns(ctx, s.tx, s.cfg, "")
+}
+
+// CompletedRunsAfter is Postgres.CompletedRunsAfter in the snapshot.
+func (s *Snapshot) CompletedRunsAfter(ctx context.Context, t time.Time) ([]Run, error) {
+	ctx, cancel := bound(ctx, s.cfg)
+	defer cancel()
+	return completedRuns(ctx, s.tx, s.cfg, " AND completed_at > $2", t)
+}
+
+// CompletedRunsByID is Postgres.CompletedRunsByID in the snapshot.
+func (s *Snapshot) CompletedRunsByID(ctx context.Context, ids []string) ([]Run, error) {
+	ctx, cancel := bound(ctx, s.cfg)
+	defer cancel()
+	return completedRunsByID(ctx, s.tx, s.cfg, ids)
+}
+
+// CompletedRunsOnDays is CompletedRuns, in the snapshot, for the runs
+// completed up to upTo on the given days (UTC, YYYY-MM-DD): one index range
+// per day.
+func (s *Snapshot) CompletedRunsOnDays(ctx context.Context, days []string, upTo time.Time) ([]Run, error) {
+	ctx, cancel := bound(ctx, s.cfg)
+	defer cancel()
+	var out []Run
+	for _, day := range days {
+		from, err := time.Parse(time.DateOnly, day)
+		if err != nil {
+			return nil, fmt.Errorf("list runs: day %q: %w", day, err)
+		}
+		runs, err := completedRuns(ctx, s.tx, s.cfg, ` AND completed_at >= $2 AND completed_at < $3 AND completed_at <= $4`, from, from.AddDate(0, 0, 1), upTo)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, runs...)
+	}
+	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"strings"
 	"testing"
@@ -327,46 +328,60 @@ func TestAdvisoryLocksExcludeOtherSessions(t *testing.T) {
 	lb.Unlock()
 }
 
-// TestRunsChangesFollowsTheRunsTable: the fingerprint stays put while
-// nothing changes (reads, other tables, VACUUM and ANALYZE included),
-// moves on an insert, an update and a delete of a run, and is "" where the
-// statistics cannot be trusted (a runs table that is a view).
-func TestRunsChangesFollowsTheRunsTable(t *testing.T) {
+// TestRunDigestsFollowEveryChange: the digests stay put while nothing
+// changes (reads, other tables, VACUUM, a statistics reset), and move on
+// every change to the completed runs a statistic can miss: a deletion
+// paired with an insertion on the same day, a run moved to another org or
+// time, a run in a table inheriting from the runs table; and through a
+// view.
+func TestRunDigestsFollowEveryChange(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.NewDatabase(t)
-	src := openSource(t, url, "")
-	changes := func() string {
+	digests := func(src *sources.Postgres) map[string]sources.RunDigest {
 		t.Helper()
-		c, err := src.RunsChanges(ctx)
+		snap, err := src.Snapshot(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return c
+		defer snap.Close(ctx)
+		far := time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
+		below, all, err := snap.RunDigests(ctx, 7, far, far)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !maps.Equal(below, all) {
+			t.Fatalf("the same bound gave two digests: %v, %v", below, all)
+		}
+		return all
 	}
-	first := changes()
-	if first == "" {
-		t.Fatal("no fingerprint for a table on a primary with track_counts on")
-	}
-	if _, err := src.CompletedRuns(ctx); err != nil {
-		t.Fatal(err)
+	src := openSource(t, url, "")
+	first := digests(src)
+	if len(first) == 0 {
+		t.Fatal("no digests")
 	}
 	pgtest.Exec(t, url, `UPDATE sellers SET times_seen = times_seen + 1 WHERE id = (SELECT id FROM sellers LIMIT 1)`)
 	pgtest.Exec(t, url, `VACUUM ANALYZE collection_runs`)
-	if c := changes(); c != first {
-		t.Errorf("fingerprint moved from %s to %s with no change to the runs", first, c)
+	pgtest.Exec(t, url, `SELECT pg_stat_reset_single_table_counters('collection_runs'::regclass)`)
+	if d := digests(src); !maps.Equal(d, first) {
+		t.Errorf("digests moved with no change to the runs: %v → %v", first, d)
 	}
 	prev := first
 	for _, change := range []string{
-		`INSERT INTO collection_runs SELECT gen_random_uuid(), org_id, 'completed', started_at, completed_at FROM collection_runs LIMIT 1`,
-		`UPDATE collection_runs SET status = 'failed' WHERE id = (SELECT id FROM collection_runs ORDER BY completed_at LIMIT 1)`,
-		`DELETE FROM collection_runs WHERE id = (SELECT id FROM collection_runs WHERE status = 'failed' LIMIT 1)`,
+		// Count-neutral: one run of a day deleted, another inserted on it.
+		`WITH gone AS (DELETE FROM collection_runs WHERE id = (SELECT id FROM collection_runs WHERE status = 'completed' ORDER BY completed_at LIMIT 1) RETURNING org_id, completed_at)
+		 INSERT INTO collection_runs SELECT gen_random_uuid(), org_id, 'completed', completed_at, completed_at + interval '1 second' FROM gone`,
+		`UPDATE collection_runs SET org_id = gen_random_uuid() WHERE id = (SELECT id FROM collection_runs WHERE status = 'completed' ORDER BY completed_at DESC LIMIT 1)`,
+		`UPDATE collection_runs SET completed_at = completed_at + interval '1 microsecond' WHERE id = (SELECT id FROM collection_runs WHERE status = 'completed' ORDER BY completed_at DESC LIMIT 1)`,
+		`UPDATE collection_runs SET status = 'failed' WHERE id = (SELECT id FROM collection_runs WHERE status = 'completed' ORDER BY completed_at LIMIT 1)`,
+		`CREATE TABLE collection_runs_legacy () INHERITS (collection_runs);
+		 INSERT INTO collection_runs_legacy SELECT gen_random_uuid(), org_id, 'completed', completed_at, completed_at FROM collection_runs WHERE status = 'completed' LIMIT 1`,
 	} {
 		pgtest.Exec(t, url, change)
-		c := changes()
-		if c == prev {
-			t.Errorf("fingerprint %s unchanged after %.30s…", c, change)
+		d := digests(src)
+		if maps.Equal(d, prev) {
+			t.Errorf("digests unchanged after %.60s…", change)
 		}
-		prev = c
+		prev = d
 	}
 
 	pgtest.Exec(t, url, `CREATE VIEW runs_view AS SELECT * FROM collection_runs`)
@@ -375,7 +390,7 @@ func TestRunsChangesFollowsTheRunsTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer view.Close()
-	if c, err := view.RunsChanges(ctx); err != nil || c != "" {
-		t.Errorf("a view: fingerprint %q, %v; want none", c, err)
+	if d := digests(view); !maps.Equal(d, prev) {
+		t.Errorf("a view of the runs: digests %v, want the table's %v", d, prev)
 	}
 }

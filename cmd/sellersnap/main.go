@@ -727,14 +727,18 @@ func toolVersion() string {
 	return "dev"
 }
 
-// repairLatest prints each latest.json it rewrote (or would have).
+// repairLatest prints each manifest it would not follow, and why, and each
+// latest.json it rewrote (or would have).
 func repairLatest(ctx context.Context, r *pipeline.Runner, jobs []*pipeline.Job, stdout io.Writer, dryRun bool) error {
 	verb := "repaired"
 	if dryRun {
 		verb = "would repair"
 	}
 	for _, job := range jobs {
-		repairs, err := r.RepairLatest(ctx, job, dryRun)
+		repairs, rejections, err := r.RepairLatest(ctx, job, dryRun)
+		for _, rej := range rejections {
+			fmt.Fprintf(stdout, "%s: rejected %s\n  %s\n", job.Name, rej.Manifest, rej.Why)
+		}
 		for _, rep := range repairs {
 			was := rep.Was
 			if was == "" {

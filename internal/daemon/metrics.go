@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/pipeline"
 )
 
@@ -30,6 +31,7 @@ import (
 //	sellersnap_latest_failures_total{job}           latest.json pointers that could not be updated
 //	sellersnap_reruns_total{job,status}             attempts at declared reruns, by status after them: applied, incomplete, running
 //	sellersnap_pass_failures_total{job,reason}      passes that failed: bucket, database, schema, conflict, other
+//	sellersnap_state_corrections_total{job,reason}  export states not believed: clock, missing_manifest
 //	sellersnap_dependency_up{dependency,job}        1 if PostgreSQL (job="") or the job's bucket answered the last check
 //	sellersnap_schedule_interval_seconds{job,mode}  time between the job's next two ticks (for "no success in 2 × schedule")
 //
@@ -52,6 +54,7 @@ type Metrics struct {
 	latestFails *prometheus.CounterVec
 	reruns      *prometheus.CounterVec
 	passFails   *prometheus.CounterVec
+	corrections *prometheus.CounterVec
 	up          *prometheus.GaugeVec
 	interval    *prometheus.GaugeVec
 
@@ -93,11 +96,12 @@ func NewMetrics() *Metrics {
 	m.coalesced = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_ticks_coalesced_total", Help: "Schedule ticks merged into an already queued pass."}, job)
 	m.reruns = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_reruns_total", Help: "Attempts at declared reruns (pipeline.yaml reruns:), by status after the attempt."}, append(slices.Clone(job), "status"))
 	m.latestFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_latest_failures_total", Help: "latest.json pointers that could not be updated (the export itself succeeded)."}, job)
+	m.corrections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_state_corrections_total", Help: "Export states not believed and corrected, by reason: clock (a watermark after the database's clock), missing_manifest (a run listed as exported without its manifest)."}, []string{"job", "reason"})
 	m.passFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_pass_failures_total", Help: "Passes of a job that failed, by reason: bucket, database, schema, conflict, other."}, []string{"job", "reason"})
 	m.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_dependency_up", Help: "1 if the dependency answered the last check: PostgreSQL (job=\"\") or a job's bucket."}, []string{"dependency", "job"})
 	m.interval = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_schedule_interval_seconds", Help: "Time between the job's next two schedule ticks."}, []string{"job", "mode"})
 	m.Registry.MustRegister(m.runs, m.rows, m.bytes, m.duration, m.lastSuccess, m.backlog, m.oldest,
-		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.reruns, m.passFails, m.up, m.interval,
+		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.reruns, m.passFails, m.corrections, m.up, m.interval,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -121,6 +125,11 @@ func (m *Metrics) InitJobs(jobs []*pipeline.Job) {
 		}
 		for _, r := range pipeline.FailureReasons() {
 			m.passFails.WithLabelValues(j.Name, r)
+		}
+		if j.Mode == config.ModePerRun {
+			for _, r := range []string{"clock", "missing_manifest"} {
+				m.corrections.WithLabelValues(j.Name, r)
+			}
 		}
 		m.duration.WithLabelValues(j.Name)
 		m.lastSuccess.WithLabelValues(j.Name)
@@ -217,6 +226,11 @@ func (m *Metrics) RerunApplied(job, status string) {
 }
 
 // LatestFailed implements pipeline.Observer.
+// StateCorrected counts an export state the pass corrected.
+func (m *Metrics) StateCorrected(job, reason string) {
+	m.corrections.WithLabelValues(job, reason).Inc()
+}
+
 func (m *Metrics) LatestFailed(job string) {
 	if m == nil {
 		return
