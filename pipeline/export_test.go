@@ -1215,3 +1215,36 @@ func TestManifestOfAnotherJobIsAConflict(t *testing.T) {
 		}
 	}
 }
+
+// TestAPanicFailsItsUnitOnly: a panic in an export's own goroutine (here
+// just before its first commit) fails that unit with a *PanicError naming
+// it; the other units of the pass are exported, and the next pass
+// exports the failed one.
+func TestAPanicFailsItsUnitOnly(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("new-sellers")
+	plan, err := f.Runner.Plan(ctx, job)
+	if err != nil || len(plan) < 2 {
+		t.Fatalf("plan: %d units, %v; want 2 or more", len(plan), err)
+	}
+	panicked := false
+	pipeline.SetBeforeCommit(f.Runner, func() {
+		if !panicked {
+			panicked = true
+			panic("failed to write magic number")
+		}
+	})
+	res, err := f.Runner.Once(ctx, job)
+	var pe *pipeline.PanicError
+	if !errors.As(err, &pe) || !strings.Contains(err.Error(), plan[0].RunID) {
+		t.Fatalf("err = %v; want a PanicError naming run %s", err, plan[0].RunID)
+	}
+	if res.Failed != 1 || len(res.Exported) != len(plan)-1 {
+		t.Errorf("failed %d, exported %d; want 1 and %d", res.Failed, len(res.Exported), len(plan)-1)
+	}
+	res, err = f.Runner.Once(ctx, job)
+	if err != nil || len(res.Exported) != 1 || res.Exported[0].RunID != plan[0].RunID {
+		t.Errorf("next pass: %+v, %v; want run %s exported", res, err, plan[0].RunID)
+	}
+}

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -65,7 +66,12 @@ func (o *output) Write(rec arrow.Record) error {
 		if off > 0 || n < rec.NumRows() {
 			piece = rec.NewSlice(off, off+n)
 		}
-		err := p.enc.Write(piece)
+		// A panic of the encoder (Arrow's Parquet writer when the disk
+		// is full) fails the export naming the file, like an error.
+		err := guard(func() error { return p.enc.Write(piece) })
+		if _, ok := err.(*PanicError); ok {
+			err = fmt.Errorf("%s: write %s: %w", o.format.Name(), p.obj.Key(), err)
+		}
 		if piece != rec {
 			piece.Release()
 		}
@@ -183,10 +189,17 @@ func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, f
 		if err != nil {
 			return nil, err
 		}
-		enc, err := f.NewEncoder(obj, schema)
+		var enc sinks.Encoder
+		// Arrow's Parquet writer panics when it cannot write its header
+		// (a nearly full disk): an error naming the key, like any other.
+		err = guard(func() error {
+			var err error
+			enc, err = f.NewEncoder(obj, schema)
+			return err
+		})
 		if err != nil {
 			obj.Abort()
-			return nil, err
+			return nil, fmt.Errorf("%s: start %s: %w", f.Name(), key, err)
 		}
 		return &part{obj: obj, enc: enc}, nil
 	}

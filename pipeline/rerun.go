@@ -133,9 +133,11 @@ func (r *Runner) RerunSelection(ctx context.Context, job *Job, sel Selection, op
 		}
 		var m *Manifest
 		err := r.retry(ctx, job.Name, u.logAttrs(), func() error {
-			var err error
-			m, err = r.exportLocked(ctx, bucket, u, true)
-			return err
+			return guard(func() error {
+				var err error
+				m, err = r.exportLocked(ctx, bucket, u, true)
+				return err
+			})
 		})
 		switch {
 		case errors.Is(err, errExportedElsewhere):

@@ -262,9 +262,11 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 		r.observer().Backlog(job.Name, len(units)-i, r.now().Sub(u.run.CompletedAt))
 		var m *Manifest
 		err := r.retry(ctx, job.Name, u.logAttrs(), func() error {
-			var err error
-			m, err = r.exportLocked(ctx, bucket, u, force)
-			return err
+			return guard(func() error {
+				var err error
+				m, err = r.exportLocked(ctx, bucket, u, force)
+				return err
+			})
 		})
 		if errors.Is(err, errExportedElsewhere) {
 			res.Skipped++
@@ -274,7 +276,7 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 		if err != nil {
 			res.Failed++
 			r.failed(u, err)
-			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...) // the attributes name the unit
+			r.logFailure(u, err)
 			if force {
 				// A failed rerun removed the run's manifest: the state
 				// must not keep counting it as exported.
@@ -292,6 +294,15 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 		r.observer().Backlog(job.Name, res.Failed, 0)
 	}
 	return res, errors.Join(errs...)
+}
+
+// logFailure logs a failed unit once: with the stack when it panicked.
+func (r *Runner) logFailure(u unit, err error) {
+	if pe, ok := errors.AsType[*PanicError](err); ok {
+		r.logger().Error("panic in export; the unit is marked failed", append(u.logAttrs(), "err", err, "stack", string(pe.Stack))...)
+		return
+	}
+	r.logger().Error("export failed", append(u.logAttrs(), "err", err)...) // the attributes name the unit
 }
 
 // exportLocked reads one unit (a run, or an org's snapshot for a date) in
@@ -365,9 +376,11 @@ func (r *Runner) full(ctx context.Context, job *Job, date string, force bool) (R
 		var m *Manifest
 		if err == nil { // a conflict fails the org without an attempt
 			err = r.retry(ctx, job.Name, u.logAttrs(), func() error {
-				var err error
-				m, err = r.exportLocked(ctx, bucket, u, force)
-				return err
+				return guard(func() error {
+					var err error
+					m, err = r.exportLocked(ctx, bucket, u, force)
+					return err
+				})
 			})
 		}
 		if errors.Is(err, errExportedElsewhere) {
@@ -378,7 +391,7 @@ func (r *Runner) full(ctx context.Context, job *Job, date string, force bool) (R
 		if err != nil {
 			res.Failed++
 			r.failed(u, err)
-			r.logger().Error("export failed", append(u.logAttrs(), "err", err)...) // the attributes name the unit
+			r.logFailure(u, err)
 			errs = append(errs, unitError(u, err))
 			continue
 		}

@@ -102,10 +102,21 @@ func (s *stages) run(ctx context.Context, cancel context.CancelCauseFunc) error 
 	for i := range fans {
 		fans[i] = make(chan arrow.Record, 1)
 	}
-	g.Go(func() error { return s.extract(ctx, fail, extracted) })
-	g.Go(func() error { return s.transform(ctx, fail, extracted, fans) })
+	// A stage that panics fails the export like one that returns an
+	// error: its deferred close runs, and the others are cancelled.
+	stage := func(f func() error) func() error {
+		return func() error {
+			err := guard(f)
+			if _, ok := err.(*PanicError); ok {
+				return fail(err)
+			}
+			return err
+		}
+	}
+	g.Go(stage(func() error { return s.extract(ctx, fail, extracted) }))
+	g.Go(stage(func() error { return s.transform(ctx, fail, extracted, fans) }))
 	for i, sk := range s.sinks {
-		g.Go(func() error { return encode(ctx, fail, sk, fans[i]) })
+		g.Go(stage(func() error { return encode(ctx, fail, sk, fans[i]) }))
 	}
 	err := g.Wait()
 	// A stage that stopped early may have left records in a channel.
@@ -191,9 +202,8 @@ func encode(ctx context.Context, fail func(error) error, sk *sink, in <-chan arr
 	t0 := time.Now()
 	for rec := range in {
 		since(&t.waitIn, &t0)
-		err := sk.enc.Write(rec)
 		sk.rows += rec.NumRows()
-		rec.Release()
+		err := writeRecord(sk.enc, rec)
 		since(&t.work, &t0)
 		if err != nil {
 			return fail(err)
@@ -209,6 +219,12 @@ func encode(ctx context.Context, fail func(error) error, sk *sink, in <-chan arr
 		return fail(err)
 	}
 	return nil
+}
+
+// writeRecord writes rec and releases it, also when the encoder panics.
+func writeRecord(enc encoder, rec arrow.Record) error {
+	defer rec.Release()
+	return enc.Write(rec)
 }
 
 // project is the transform stage: it gives rec the output schema (renamed

@@ -60,6 +60,12 @@ func (w *failingWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// panickingWriter panics on its first write, as Arrow's Parquet writer does
+// when it cannot write its magic number (a nearly full disk).
+type panickingWriter struct{}
+
+func (panickingWriter) Write([]byte) (int, error) { panic("failed to write magic number") }
+
 func newSinks(t *testing.T, w ...io.Writer) []*sink {
 	var out []*sink
 	for i, wr := range w {
@@ -101,6 +107,9 @@ func TestStages(t *testing.T) {
 		{name: "encoder error at flush", records: 5, readErr: io.EOF, writers: func() []io.Writer {
 			return []io.Writer{&failingWriter{after: 0}, &bytes.Buffer{}, &bytes.Buffer{}}
 		}, wantMsg: "disk full"},
+		{name: "encoder panics", records: 2000, readErr: io.EOF, writers: func() []io.Writer {
+			return []io.Writer{&bytes.Buffer{}, &bytes.Buffer{}, panickingWriter{}}
+		}, wantMsg: "panic in export: failed to write magic number"},
 		{name: "cancelled", records: 1000, readErr: io.EOF, cancel: true, want: context.Canceled},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -534,6 +534,7 @@ func lastLine(s string) string {
 // size limit on the process (RLIMIT_FSIZE, EFBIG; always). Pass: `once`
 // exits 1 naming the key and the cause; no final object without its
 // manifest, no temporary files; what was published before stays intact.
+
 func TestFaultDiskFull(t *testing.T) {
 	skipShort(t)
 	dbURL := loadDemo(t, 20000, 4)
@@ -550,6 +551,28 @@ func TestFaultDiskFull(t *testing.T) {
 			t.Cleanup(func() { _ = syscall.Unmount(dir, 0) })
 			return dir, nil
 		}, "no space left on device"},
+		{"tmpfs with 3 free pages", func(t *testing.T) (string, []string) {
+			// A few free pages: the first files open, Arrow's Parquet
+			// writer cannot write its magic number and panics.
+			dir := t.TempDir()
+			if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=2m"); err != nil {
+				t.Skipf("cannot mount a tmpfs here (%v)", err)
+			}
+			t.Cleanup(func() { _ = syscall.Unmount(dir, 0) })
+			var st syscall.Statfs_t
+			if err := syscall.Statfs(dir, &st); err != nil {
+				t.Fatal(err)
+			}
+			free := int64(st.Bavail) * st.Bsize
+			if err := os.WriteFile(filepath.Join(dir, "filler"), make([]byte, free-3*4096), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			bucket := filepath.Join(dir, "bucket")
+			if err := os.Mkdir(bucket, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			return bucket, nil
+		}, "no space left on device|panic in export"},
 		{"file size limit", func(t *testing.T) (string, []string) {
 			return t.TempDir(), []string{"SELLERSNAP_TEST_FSIZE=" + fmt.Sprint(1<<20)}
 		}, "file too large"},
@@ -566,7 +589,10 @@ func TestFaultDiskFull(t *testing.T) {
 			if code := cmd.ProcessState.ExitCode(); code != 1 {
 				t.Fatalf("exit %d (%v), want 1:\n%s", code, err, log)
 			}
-			if !strings.Contains(log.String(), tc.cause) || !regexp.MustCompile(`sellers_[0-9-]+_run-[0-9a-f]{8}\.(csv|ndjson|parquet)`).MatchString(log.String()) {
+			if strings.Contains(log.String(), "\npanic: ") {
+				t.Errorf("the process crashed:\n%s", log)
+			}
+			if !regexp.MustCompile(tc.cause).MatchString(log.String()) || !regexp.MustCompile(`sellers_[0-9-]+_run-[0-9a-f]{8}\.(csv|ndjson|parquet)`).MatchString(log.String()) {
 				t.Errorf("the error does not name the key and %q:\n%s", tc.cause, log)
 			}
 			got := readTree(t, dir)

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -269,6 +270,9 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 		var res pipeline.Result
 		res, err = d.Runner.Once(ctx, job)
 		failedUnits = res.Failed
+	}
+	if _, ok := errors.AsType[*pipeline.PanicError](err); ok {
+		d.Metrics.panicked(job.Name) // the unit's failure is logged with the stack
 	}
 	switch {
 	case err != nil && ctx.Err() == nil:
