@@ -227,7 +227,7 @@ type stopAfter struct {
 	runs []string
 }
 
-func (o *stopAfter) ExportStarted(string) func() { return func() {} }
+func (o *stopAfter) ExportStarted(string) func()   { return func() {} }
 func (o *stopAfter) StateCorrected(string, string) {}
 func (o *stopAfter) Exported(e pipeline.Export, m *pipeline.Manifest) {
 	o.runs = append(o.runs, m.RunID)
