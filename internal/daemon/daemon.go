@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/net/netutil"
 
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/pipeline"
@@ -82,8 +81,9 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 			return fmt.Errorf("listen %s: %w", d.Listen, err)
 		}
 		d.addr = ln.Addr()
-		ln = netutil.LimitListener(ln, HTTPMaxConns)
+		limit := newConnLimiter(HTTPMaxConns)
 		srv = &http.Server{
+			ConnState:         limit.hook,
 			Handler:           d.Handler(),
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       10 * time.Second,
@@ -132,10 +132,10 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 }
 
 // The HTTP side is bounded so that no client, however many connections it
-// opens or holds, can take the file descriptors and memory exports need:
-// at most HTTPMaxConns connections are served at once (more wait in the
-// kernel's accept queue, costing the process nothing), and a connection
-// idle for HTTPIdleTimeout is closed.
+// opens or holds, can take the file descriptors and memory exports need,
+// or keep a liveness probe waiting: at most HTTPMaxConns connections are
+// open at once, a new one closing the oldest that waits for a request
+// (connLimiter), and a connection idle for HTTPIdleTimeout is closed.
 const (
 	HTTPMaxConns    = 32
 	HTTPIdleTimeout = 20 * time.Second
