@@ -68,11 +68,13 @@ FUZZ_CSV      ?= 20000x
 FUZZ_NDJSON   ?= 10000x
 FUZZ_KEYS     ?= 200000x
 FUZZ_CONFIG   ?= 40000x
+FUZZ_REDACT   ?= 30000x
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzCSV$$' -fuzztime $(or $(FUZZTIME),$(FUZZ_CSV)) ./sinks
 	$(GO) test -run '^$$' -fuzz '^FuzzNDJSON$$' -fuzztime $(or $(FUZZTIME),$(FUZZ_NDJSON)) ./sinks
 	$(GO) test -run '^$$' -fuzz '^FuzzExecute$$' -fuzztime $(or $(FUZZTIME),$(FUZZ_KEYS)) ./internal/keys
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(or $(FUZZTIME),$(FUZZ_CONFIG)) ./config
+	$(GO) test -run '^$$' -fuzz '^FuzzRedact$$' -fuzztime $(or $(FUZZTIME),$(FUZZ_REDACT)) ./sinks
 
 # The container image, offline: bin/sellersnap-image.tar (an OCI image layout; load it
 # with podman load, skopeo copy oci-archive:…, or docker load on Docker 25+). The

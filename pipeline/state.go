@@ -234,8 +234,8 @@ func (r *Runner) reconcile(ctx context.Context, snap *sources.Snapshot, d *disco
 	if err != nil {
 		return err
 	}
-	d.seed = cmp.Or(rand.Int64(), 1)
-	if _, d.digests, err = snap.RunDigests(ctx, d.seed, d.watermark, d.watermark); err != nil {
+	d.seed = cmp.Or(rand.Int64N(1<<40), 1)
+	if d.digests, err = snap.DayDigests(ctx, d.seed, time.Time{}, d.watermark); err != nil {
 		return err
 	}
 	objs, err := d.bucket.List(ctx, d.job.Layout.Prefix(), "/"+ManifestName)
@@ -313,15 +313,29 @@ func (st *runState) exportedSet() func(sources.Run) bool {
 // lists as exported, which must still have one).
 func (r *Runner) incremental(ctx context.Context, snap *sources.Snapshot, d *discovery) error {
 	d.seed = d.prev.Seed
-	below, all, err := snap.RunDigests(ctx, d.seed, d.prev.Watermark, d.watermark)
+	// One pass over the runs up to the watermark; grouped by day only
+	// when they changed, to find the days.
+	total, err := snap.RunsDigest(ctx, d.seed, d.prev.Watermark)
 	if err != nil {
 		return err
 	}
-	d.digests = all
-	changed := changedDays(d.prev.Digests, below)
-	if len(changed) > 0 {
+	below := d.prev.Digests
+	var changed []string
+	if total != sumDigests(d.prev.Digests) {
+		if below, err = snap.DayDigests(ctx, d.seed, time.Time{}, d.prev.Watermark); err != nil {
+			return err
+		}
+		changed = changedDays(d.prev.Digests, below)
 		r.logger().Info("completed runs changed below the export watermark; checking those days' runs",
 			"job", d.job.Name, "watermark", d.prev.Watermark, "days", changed)
+	}
+	recent, err := snap.DayDigests(ctx, d.seed, d.prev.Watermark, d.watermark)
+	if err != nil {
+		return err
+	}
+	d.digests = maps.Clone(below)
+	for day, dg := range recent {
+		d.digests[day] = d.digests[day].Add(dg)
 	}
 	onDays, err := snap.CompletedRunsOnDays(ctx, changed, d.prev.Watermark)
 	if err != nil {
@@ -382,6 +396,15 @@ func (r *Runner) incremental(ctx context.Context, snap *sources.Snapshot, d *dis
 	return nil
 }
 
+// sumDigests is the digest of every day's runs together.
+func sumDigests(days map[string]sources.RunDigest) sources.RunDigest {
+	total := sources.RunDigest{Sum: "0"}
+	for _, dg := range days {
+		total = total.Add(dg)
+	}
+	return total
+}
+
 // changedDays lists, sorted, the days whose digest in now differs from
 // the one in then.
 func changedDays(then, now map[string]sources.RunDigest) []string {
@@ -408,6 +431,9 @@ func (d *discovery) next(res Result) *runState {
 	st := &runState{StateVersion: stateVersion, Job: d.job.Name, Path: d.job.Layout.String(), Timezone: d.job.Location.String(),
 		Watermark: d.watermark, Seed: d.seed, Digests: d.digests,
 		Pending: []string{}, Exported: []string{}, ReconciledAt: d.now.UTC(), UpdatedAt: d.now.UTC()}
+	if st.Digests == nil {
+		st.Digests = map[string]sources.RunDigest{} // no runs yet: still a digest
+	}
 	if d.prev != nil && !d.reconciled {
 		st.ReconciledAt = d.prev.ReconciledAt
 	}

@@ -19,35 +19,94 @@ var safeParams = map[string]bool{
 	"dir_file_mode": true, "s3ForcePathStyle": true, "disableSSL": true, "rate_limiter_capacity": true,
 }
 
+// secretParams are bucket URL query parameters known to hold credentials:
+// their names are shown, their values never. A parameter that is neither
+// safe nor known is hidden whole, name included (a name may be a secret
+// typed in the wrong place, or the tail of a secret holding '&').
+var secretParams = map[string]bool{
+	"sas_token": true, "token": true, "access_key_id": true, "secret_access_key": true, "session_token": true,
+	"access_key": true, "secret_key": true, "account_key": true, "key": true, "password": true,
+	"client_secret": true, "credentials_file": true, "credentials": true, "sig": true, "signature": true,
+}
+
 // Redact drops the user info and the values of parameters that may hold
-// credentials from a bucket URL, for logs, errors and pages.
+// credentials from a bucket URL, for logs, errors and pages. It works on
+// the string as written, without parsing it, so a URL that url.Parse
+// rejects, or that it reads otherwise than a driver does (a value with no
+// scheme, an unclosed IPv6 bracket, a stray '%'), loses its secrets too:
+// the user info before the last '@' of the authority, every value of a
+// parameter not known to be safe, the user info inside a safe one
+// (endpoint=user:pass@host, encoded or not), and the fragment.
 func Redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	u.User = nil
-	if u.RawQuery != "" {
-		q := u.Query()
-		for k, vs := range q {
-			for i, v := range vs {
-				if !safeParams[k] {
-					vs[i] = "REDACTED"
-				} else if inner, err := url.Parse(v); err == nil && inner.User != nil {
-					inner.User = nil
-					vs[i] = inner.String()
-				}
+	rest, _, hasFrag := strings.Cut(rawURL, "#")
+	base, query, hasQuery := strings.Cut(rest, "?")
+	out := stripUserinfo(base)
+	if hasQuery {
+		parts := strings.Split(query, "&")
+		for i, kv := range parts {
+			k, v, hasValue := strings.Cut(kv, "=")
+			key, err := url.QueryUnescape(k)
+			switch {
+			case err != nil || !safeParams[key] && !secretParams[key]:
+				parts[i] = "REDACTED"
+			case secretParams[key] || !hasValue:
+				parts[i] = k + "=REDACTED"
+			default:
+				parts[i] = k + "=" + redactValue(v)
 			}
 		}
-		u.RawQuery = q.Encode()
+		out += "?" + strings.Join(parts, "&")
 	}
-	return u.String()
+	if hasFrag {
+		out += "#REDACTED"
+	}
+	return out
+}
+
+// stripUserinfo drops what comes before the last '@' of s's authority:
+// after "scheme://" (or from the start, without one) up to the first '/'.
+func stripUserinfo(s string) string {
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		scheme, rest = "", s
+	}
+	auth, path := rest, ""
+	if j := strings.IndexByte(rest, '/'); j >= 0 {
+		auth, path = rest[:j], rest[j:]
+	}
+	if at := strings.LastIndexByte(auth, '@'); at >= 0 {
+		auth = auth[at+1:]
+	}
+	if ok {
+		return scheme + "://" + auth + path
+	}
+	return auth + path
+}
+
+// redactValue is the value of a safe parameter without user info: a value
+// that holds an '@' (in any spelling) is decoded, loses the user info of
+// its authority, and is encoded again; one that cannot be decoded, or
+// that still holds an '@' after that, is hidden.
+func redactValue(v string) string {
+	if !strings.Contains(v, "@") && !strings.Contains(strings.ToLower(v), "%40") {
+		return v
+	}
+	dec, err := url.QueryUnescape(v)
+	if err != nil {
+		return "REDACTED"
+	}
+	clean := stripUserinfo(dec)
+	if strings.Contains(clean, "@") || strings.Contains(strings.ToLower(clean), "%40") {
+		return "REDACTED"
+	}
+	return url.QueryEscape(clean)
 }
 
 // urlSecrets lists the strings of rawURL that Redact hides, in every
 // spelling an error message may carry them (as written, escaped,
 // unescaped), longest first. Strings shorter than 3 bytes are left out:
-// replacing them would garble messages and protect nothing.
+// replacing them would garble messages and protect nothing. Like Redact,
+// it does not parse the URL.
 func urlSecrets(rawURL string) []string {
 	var out []string
 	add := func(s string) {
@@ -56,48 +115,64 @@ func urlSecrets(rawURL string) []string {
 				out = append(out, v)
 			}
 		}
-		if un, err := url.QueryUnescape(s); err == nil && len(un) >= 3 {
-			out = append(out, un)
+		// Unescaped once and twice (a value escaped twice over).
+		for _, unescape := range []func(string) (string, error){url.QueryUnescape, url.PathUnescape} {
+			v := s
+			for range 2 {
+				un, err := unescape(v)
+				if err != nil || un == v {
+					break
+				}
+				if len(un) >= 3 {
+					out = append(out, un)
+				}
+				v = un
+			}
 		}
 	}
-	userinfo := func(u *url.Userinfo) {
-		if u == nil {
+	// userinfo adds what comes before the last '@' of s's authority, and
+	// its user and password.
+	userinfo := func(s string) {
+		_, rest, ok := strings.Cut(s, "://")
+		if !ok {
+			rest = s
+		}
+		if j := strings.IndexByte(rest, '/'); j >= 0 {
+			rest = rest[:j]
+		}
+		at := strings.LastIndexByte(rest, '@')
+		if at < 0 {
 			return
 		}
-		add(u.String())
-		add(u.Username())
-		if p, ok := u.Password(); ok {
-			add(p)
-		}
-	}
-	// The raw query, before parsing: a value may not survive it intact.
-	_, rest, _ := strings.Cut(rawURL, "://")
-	if at := strings.LastIndex(strings.SplitN(rest, "/", 2)[0], "@"); at >= 0 {
 		add(rest[:at])
 		if user, pass, ok := strings.Cut(rest[:at], ":"); ok {
 			add(user)
 			add(pass)
 		}
 	}
-	if _, rawQuery, ok := strings.Cut(rawURL, "?"); ok {
-		for _, kv := range strings.Split(rawQuery, "&") {
-			k, v, _ := strings.Cut(kv, "=")
-			key, err := url.QueryUnescape(k)
-			if err != nil || !safeParams[key] {
-				add(v)
-				continue
-			}
-			val, err := url.QueryUnescape(v)
-			if err != nil {
-				val = v
-			}
-			if inner, err := url.Parse(val); err == nil {
-				userinfo(inner.User)
-			}
-		}
+	rest, frag, hasFrag := strings.Cut(rawURL, "#")
+	if hasFrag {
+		add(frag)
 	}
-	if u, err := url.Parse(rawURL); err == nil {
-		userinfo(u.User)
+	base, query, _ := strings.Cut(rest, "?")
+	userinfo(base)
+	for _, kv := range strings.Split(query, "&") {
+		if kv == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		key, err := url.QueryUnescape(k)
+		if err != nil || !safeParams[key] {
+			if err != nil || !secretParams[key] {
+				add(k)
+			}
+			add(v)
+			continue
+		}
+		userinfo(v)
+		if dec, err := url.QueryUnescape(v); err == nil {
+			userinfo(dec)
+		}
 	}
 	slices.SortFunc(out, func(a, b string) int { return cmp.Compare(len(b), len(a)) })
 	return slices.Compact(out)

@@ -641,66 +641,73 @@ func (s *Snapshot) Orgs(ctx context.Context, f Filter) ([]string, error) {
 }
 
 // RunDigest sums up a set of completed runs: how many, and the sum of a
-// 64-bit hash (PostgreSQL's hashtextextended, with a seed) of each run's
-// id, org and completed_at. Two sets with the same digest are the same set
-// but for a hash collision: a run added, removed, moved to another day or
-// org, and a deletion paired with an insertion (which keeps a count)
-// change it.
+// 64-bit hash of each run's id, org and completed_at (PostgreSQL's own
+// hash functions for uuid and timestamp, with a seed). Two sets with the
+// same digest are the same set but for a hash collision: a run added,
+// removed, moved to another day or org, and a deletion paired with an
+// insertion (which keeps a count) change it.
 type RunDigest struct {
 	Runs int64  `json:"runs"`
 	Sum  string `json:"sum"` // a decimal integer
 }
 
-// RunDigests returns, by day of completed_at (UTC, YYYY-MM-DD), the digest
-// of the completed runs up to upTo and of those up to through. One scan of
-// the completed runs: index-only with an index on (status, completed_at)
-// INCLUDE (id, org_id), else of the table; it reads the runs table and
-// every table that inherits from it, and does not rest on any statistic.
-func (s *Snapshot) RunDigests(ctx context.Context, seed int64, upTo, through time.Time) (below, all map[string]RunDigest, err error) {
+// Add returns the digest of the runs of d and e together.
+func (d RunDigest) Add(e RunDigest) RunDigest {
+	a, _ := new(big.Int).SetString(cmp.Or(d.Sum, "0"), 10)
+	b, _ := new(big.Int).SetString(cmp.Or(e.Sum, "0"), 10)
+	return RunDigest{Runs: d.Runs + e.Runs, Sum: a.Add(a, b).String()}
+}
+
+// runHash is the 64-bit hash of one run in a RunDigest ($2 is the seed).
+const runHash = `(uuid_hash_extended(id, $2) # uuid_hash_extended(coalesce(org_id, '00000000-0000-0000-0000-000000000000'), $2 + 1) # timestamp_hash_extended(completed_at AT TIME ZONE 'UTC', $2 + 2))`
+
+// RunsDigest returns the digest of every completed run up to upTo: one
+// pass over the runs, no grouping (index-only with an index on (status,
+// completed_at) INCLUDE (id, org_id)). It reads the runs table and every
+// table that inherits from it, and rests on no statistic.
+func (s *Snapshot) RunsDigest(ctx context.Context, seed int64, upTo time.Time) (RunDigest, error) {
 	ctx, cancel := bound(ctx, s.cfg)
 	defer cancel()
-	q := fmt.Sprintf(`SELECT floor(extract(epoch FROM completed_at) / 86400)::int8,
-			completed_at <= $2, completed_at <= $3, count(*),
-			sum(hashtextextended(id::text || '/' || coalesce(org_id::text, '') || '/' || (extract(epoch FROM completed_at) * 1000000)::int8::text, $4))::text
-		FROM %s WHERE %s AND completed_at <= greatest($2, $3)
-		GROUP BY 1, 2, 3`, pgx.Identifier{s.cfg.Schema, s.cfg.RunsTable}.Sanitize(), completedWhere)
-	rows, err := s.tx.Query(ctx, q, s.cfg.CompletedStatus, upTo, through, seed)
+	q := fmt.Sprintf(`SELECT count(*), coalesce(sum(%s), 0)::text FROM %s WHERE %s AND completed_at <= $3`,
+		runHash, pgx.Identifier{s.cfg.Schema, s.cfg.RunsTable}.Sanitize(), completedWhere)
+	var d RunDigest
+	if err := s.tx.QueryRow(ctx, q, s.cfg.CompletedStatus, seed, upTo).Scan(&d.Runs, &d.Sum); err != nil {
+		return d, fmt.Errorf("digest runs: %w", err)
+	}
+	return d, nil
+}
+
+// DayDigests returns, by day of completed_at (UTC, YYYY-MM-DD), the digest
+// of the completed runs after after (the zero time: from the first) and
+// up to upTo.
+func (s *Snapshot) DayDigests(ctx context.Context, seed int64, after, upTo time.Time) (map[string]RunDigest, error) {
+	ctx, cancel := bound(ctx, s.cfg)
+	defer cancel()
+	var from *time.Time
+	if !after.IsZero() {
+		from = &after
+	}
+	q := fmt.Sprintf(`SELECT to_char((completed_at AT TIME ZONE 'UTC')::date, 'YYYY-MM-DD'), count(*), sum(%s)::text
+		FROM %s WHERE %s AND completed_at <= $3 AND ($4::timestamptz IS NULL OR completed_at > $4)
+		GROUP BY 1`, runHash, pgx.Identifier{s.cfg.Schema, s.cfg.RunsTable}.Sanitize(), completedWhere)
+	rows, err := s.tx.Query(ctx, q, s.cfg.CompletedStatus, seed, upTo, from)
 	if err != nil {
-		return nil, nil, fmt.Errorf("digest runs: %w", err)
+		return nil, fmt.Errorf("digest runs by day: %w", err)
 	}
-	defer rows.Close()
-	below, all = map[string]RunDigest{}, map[string]RunDigest{}
-	add := func(m map[string]RunDigest, day string, n int64, sum *big.Int) {
-		d := m[day]
-		total, _ := new(big.Int).SetString(cmp.Or(d.Sum, "0"), 10)
-		m[day] = RunDigest{Runs: d.Runs + n, Sum: total.Add(total, sum).String()}
-	}
+	out := map[string]RunDigest{}
 	for rows.Next() {
-		var (
-			dayN          int64
-			isBelow, isIn bool
-			n             int64
-			sumText       string
-		)
-		if err := rows.Scan(&dayN, &isBelow, &isIn, &n, &sumText); err != nil {
-			return nil, nil, fmt.Errorf("digest runs: %w", err)
+		var day string
+		var d RunDigest
+		if err := rows.Scan(&day, &d.Runs, &d.Sum); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("digest runs by day: %w", err)
 		}
-		sum, ok := new(big.Int).SetString(sumText, 10)
-		if !ok {
-			return nil, nil, fmt.Errorf("digest runs: sum %q is not an integer", sumText)
-		}
-		day := time.Unix(dayN*86400, 0).UTC().Format(time.DateOnly)
-		if isBelow {
-			add(below, day, n, sum)
-		}
-		if isIn {
-			add(all, day, n, sum)
-		}
+		out[day] = d
 	}
 	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("digest runs: %w", err)
+		return nil, fmt.Errorf("digest runs by day: %w", err)
 	}
-	return below, all, nil
+	return out, nil
 }
 
 // CompletedRuns is Postgres.CompletedRuns in the snapshot.

@@ -40,6 +40,9 @@ func TestBucketSecretsNeverPrinted(t *testing.T) {
 		"s3://bkt?region=us-east-1&use_path_style=true&endpoint=http://" + dead + "&sse_key=hunter2secret",
 		"file://u:hunter2secret@example/tmp/x",
 		"azblob://c?protocol=http&domain=" + dead + "&sas=hunter2secret",
+		// Spellings url.Parse does not read as the driver does.
+		"s3://bkt?endpoint=usr:hunter2secret@" + dead + "&region=us-east-1&use_path_style=true",
+		"s3://bkt?endpoint=http://usr:hunter2secret@[::1&region=us-east-1",
 	}
 	for i, d := range destinations {
 		env := map[string]string{"DATABASE_URL": dbURL, "SELLERSNAP_BUCKET": d}

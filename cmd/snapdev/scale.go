@@ -148,14 +148,13 @@ func scaleOne(ctx context.Context, srv *pgtemp.Server, n, orgs int) error {
 	if err := repeat("idle pass", 21, once(0)); err != nil {
 		return err
 	}
-	if err := repeat("the digests of the runs below the watermark (database; every pass reads them)", 21, func() (int, error) {
+	if err := repeat("the digest of the runs below the watermark (database; every pass reads it)", 21, func() (int, error) {
 		snap, err := r.Source.Snapshot(ctx)
 		if err != nil {
 			return 0, err
 		}
 		defer snap.Close(ctx)
-		wm := snap.Time().Add(-time.Hour)
-		_, _, err = snap.RunDigests(ctx, 42, wm, wm)
+		_, err = snap.RunsDigest(ctx, 42, snap.Time().Add(-time.Hour))
 		return 0, err
 	}); err != nil {
 		return err
