@@ -186,3 +186,22 @@ func TestManyMistakesAreCounted(t *testing.T) {
 		t.Errorf("%d lines, last %q", len(lines), lines[len(lines)-1])
 	}
 }
+
+// TestDeclaredRerunOfAnEarlierDayStillLoads: an entry for yesterday (or
+// tomorrow) is not a configuration error: its date rules are judged when
+// it is applied, so a file that held a valid entry yesterday still loads
+// today and a restarted daemon does not crash-loop on it.
+func TestDeclaredRerunOfAnEarlierDayStillLoads(t *testing.T) {
+	for _, day := range []time.Time{time.Now().AddDate(0, 0, -1), time.Now().AddDate(0, 0, 1)} {
+		d := day.UTC().Format(time.DateOnly)
+		yaml := `source: {dsn: "postgres://x@localhost/db"}
+jobs:
+  - {name: full, mode: full, destination: "file:///tmp/full", schedule: "0 2 * * *", timezone: UTC}
+reruns:
+  - {id: fix-1, job: full, from: "` + d + `", to: "` + d + `", reason: "collector bug"}
+`
+		if _, err := config.Parse("p.yaml", []byte(yaml)); err != nil {
+			t.Errorf("an entry for %s: %v", d, err)
+		}
+	}
+}

@@ -104,7 +104,10 @@ func (f *File) validateReruns(bad bad) {
 			bad(p+".job", "%v", err)
 			continue
 		}
-		CheckSelectors(j, r.Runs, r.From, r.To, r.Orgs, r.AllowPast, time.Now(), func(field, format string, args ...any) {
+		// No "today" here: a date rule judges an entry when it is applied
+		// (pipeline), so that an entry valid then stays valid after
+		// midnight and a restarted daemon still loads its file.
+		CheckSelectors(j, r.Runs, r.From, r.To, r.Orgs, r.AllowPast, time.Time{}, func(field, format string, args ...any) {
 			bad(p+"."+field, format, args...)
 		})
 	}
@@ -114,7 +117,9 @@ func (f *File) validateReruns(bad bad) {
 // line or a reruns: entry): run ids for per_run jobs only, dates as
 // YYYY-MM-DD with from ≤ to, org ids as UUIDs, and for full jobs no date
 // after today (in the job's time zone, at now) and none before it unless
-// allowPast. Fields are reported as they are named in a reruns: entry.
+// allowPast; with a zero now, the rules that depend on today are left to
+// the time the rerun is applied. Fields are reported as they are named in
+// a reruns: entry.
 func CheckSelectors(j *Job, runs []string, from, to string, orgs []string, allowPast bool, now time.Time, bad func(field, format string, args ...any)) {
 	if len(runs) == 0 && from == "" && to == "" {
 		bad("runs", "select something: runs (per_run jobs), or from and to (dates)")
@@ -162,6 +167,9 @@ func CheckSelectors(j *Job, runs []string, from, to string, orgs []string, allow
 			bad("allow_past", "only full jobs write a date other than the data's")
 		}
 		return
+	}
+	if now.IsZero() {
+		return // judged when applied
 	}
 	loc := j.Location
 	if loc == nil {

@@ -24,6 +24,11 @@ type Selection struct {
 	From, To  string
 	Orgs      []string
 	AllowPast bool // full jobs: dates before today get today's rows
+	// AsOf is the date (YYYY-MM-DD, the job's time zone) the date rules
+	// judge the selection on: a declared rerun is judged on the day it was
+	// first applied, so that resuming it after midnight is not refused.
+	// Empty: today.
+	AsOf string
 }
 
 // String describes s for logs and records.
@@ -204,7 +209,7 @@ func (r *Runner) rerunUnits(ctx context.Context, job *Job, sel Selection) ([]uni
 		if len(sel.Runs) > 0 || sel.From == "" {
 			return nil, fmt.Errorf("job %s is a full job: rerun dates (from, to)", job.Name)
 		}
-		today := r.now().In(job.Location).Format(time.DateOnly)
+		today := cmp.Or(sel.AsOf, r.now().In(job.Location).Format(time.DateOnly))
 		if sel.To > today {
 			return nil, &FutureDateError{Job: job.Name, Date: sel.To, Today: today, Location: job.Location.String()}
 		}

@@ -243,3 +243,38 @@ func (o *stopAfter) Backlog(string, int, time.Duration) {}
 func (o *stopAfter) RerunApplied(string, string)        {}
 
 var _ = sources.Run{}
+
+// TestDeclaredRerunOfTodayStaysValidAfterMidnight: a full job's entry for
+// today, stopped half-way (a SIGTERM), is resumed the next day and
+// finishes: its date rules were judged when it was first applied, not
+// every day after.
+func TestDeclaredRerunOfTodayStaysValidAfterMidnight(t *testing.T) {
+	f := newFixture(t, "")
+	job := f.Job("full-nightly")
+	today := f.Runner.Now().In(job.Location).Format(time.DateOnly)
+	if _, err := f.Runner.Once(context.Background(), job); err != nil {
+		t.Fatal(err)
+	}
+	d := pipeline.DeclaredRerun{ID: "fix-today", Reason: "collector bug", Selection: pipeline.Selection{From: today, To: today}, Selectors: "v1"}
+	job.Reruns = []pipeline.DeclaredRerun{d}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	f.Runner.Observer = &stopAfter{n: 1, stop: stop}
+	_ = f.Runner.ApplyReruns(ctx, job)
+	f.Runner.Observer = nil
+	rec, err := f.Runner.ReadRerunRecord(context.Background(), job, d)
+	if err != nil || rec == nil || rec.Status == pipeline.RerunApplied {
+		t.Fatalf("after the stop: %+v, %v; want a record not applied yet", rec, err)
+	}
+	now := f.Runner.Now()
+	f.Runner.Now = func() time.Time { return now.Add(24 * time.Hour) }
+	if plan, err := f.Runner.PlanRerun(context.Background(), job, d.Judged(job, rec)); err != nil || len(plan) == 0 {
+		t.Errorf("plan of the resumed entry the next day: %d units, %v", len(plan), err)
+	}
+	if err := f.Runner.ApplyReruns(context.Background(), job); err != nil {
+		t.Fatalf("resumed the next day: %v", err)
+	}
+	if rec, err := f.Runner.ReadRerunRecord(context.Background(), job, d); err != nil || rec.Status != pipeline.RerunApplied {
+		t.Errorf("record after the resume: %+v, %v; want applied", rec, err)
+	}
+}

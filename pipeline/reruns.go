@@ -22,6 +22,18 @@ type DeclaredRerun struct {
 	Selectors string
 }
 
+// Judged is d's selection with the date its date rules are judged on: the
+// day (in job's time zone) it was first applied, as rec says, or today for
+// an entry not applied yet (rec nil). An entry valid when it was applied
+// stays valid after midnight.
+func (d DeclaredRerun) Judged(job *Job, rec *RerunRecord) Selection {
+	sel := d.Selection
+	if rec != nil && !rec.StartedAt.IsZero() {
+		sel.AsOf = rec.StartedAt.In(job.Location).Format(time.DateOnly)
+	}
+	return sel
+}
+
 // RerunRecord is what the bucket keeps of a declared rerun, at
 // RerunRecordKey: the entry, who applied it and when, and the outcome.
 type RerunRecord struct {
@@ -148,7 +160,8 @@ func (r *Runner) applyRerun(ctx context.Context, job *Job, d DeclaredRerun) erro
 	}
 	r.logger().Info("applying a declared rerun", "job", job.Name, "rerun", d.ID, "selection", d.Selection.String(), "reason", d.Reason, "attempt", rec.Attempts)
 	lastLog := time.Now()
-	res, runErr := r.RerunSelection(ctx, job, d.Selection, RerunOptions{ID: d.ID, Progress: func(p RerunProgress) {
+	sel := d.Judged(job, rec)
+	res, runErr := r.RerunSelection(ctx, job, sel, RerunOptions{ID: d.ID, Progress: func(p RerunProgress) {
 		if time.Since(lastLog) < 10*time.Second && p.Done < p.Total {
 			return
 		}

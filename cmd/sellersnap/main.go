@@ -836,7 +836,7 @@ func declaredReruns(ctx context.Context, r *pipeline.Runner, j *pipeline.Job) ([
 			st.Status, st.Units = rec.Status, rec.Units
 		}
 		if rec == nil || rec.Status != pipeline.RerunApplied {
-			p, err := r.PlanRerun(ctx, j, d.Selection)
+			p, err := r.PlanRerun(ctx, j, d.Judged(j, rec))
 			if err != nil {
 				return nil, fmt.Errorf("rerun %s: %w", d.ID, err)
 			}
