@@ -21,7 +21,17 @@ jobs:
 
 func TestShippedConfigLoads(t *testing.T) {
 	t.Setenv("DATABASE_URL", "postgres://u:secret@127.0.0.1/db")
+	// Unset or empty, the destination is an error naming the variable,
+	// never a folder in the working directory.
 	t.Setenv("SELLERSNAP_BUCKET", "")
+	if _, err := config.Load("../pipeline.yaml"); err == nil || !strings.Contains(err.Error(), "SELLERSNAP_BUCKET") {
+		t.Errorf("SELLERSNAP_BUCKET empty: %v; want an error naming it", err)
+	}
+	os.Unsetenv("SELLERSNAP_BUCKET")
+	if _, err := config.Load("../pipeline.yaml"); err == nil || !strings.Contains(err.Error(), "SELLERSNAP_BUCKET") {
+		t.Errorf("SELLERSNAP_BUCKET unset: %v; want an error naming it", err)
+	}
+	t.Setenv("SELLERSNAP_BUCKET", "s3://b?region=eu-west-1")
 	f, err := config.Load("../pipeline.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -33,8 +43,8 @@ func TestShippedConfigLoads(t *testing.T) {
 	if nightly.Mode != config.ModeFull || nightly.Schedule != "0 2 * * *" || nightly.Location.String() != "UTC" {
 		t.Errorf("full-nightly: %+v", nightly)
 	}
-	if f.Jobs[0].Destination != "file://./snapshots" {
-		t.Errorf("destination default: %q", f.Jobs[0].Destination)
+	if f.Jobs[0].Destination != "s3://b?region=eu-west-1" || f.Jobs[1].Destination != "s3://b?region=eu-west-1" {
+		t.Errorf("destination: %q", f.Jobs[0].Destination)
 	}
 	if got := strings.Join(f.Jobs[1].SourceColumns(), ","); got != strings.Join(config.DefaultColumns(), ",") {
 		t.Errorf("default columns: %s", got)
