@@ -148,3 +148,50 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestSIGHUPReloadsTheConfiguration: SIGHUP makes the daemon load its file
+// again and go on with it (a job added by the new file exports); a file
+// with errors is refused with a log line and the daemon goes on as it
+// was; SIGTERM then stops it with exit 0.
+func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
+	skipShort(t)
+	dbURL := pgtest.NewDatabase(t)
+	out, second := t.TempDir(), t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "p.yaml")
+	one := fmt.Sprintf("source: {dsn: %q}\njobs:\n  - {name: new-sellers, mode: per_run, schedule: '@yearly', destination: 'file://%s'}\n", dbURL, out)
+	if err := os.WriteFile(cfg, []byte(one), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd, log := runProcess(t, nil, "run", "-config", cfg, "-listen", freeAddr(t))
+	waitFor(t, 60*time.Second, func() bool { return countManifests(out) >= 10 }, "the start-up backlog", log)
+
+	// A broken file: refused, the daemon goes on.
+	if err := os.WriteFile(cfg, []byte(one+"  - {name: broken, mode: nope}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(log.String(), "not reloading") }, "the refusal", log)
+
+	// A good file with a second job: reloaded, and the new job exports.
+	two := one + fmt.Sprintf("  - {name: again, mode: per_run, schedule: '@yearly', destination: 'file://%s'}\n", second)
+	if err := os.WriteFile(cfg, []byte(two), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, func() bool { return countManifests(second) >= 10 }, "the new job's exports", log)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("after SIGTERM: %v\n%s", err, log)
+	}
+	for _, want := range []string{"SIGHUP: reloading the configuration", "configuration reloaded"} {
+		if !strings.Contains(log.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, log)
+		}
+	}
+}

@@ -71,7 +71,13 @@ func main() {
 	// DefaultAllocator buffers, which every collection empties; with the
 	// pool, the buffers they free are reused (internal/arrowmem).
 	memory.DefaultAllocator = arrowmem.Shared()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP: the daemon reloads its configuration (see reloading); any
+	// other command takes it as it takes SIGTERM.
+	stopSignals := []os.Signal{os.Interrupt, syscall.SIGTERM}
+	if len(os.Args) < 2 || os.Args[1] != "run" {
+		stopSignals = append(stopSignals, syscall.SIGHUP)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(exitCode(err, os.Stderr))
@@ -164,7 +170,49 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer stopProfiles()
+	if cmd == "run" {
+		return reloading(ctx, o.config, logger, func(ctx context.Context) error {
+			return execute(ctx, cmd, o, logger, stdout, stderr)
+		})
+	}
+	return execute(ctx, cmd, o, logger, stdout, stderr)
+}
 
+// reloading runs the daemon (serve) until ctx is done. On SIGHUP it checks
+// the configuration file again: when it loads, the daemon stops as on
+// SIGTERM (exports in flight finish, within the shutdown grace) and starts
+// again with it; when it does not, the error is logged and the daemon goes
+// on with the configuration it has.
+func reloading(ctx context.Context, path string, logger *slog.Logger, serve func(context.Context) error) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- serve(sctx) }()
+	wait:
+		select {
+		case err := <-done:
+			cancel()
+			return err
+		case <-hup:
+			if _, err := config.Load(path, pipeline.CheckConfig, checkDriver); err != nil {
+				logger.Error("SIGHUP: not reloading, the configuration has errors; the daemon goes on with the one it runs", "config", path, "err", err)
+				goto wait
+			}
+			logger.Info("SIGHUP: reloading the configuration; exports in flight finish first", "config", path)
+			cancel()
+			if err := <-done; err != nil || ctx.Err() != nil {
+				return err
+			}
+			logger.Info("configuration reloaded; starting again", "config", path)
+		}
+	}
+}
+
+// execute runs cmd with the configuration at o.config.
+func execute(ctx context.Context, cmd string, o options, logger *slog.Logger, stdout, stderr io.Writer) error {
 	cfg, err := config.Load(o.config, pipeline.CheckConfig, checkDriver)
 	if err != nil {
 		return &configError{err}
