@@ -69,7 +69,9 @@ func (l *Latest) newer(old *Latest) bool {
 // leave the older of the two; the next export corrects it.
 func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit, mkey string, m *Manifest) error {
 	key := u.latestKey(mkey)
-	now := m.Snapshot.ReadAt // the database's clock
+	// The database's clock when the rows were read, give or take a
+	// collector whose clock is a little ahead of it.
+	now := m.Snapshot.ReadAt.Add(clockSlack)
 	if why := future(u.job, m.Date, m.Snapshot.RunCompletedAt, now); why != "" {
 		r.logger().Info("latest.json stays where it is: the export is dated in the future", append(u.logAttrs(), "why", why)...)
 		return nil
@@ -91,7 +93,13 @@ func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit,
 	default:
 		var prev Latest
 		if json.Unmarshal(old, &prev) == nil && prev.Manifest != mkey && !l.newer(&prev) {
-			why, err := r.untrue(ctx, bucket, u.job, &prev, now)
+			// Judged by the clock as it is now: the pointer may name a run
+			// that completed after this export's snapshot began.
+			dbNow, err := r.Source.Now(ctx)
+			if err != nil {
+				return err
+			}
+			why, err := r.untrue(ctx, bucket, u.job, &prev, dbNow.Add(clockSlack))
 			if err != nil {
 				return fmt.Errorf("check %s: %w", key, err)
 			}
@@ -106,6 +114,11 @@ func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit,
 	}
 	return nil
 }
+
+// clockSlack is how far ahead of the database's clock a run's
+// completed_at may be without counting as in the future: a collector that
+// sets it from its own clock.
+const clockSlack = time.Minute
 
 // latestOf is the latest.json that names manifest m at mkey.
 func latestOf(m *Manifest, mkey string) *Latest {
@@ -375,5 +388,5 @@ func (r *Runner) latestFacts(ctx context.Context, job *Job) (map[string]sources.
 			orgs[o] = true
 		}
 	}
-	return runs, orgs, snap.Time(), nil
+	return runs, orgs, snap.Time().Add(clockSlack), nil
 }

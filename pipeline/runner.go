@@ -142,14 +142,17 @@ type Result struct {
 //
 // Then it applies the job's declared reruns not yet applied (ApplyReruns).
 func (r *Runner) Once(ctx context.Context, job *Job) (Result, error) {
-	res, err := r.once(ctx, job)
+	res, err := r.Pass(ctx, job)
 	if len(job.Reruns) > 0 && ctx.Err() == nil {
 		err = errors.Join(err, r.ApplyReruns(ctx, job))
 	}
 	return res, err
 }
 
-func (r *Runner) once(ctx context.Context, job *Job) (Result, error) {
+// Pass is Once without the declared reruns: what job has pending now. The
+// daemon applies the reruns beside its passes, so that a backfill never
+// holds a new run.
+func (r *Runner) Pass(ctx context.Context, job *Job) (Result, error) {
 	if job.Mode == config.ModeFull {
 		return r.Full(ctx, job, r.now().In(job.Location).Format(time.DateOnly))
 	}

@@ -542,7 +542,7 @@ func (r *Runner) repairLatest(ctx context.Context, d *discovery, res Result) {
 			if m, err = readManifest(ctx, d.bucket, mkey); err == nil {
 				// Found, not written by this process: followed only if true.
 				var why string
-				why, err = r.rejected(ctx, d.bucket, d.job, mkey, m, map[string]sources.Run{run.ID: run}, nil, d.watermark.Add(watermarkLag))
+				why, err = r.rejected(ctx, d.bucket, d.job, mkey, m, map[string]sources.Run{run.ID: run}, nil, d.watermark.Add(watermarkLag+clockSlack))
 				switch {
 				case err != nil:
 				case why != "":

@@ -3,6 +3,7 @@ package sources
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -40,3 +41,12 @@ func (l *Listener) Close() { _ = l.conn.Close(context.Background()) }
 
 // Ping checks that the database answers.
 func (p *Postgres) Ping(ctx context.Context) error { return p.pool.Ping(ctx) }
+
+// Now is the database's clock.
+func (p *Postgres) Now(ctx context.Context) (time.Time, error) {
+	var t time.Time
+	if err := p.pool.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&t); err != nil {
+		return t, fmt.Errorf("read the database's clock: %w", err)
+	}
+	return t, nil
+}

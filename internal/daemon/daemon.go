@@ -55,6 +55,9 @@ type Daemon struct {
 type worker struct {
 	job    *pipeline.Job
 	signal chan struct{} // capacity 1: a pending signal coalesces later ones
+	// reruns asks the job's rerun loop to apply its declared reruns; it
+	// runs beside the passes, so that a backfill never holds a new run.
+	reruns chan struct{} // capacity 1, as signal
 	mu     sync.Mutex
 	slot   time.Time // full jobs: the newest slot not yet run
 	first  []string  // per_run jobs: runs named by notifications, exported first
@@ -70,7 +73,7 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 	d.ready = make(chan struct{})
 	d.workers = nil
 	for _, j := range d.Jobs {
-		d.workers = append(d.workers, &worker{job: j, signal: make(chan struct{}, 1)})
+		d.workers = append(d.workers, &worker{job: j, signal: make(chan struct{}, 1), reruns: make(chan struct{}, 1)})
 	}
 	d.mu.Unlock()
 
@@ -114,6 +117,10 @@ func (d *Daemon) Run(ctx, work context.Context) error {
 	}
 	for _, w := range d.workers {
 		wg.Go(func() { d.work(ctx, work, w) })
+		if len(w.job.Reruns) > 0 {
+			wg.Go(func() { d.applyReruns(ctx, work, w) })
+			w.reruns <- struct{}{} // at start-up, whatever the schedule
+		}
 		wg.Go(func() { d.schedule(ctx, w) })
 		d.startUp(w)
 	}
@@ -222,6 +229,33 @@ func (d *Daemon) work(ctx, work context.Context, w *worker) {
 	}
 }
 
+// applyReruns applies w's declared reruns each time a pass of the job
+// asks for it (pipeline.Runner.ApplyReruns: each entry once, across
+// replicas), beside the job's passes: new runs keep their latency while a
+// backfill of any size runs. A failure is logged, and the next pass asks
+// again.
+func (d *Daemon) applyReruns(ctx, work context.Context, w *worker) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.reruns:
+		}
+		err := func() (err error) {
+			defer func() {
+				if p := recover(); p != nil {
+					d.Metrics.panicked(w.job.Name)
+					err = fmt.Errorf("panic: %v\n%s", p, debug.Stack())
+				}
+			}()
+			return d.Runner.ApplyReruns(work, w.job)
+		}()
+		if err != nil && ctx.Err() == nil {
+			d.logger().Warn("declared reruns not applied yet; the next pass tries again", "job", w.job.Name, "err", err)
+		}
+	}
+}
+
 // runJob runs one pass of a job; a panic fails the pass, not the daemon.
 func (d *Daemon) runJob(ctx context.Context, w *worker) {
 	defer func() {
@@ -268,8 +302,14 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 			}
 		}
 		var res pipeline.Result
-		res, err = d.Runner.Once(ctx, job)
+		res, err = d.Runner.Pass(ctx, job)
 		failedUnits = res.Failed
+	}
+	if len(job.Reruns) > 0 {
+		select {
+		case w.reruns <- struct{}{}:
+		default: // already asked
+		}
 	}
 	if _, ok := errors.AsType[*pipeline.PanicError](err); ok {
 		d.Metrics.panicked(job.Name) // the unit's failure is logged with the stack

@@ -374,3 +374,64 @@ func TestDaemonLogsWhatAnOperatorFollows(t *testing.T) {
 		t.Errorf("%d 'stopped' lines, want 1", n)
 	}
 }
+
+// TestABackfillDoesNotHoldNewRuns: while a declared rerun of 250 runs is
+// being applied, a run announced by NOTIFY is exported at once (the
+// rerun applies beside the job's passes, not inside them), and the rerun
+// still finishes, once.
+func TestABackfillDoesNotHoldNewRuns(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	org := f.AnyOrg()
+	pgtest.Exec(t, f.DBURL, `WITH r AS (
+		INSERT INTO collection_runs SELECT gen_random_uuid(), $1, 'completed', now() - interval '2 days', now() - interval '2 days' + g * interval '1 second'
+		FROM generate_series(1, 250) g RETURNING id)
+		INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+		SELECT gen_random_uuid(), $1, 'Old ' || g, 'old ' || g, 'ebay', 1, false, r.id, now() - g * interval '1 ms' FROM r, generate_series(1, 5) g`, org)
+	job := *f.Job("new-sellers")
+	if _, err := f.Runner.Once(ctx, &job); err != nil {
+		t.Fatal(err)
+	}
+	sched, err := config.ParseSchedule("@yearly")
+	if err != nil {
+		t.Fatal(err)
+	}
+	job.Cron, job.Schedule = sched, "@yearly"
+	var from, to string
+	conn, err := pgx.Connect(ctx, f.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, `SELECT to_char(min(completed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD'), to_char(max(completed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+		FROM collection_runs WHERE completed_at < now() - interval '1 day'`).Scan(&from, &to); err != nil {
+		t.Fatal(err)
+	}
+	d := pipeline.DeclaredRerun{ID: "backfill", Reason: "collector fix", Selection: pipeline.Selection{From: from, To: to}, Selectors: "v1"}
+	job.Reruns = []pipeline.DeclaredRerun{d}
+	rec, stop := f.daemonFor([]*pipeline.Job{&job}, "sellers", true, 5*time.Second)
+	defer stop()
+	record := func() *pipeline.RerunRecord {
+		r, err := f.Runner.ReadRerunRecord(ctx, &job, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	pipelinetest.WaitFor(t, "the backfill to start", 30*time.Second, func() bool { r := record(); return r != nil })
+	if r := record(); r.Status == pipeline.RerunApplied {
+		t.Fatalf("the backfill finished before a run could be announced: %+v", r)
+	}
+	id := pipelinetest.InsertRun(t, f.DBURL, org, 5, true)
+	pipelinetest.WaitFor(t, "the announced run's manifest", 10*time.Second, func() bool { return f.Manifests()[id] })
+	if r := record(); r.Status == pipeline.RerunApplied {
+		t.Errorf("the announced run was exported only after the backfill (%d units) was applied", r.Units)
+	}
+	pipelinetest.WaitFor(t, "the backfill applied", 120*time.Second, func() bool { return record().Status == pipeline.RerunApplied })
+	if r := record(); r.Units < 250 || r.Rewritten != r.Units || r.Attempts != 1 {
+		t.Errorf("record: %+v; want every unit rewritten in one attempt", r)
+	}
+	if errs := rec.errors(); len(errs) > 0 {
+		t.Errorf("errors logged: %v", errs)
+	}
+}
