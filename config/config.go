@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -398,18 +399,30 @@ type Check func(j *Job, bad func(field, format string, args ...any))
 // Load reads, expands and validates a config file. The error lists every
 // problem found, each naming the file, line and field path.
 func Load(path string, checks ...Check) (*File, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
 	return Parse(path, data, checks...)
 }
 
+// MaxFileSize bounds a config file: decoding YAML costs a few hundred
+// bytes of memory per byte of input.
+const MaxFileSize = 1 << 20
+
 // yamlLine finds the line in a YAML syntax error.
 var yamlLine = regexp.MustCompile(`^line (\d+): `)
 
 // Parse is Load for data already read; name is used in errors.
 func Parse(name string, data []byte, checks ...Check) (*File, error) {
+	if len(data) > MaxFileSize {
+		return nil, &FieldError{File: name, Msg: fmt.Sprintf("the file is larger than %d KiB; a pipeline.yaml is a few", MaxFileSize>>10)}
+	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		// yaml.v3 says "yaml: line 5: did not find …": file:line like the rest.

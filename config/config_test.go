@@ -215,3 +215,30 @@ reruns:
 		}
 	}
 }
+
+// TestRerunEntriesAreBounded: a reruns: entry with more run ids than an
+// entry takes, a reason of a few pages, and a file of megabytes each get
+// their own message, not the alias guard's, and cost little memory.
+func TestRerunEntriesAreBounded(t *testing.T) {
+	head := `source: {dsn: "postgres://x@localhost/db"}
+jobs:
+  - {name: runs, mode: per_run, destination: "file:///tmp/runs"}
+reruns:
+`
+	ids := make([]string, 20000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%08x-0000-4000-8000-000000000000", i)
+	}
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"20,000 run ids", head + "  - {id: many, job: runs, reason: r, runs: [" + strings.Join(ids, ", ") + "]}\n",
+			"reruns[0].runs: lists 20000 items; at most 10000 (for reruns: runs, select a date range"},
+		{"a reason of 5,000 characters", head + "  - {id: long, job: runs, runs: [" + ids[0] + "], reason: " + strings.Repeat("x", 5000) + "}\n",
+			"reruns[0].reason: is 5000 characters; at most 2000"},
+		{"a file of 2 MiB", head + "# " + strings.Repeat("x", 2<<20) + "\n", "the file is larger than 1024 KiB"},
+	} {
+		_, err := config.Parse("p.yaml", []byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want %q", tc.name, err, tc.want)
+		}
+	}
+}

@@ -53,6 +53,10 @@ type decoder struct {
 // aliases that fan out would otherwise decode to millions of values.
 const maxNodes = 50_000
 
+// maxListItems bounds one list: a reruns: entry naming more runs than
+// this selects a date range instead.
+const maxListItems = 10_000
+
 // maxErrors is how many problems an error lists before it says how many more.
 const maxErrors = 20
 
@@ -147,6 +151,10 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		if n.Kind != yaml.SequenceNode {
 			d.fail(n, path, "want a list, got %s", describe(n))
+			return
+		}
+		if len(n.Content) > maxListItems {
+			d.fail(n, path, "lists %d items; at most %d (for reruns: runs, select a date range with from and to, or split the entry)", len(n.Content), maxListItems)
 			return
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"time"
+	"unicode/utf8"
 )
 
 // Rerun is one entry of the config's reruns: section: units of a job to
@@ -98,6 +99,8 @@ func (f *File) validateReruns(bad bad) {
 		}
 		if r.Reason == "" {
 			bad(p+".reason", "is required: say why the units are exported again (it is recorded with the rerun)")
+		} else if n := utf8.RuneCountInString(r.Reason); n > MaxRerunReason {
+			bad(p+".reason", "is %d characters; at most %d (link to the ticket for the rest)", n, MaxRerunReason)
 		}
 		j, _, err := f.Job(r.Job)
 		if err != nil {
@@ -112,6 +115,10 @@ func (f *File) validateReruns(bad bad) {
 		})
 	}
 }
+
+// MaxRerunReason bounds a reruns: entry's reason, which every record and
+// status page repeats.
+const MaxRerunReason = 2000
 
 // CheckSelectors checks what a rerun of job j selects (from the command
 // line or a reruns: entry): run ids for per_run jobs only, dates as

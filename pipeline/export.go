@@ -361,10 +361,20 @@ func sameFiles(a, b []ManifestFile) bool {
 // next export of the unit writes them anew. An exporter that lost its lock
 // removes nothing: the keys may hold what the new holder published.
 func (r *Runner) unpublish(ctx context.Context, bucket *sinks.Bucket, u unit, keys []string) {
+	stopped := context.Cause(ctx) // the export was cancelled (a shutdown)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	if err := u.stillHeld(ctx); err != nil {
-		r.logger().Warn("lock lost: leaving the files of the failed export to the new holder", append(u.logAttrs(), "err", err)...)
+		switch {
+		case stopped != nil:
+			// Cancelling a query closes its connection, and the lock
+			// goes with it: no other process is involved.
+			r.logger().Info("export stopped; leaving its files for the next attempt", append(u.logAttrs(), "cause", stopped)...)
+		case errors.Is(err, sources.ErrLockLost):
+			r.logger().Warn("lock lost: leaving the files of the failed export to the new holder", append(u.logAttrs(), "err", err)...)
+		default:
+			r.logger().Warn("could not check the unit's lock; leaving the files of the failed export for its next attempt", append(u.logAttrs(), "err", err)...)
+		}
 		return
 	}
 	for i := len(keys) - 1; i >= 0; i-- {

@@ -30,7 +30,7 @@ type Observer interface {
 	// Backlog reports the units still pending and the age of the oldest.
 	Backlog(job string, n int, oldest time.Duration)
 	// RerunApplied reports an attempt at a declared rerun and its status
-	// after it (RerunApplied, RerunIncomplete, RerunRunning).
+	// after it (RerunApplied, RerunIncomplete, RerunRefused).
 	RerunApplied(job, status string)
 	// StateCorrected reports an export state the pass did not believe
 	// (reason: clock, missing_manifest) and corrected.

@@ -162,8 +162,9 @@ func TestDeclaredRerunAppliedOnceAcrossReplicasAndRestarts(t *testing.T) {
 }
 
 // TestDeclaredRerunResumesWhereItStopped: a rerun stopped after some units
-// (the context cancelled, as on SIGTERM) is recorded running; the next
-// attempt rewrites only the units the first did not.
+// (the context cancelled, as on SIGTERM) is recorded incomplete, saying it
+// was stopped, and nobody holds it; the next attempt rewrites only the
+// units the first did not.
 func TestDeclaredRerunResumesWhereItStopped(t *testing.T) {
 	f := newFixture(t, "")
 	ctx := context.Background()
@@ -193,8 +194,11 @@ func TestDeclaredRerunResumesWhereItStopped(t *testing.T) {
 		t.Fatalf("the first attempt rewrote %d runs before the stop, want 4", len(first))
 	}
 	rec, err := f.Runner.ReadRerunRecord(ctx, job, d)
-	if err != nil || rec == nil || rec.Status != pipeline.RerunRunning {
-		t.Fatalf("record after the stop: %+v, %v", rec, err)
+	if err != nil || rec == nil || rec.Status != pipeline.RerunIncomplete || !strings.Contains(rec.LastError, "stopped before it finished") {
+		t.Fatalf("record after the stop: %+v, %v; want incomplete, saying it was stopped", rec, err)
+	}
+	if held, err := f.Runner.RerunHeld(ctx, job, d); err != nil || held {
+		t.Errorf("after the stop the entry is held by someone: %v, %v", held, err)
 	}
 	stamp := map[string]time.Time{}
 	for id, m := range f.manifestsByRun() {
@@ -276,5 +280,29 @@ func TestDeclaredRerunOfTodayStaysValidAfterMidnight(t *testing.T) {
 	}
 	if rec, err := f.Runner.ReadRerunRecord(context.Background(), job, d); err != nil || rec.Status != pipeline.RerunApplied {
 		t.Errorf("record after the resume: %+v, %v; want applied", rec, err)
+	}
+}
+
+// TestDeclaredRerunOfAnUnknownRunIsRefusedOnce: an entry naming a run the
+// database does not have is refused once, recorded with the reason, and
+// not tried again on later passes (no error each pass).
+func TestDeclaredRerunOfAnUnknownRunIsRefusedOnce(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("new-sellers")
+	d := pipeline.DeclaredRerun{ID: "typo", Reason: "r", Selection: pipeline.Selection{Runs: []string{"6f1c0000-0000-4000-8000-000000000000"}}, Selectors: "v1"}
+	job.Reruns = []pipeline.DeclaredRerun{d}
+	if err := f.Runner.ApplyReruns(ctx, job); err != nil {
+		t.Fatalf("first attempt: %v; want the refusal recorded, not an error", err)
+	}
+	rec, err := f.Runner.ReadRerunRecord(ctx, job, d)
+	if err != nil || rec == nil || rec.Status != pipeline.RerunRefused || !strings.Contains(rec.LastError, "6f1c0000") {
+		t.Fatalf("record: %+v, %v; want refused naming the run", rec, err)
+	}
+	if err := f.Runner.ApplyReruns(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := f.Runner.ReadRerunRecord(ctx, job, d); again.Attempts != 1 {
+		t.Errorf("tried %d times, want once", again.Attempts)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sources"
 )
 
 // DeclaredRerun is an entry of the config's reruns: section, for the job
@@ -20,6 +21,19 @@ type DeclaredRerun struct {
 	Selection
 	// Selectors is config.Rerun.Selectors: what the record must match.
 	Selectors string
+}
+
+// RerunHeld reports whether a process is applying d now (holds its lock):
+// a record that says running is true only then.
+func (r *Runner) RerunHeld(ctx context.Context, job *Job, d DeclaredRerun) (bool, error) {
+	release, _, ok, err := r.lock(ctx, "rerun/"+job.Name+"/"+d.ID)
+	if err != nil {
+		return false, err
+	}
+	if ok {
+		release()
+	}
+	return !ok, nil
 }
 
 // Judged is d's selection with the date its date rules are judged on: the
@@ -61,12 +75,22 @@ type RerunRecord struct {
 	LastError  string    `json:"last_error,omitempty"`
 }
 
-// Statuses of a RerunRecord.
+// Statuses of a RerunRecord. running is written when an attempt starts
+// and is true only while its process holds the entry's lock (RerunHeld);
+// an attempt that stops for any reason writes incomplete and why. refused:
+// the entry selects a run the database does not have; it is not tried
+// again (declare a new entry).
 const (
 	RerunRunning    = "running"
 	RerunIncomplete = "incomplete"
 	RerunApplied    = "applied"
+	RerunRefused    = "refused"
 )
+
+// done reports whether rec needs no further attempt.
+func (rec *RerunRecord) done() bool {
+	return rec != nil && (rec.Status == RerunApplied || rec.Status == RerunRefused)
+}
 
 // RerunRecordKey is where job's record of declared rerun id lives: beside
 // its export state, in a folder readers of the data skip.
@@ -132,7 +156,7 @@ func (r *Runner) ApplyReruns(ctx context.Context, job *Job) error {
 
 func (r *Runner) applyRerun(ctx context.Context, job *Job, d DeclaredRerun) error {
 	rec, err := r.ReadRerunRecord(ctx, job, d)
-	if err != nil || rec != nil && rec.Status == RerunApplied {
+	if err != nil || rec.done() {
 		return err
 	}
 	release, _, ok, err := r.lock(ctx, "rerun/"+job.Name+"/"+d.ID)
@@ -141,7 +165,7 @@ func (r *Runner) applyRerun(ctx context.Context, job *Job, d DeclaredRerun) erro
 	}
 	defer release()
 	// Read again under the lock: another process may have finished it.
-	if rec, err = r.ReadRerunRecord(ctx, job, d); err != nil || rec != nil && rec.Status == RerunApplied {
+	if rec, err = r.ReadRerunRecord(ctx, job, d); err != nil || rec.done() {
 		return err
 	}
 	bucket, err := r.Bucket(ctx, job.Destination)
@@ -180,7 +204,12 @@ func (r *Runner) applyRerun(ctx context.Context, job *Job, d DeclaredRerun) erro
 	case runErr == nil && res.Complete():
 		rec.Status, rec.FinishedAt = RerunApplied, rec.UpdatedAt
 	case ctx.Err() != nil:
-		rec.Status = RerunRunning // stopped: the next start resumes it
+		rec.Status = RerunIncomplete // stopped: the next start resumes it
+		rec.LastError = fmt.Sprintf("stopped before it finished (%v): the process was asked to stop; the next start resumes it", context.Cause(ctx))
+	case res.Total == 0 && errors.Is(runErr, sources.ErrRunNotFound):
+		rec.Status, rec.LastError = RerunRefused, runErr.Error()
+		r.logger().Error("declared rerun refused: it selects a run the database does not have; it will not be tried again (declare a new entry)",
+			"job", job.Name, "rerun", d.ID, "err", runErr)
 	default:
 		rec.Status = RerunIncomplete
 		if runErr != nil {
@@ -191,6 +220,9 @@ func (r *Runner) applyRerun(ctx context.Context, job *Job, d DeclaredRerun) erro
 		return err
 	}
 	r.observer().RerunApplied(job.Name, rec.Status)
+	if rec.Status == RerunRefused {
+		runErr = nil // said once, above and in the record
+	}
 	r.logger().Info("declared rerun "+rec.Status, "job", job.Name, "rerun", d.ID, "units", res.Total, "rewritten", len(res.Exported),
 		"resumed", res.Resumed, "failed", res.Failed, "busy", res.Busy)
 	return runErr

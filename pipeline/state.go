@@ -200,11 +200,13 @@ func (r *Runner) readState(ctx context.Context, d *discovery) error {
 		if sinks.IsNotFound(err) && attempt < 3 {
 			continue // cleaned up by a replica meanwhile: list again
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, sinks.ErrTooLarge) {
 			return err
 		}
 		var st runState
-		err = json.Unmarshal(data, &st)
+		if err == nil {
+			err = json.Unmarshal(data, &st)
+		}
 		switch {
 		case err != nil:
 		case st.StateVersion != stateVersion || st.Job != d.job.Name:

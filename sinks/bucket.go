@@ -148,12 +148,29 @@ func (b *Bucket) Exists(ctx context.Context, key string) (bool, error) {
 	return ok, nil
 }
 
-// ReadAll returns the content of key.
+// MaxReadSize bounds what ReadAll reads: sellersnap reads only its own
+// small objects (manifests, state versions, pointers, records), and an
+// object someone planted must not take the process's memory.
+const MaxReadSize = 16 << 20
+
+// ErrTooLarge is the error ReadAll wraps for an object over MaxReadSize.
+var ErrTooLarge = errors.New("object too large")
+
+// ReadAll returns the content of key, at most MaxReadSize bytes (more is
+// an error wrapping ErrTooLarge).
 func (b *Bucket) ReadAll(ctx context.Context, key string) ([]byte, error) {
 	b.requests.Add(1)
-	data, err := b.b.ReadAll(ctx, key)
+	r, err := b.b.NewReader(ctx, key, nil)
 	if err != nil {
 		return nil, b.redact(fmt.Errorf("read %s: %w", key, err))
+	}
+	defer r.Close()
+	data, err := io.ReadAll(io.LimitReader(r, MaxReadSize+1))
+	if err != nil {
+		return nil, b.redact(fmt.Errorf("read %s: %w", key, err))
+	}
+	if len(data) > MaxReadSize {
+		return nil, fmt.Errorf("read %s: %w: more than %d MiB (sellersnap reads only its own small JSON objects here)", key, ErrTooLarge, MaxReadSize>>20)
 	}
 	return data, nil
 }

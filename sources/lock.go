@@ -73,6 +73,9 @@ func (l *Lock) Held(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	held, err := holds(ctx, l.conn, l.key)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("lock %s: not checked: %w", l.key, context.Cause(ctx))
+	}
 	if err != nil {
 		return fmt.Errorf("lock %s: %w (%v)", l.key, ErrLockLost, err)
 	}
@@ -141,6 +144,9 @@ func (l *SnapshotLock) Held(ctx context.Context) error {
 	var held bool
 	err := l.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = $2 AND granted
 		AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 0))`, pgx.QueryExecModeExec, "sellersnap:"+l.key, l.pid).Scan(&held)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("lock %s: not checked: %w", l.key, context.Cause(ctx))
+	}
 	if err != nil {
 		return fmt.Errorf("lock %s: %w (%v)", l.key, ErrLockLost, err)
 	}

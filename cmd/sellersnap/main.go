@@ -882,8 +882,14 @@ func declaredReruns(ctx context.Context, r *pipeline.Runner, j *pipeline.Job) ([
 		st := rerunStatus{ID: d.ID, Selection: d.Selection.String(), Reason: d.Reason, Status: "pending", Record: rec}
 		if rec != nil {
 			st.Status, st.Units = rec.Status, rec.Units
+			if rec.Status == pipeline.RerunRunning {
+				// Running only while a process holds it.
+				if held, err := r.RerunHeld(ctx, j, d); err == nil && !held {
+					st.Status = pipeline.RerunIncomplete + " (the process applying it stopped; the next pass resumes it)"
+				}
+			}
 		}
-		if rec == nil || rec.Status != pipeline.RerunApplied {
+		if rec == nil || rec.Status != pipeline.RerunApplied && rec.Status != pipeline.RerunRefused {
 			p, err := r.PlanRerun(ctx, j, d.Judged(j, rec))
 			if err != nil {
 				return nil, fmt.Errorf("rerun %s: %w", d.ID, err)

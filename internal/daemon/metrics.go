@@ -140,7 +140,7 @@ func (m *Metrics) InitJobs(jobs []*pipeline.Job) {
 		m.panics.WithLabelValues(j.Name)
 		m.coalesced.WithLabelValues(j.Name)
 		m.latestFails.WithLabelValues(j.Name)
-		for _, st := range []string{pipeline.RerunApplied, pipeline.RerunIncomplete, pipeline.RerunRunning} {
+		for _, st := range []string{pipeline.RerunApplied, pipeline.RerunIncomplete, pipeline.RerunRunning, pipeline.RerunRefused} {
 			m.reruns.WithLabelValues(j.Name, st)
 		}
 		if j.Cron != nil {
