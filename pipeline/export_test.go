@@ -1248,3 +1248,34 @@ func TestAPanicFailsItsUnitOnly(t *testing.T) {
 		t.Errorf("next pass: %+v, %v; want run %s exported", res, err, plan[0].RunID)
 	}
 }
+
+// TestSellersAddedAfterExportAreReported: sellers inserted for a run after
+// its export (a collector breaking the source contract) leave the
+// published files as they are, plan still says nothing is pending, and
+// Verify and Recount report the run with both counts.
+func TestSellersAddedAfterExportAreReported(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("new-sellers")
+	res, err := f.Runner.Once(ctx, job)
+	if err != nil || len(res.Exported) == 0 {
+		t.Fatalf("once: %+v, %v", res, err)
+	}
+	m := res.Exported[0]
+	pgtest.Exec(t, f.DBURL, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+		SELECT gen_random_uuid(), $1, 'Late ' || g, 'late ' || g, 'ebay', 1, false, $2, now() FROM generate_series(1, 3) g`, m.OrgID, m.RunID)
+	if plan, err := f.Runner.Plan(ctx, job); err != nil || len(plan) != 0 {
+		t.Errorf("plan: %d pending, %v; a run with a manifest is not pending", len(plan), err)
+	}
+	mm, checked, err := f.Runner.Verify(ctx, job, time.Now().AddDate(-5, 0, 0), time.Now().AddDate(0, 0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked != len(res.Exported) || len(mm) != 1 || mm[0].RunID != m.RunID || mm[0].Published != m.Rows || mm[0].Now != m.Rows+3 {
+		t.Errorf("verify: %d checked, %+v; want run %s with %d → %d rows", checked, mm, m.RunID, m.Rows, m.Rows+3)
+	}
+	rc, err := f.Runner.Recount(ctx, job, []pipeline.Export{pipeline.ExportOf(m, "k"), pipeline.ExportOf(res.Exported[1], "k2")})
+	if err != nil || len(rc) != 1 || rc[0].RunID != m.RunID {
+		t.Errorf("recount: %+v, %v", rc, err)
+	}
+}

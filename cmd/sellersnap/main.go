@@ -143,17 +143,17 @@ var commandHelp = map[string]string{
 	"once":          "Exports everything pending for every job (or -job), then exits: 0 when all succeeded,\n1 when an export failed (the next once retries it).",
 	"rerun":         "Exports one unit again, whether or not it was exported: a run of a per_run job (-run) or a\ndate of a full job (-date). Rewrites its files and manifest.",
 	"run":           "The daemon: runs each job on its schedule (and per_run jobs on NOTIFY), serves the status\npage, /metrics, /healthz and /readyz, and stops cleanly on SIGTERM.",
-	"status":        "Prints each job's recent exports (read from the manifests in the bucket) and pending runs.",
+	"status":        "Prints each job's recent exports (read from the manifests in the bucket) and pending runs.\nWith -verify, compares each exported run's rows with the database (exit 1 on a difference).",
 	"repair-latest": "Recomputes each org's latest.json from the job's manifests (reads every one) and rewrites\nthose that name anything but the newest export dated today or earlier.",
 }
 
 type options struct {
-	json, verbose, allowPast, dryRun       bool
-	config, job, date, logFormat, logLevel string
-	runs, orgs                             []string // rerun -run, -org (repeatable)
-	from, to, rerunID                      string
-	listen                                 *string
-	cpuProfile, memProfile, traceFile      string
+	json, verbose, allowPast, dryRun, verify bool
+	config, job, date, logFormat, logLevel   string
+	runs, orgs                               []string // rerun -run, -org (repeatable)
+	from, to, rerunID                        string
+	listen                                   *string
+	cpuProfile, memProfile, traceFile        string
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -268,6 +268,9 @@ func execute(ctx context.Context, cmd string, o options, logger *slog.Logger, st
 	case "plan":
 		return plan(ctx, runner, jobs, stdout, o.json, o.verbose)
 	case "status":
+		if o.verify {
+			return verifyRows(ctx, runner, jobs, stdout, o)
+		}
 		return status(ctx, runner, jobs, stdout)
 	case "repair-latest":
 		return repairLatest(ctx, runner, jobs, stdout, o.dryRun)
@@ -329,7 +332,11 @@ func parseArgs(args []string, stdout, stderr io.Writer) (cmd string, o options, 
 		fs.BoolVar(&o.verbose, "v", false, "list every pending unit and key (default: a summary)")
 	case "repair-latest":
 		fs.BoolVar(&o.dryRun, "dry-run", false, "print what would change; write nothing")
-	case "once", "status":
+	case "status":
+		fs.BoolVar(&o.verify, "verify", false, "compare each exported run's row count with the database and print the rerun that repairs each difference (per_run jobs)")
+		fs.StringVar(&o.from, "from", "", "with -verify: runs completed on or after this date (YYYY-MM-DD, UTC; default 7 days ago)")
+		fs.StringVar(&o.to, "to", "", "with -verify: runs completed on or before this date (YYYY-MM-DD, UTC; default today)")
+	case "once":
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return cmd, o, true, nil
@@ -490,6 +497,59 @@ func abortAfter(ctx context.Context, grace time.Duration, logger *slog.Logger) c
 		cancel()
 	})
 	return abort
+}
+
+// RowsChangedError says that exported runs no longer hold the rows the
+// database has for them.
+type RowsChangedError struct{ N int }
+
+func (e *RowsChangedError) Error() string {
+	return fmt.Sprintf("%d exported runs differ from the database; run the reruns printed above to repair them", e.N)
+}
+
+// verifyRows prints, for each per_run job, the exported runs (completed
+// between -from and -to) whose manifest's row count differs from the
+// database's, with the rerun that repairs each.
+func verifyRows(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, w io.Writer, o options) error {
+	now := time.Now().UTC()
+	from, to := now.AddDate(0, 0, -7).Truncate(24*time.Hour), now.Truncate(24*time.Hour)
+	for _, d := range []struct {
+		flag string
+		v    string
+		t    *time.Time
+	}{{"from", o.from, &from}, {"to", o.to, &to}} {
+		if d.v == "" {
+			continue
+		}
+		t, err := time.Parse(time.DateOnly, d.v)
+		if err != nil {
+			return &usageError{fmt.Sprintf("-%s %q: want YYYY-MM-DD", d.flag, d.v)}
+		}
+		*d.t = t
+	}
+	if to.Before(from) {
+		return &usageError{fmt.Sprintf("-to %s is before -from %s", to.Format(time.DateOnly), from.Format(time.DateOnly))}
+	}
+	total := 0
+	for _, j := range jobs {
+		if j.Mode != config.ModePerRun {
+			fmt.Fprintf(w, "job %s (%s): not verified (a full snapshot holds the rows as they were when it was taken)\n", j.Name, j.Mode)
+			continue
+		}
+		mm, checked, err := runner.Verify(ctx, j, from, to.AddDate(0, 0, 1))
+		if err != nil {
+			return fmt.Errorf("job %s: %w", j.Name, err)
+		}
+		fmt.Fprintf(w, "job %s: %d exported runs completed %s to %s checked, %d differ from the database\n", j.Name, checked, from.Format(time.DateOnly), to.Format(time.DateOnly), len(mm))
+		for _, m := range mm {
+			fmt.Fprintf(w, "  run %s (org %s): manifest %d rows, database %d now\n    repair: sellersnap rerun -config %s -job %s -run %s\n", m.RunID, m.OrgID, m.Published, m.Now, o.config, j.Name, m.RunID)
+		}
+		total += len(mm)
+	}
+	if total > 0 {
+		return &RowsChangedError{N: total}
+	}
+	return nil
 }
 
 // status prints, per job, the recent exports (from the manifests in the

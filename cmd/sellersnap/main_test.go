@@ -882,3 +882,47 @@ func getAll(t *testing.T, addr string, paths ...string) map[string]string {
 	}
 	return bodies
 }
+
+// TestStatusVerifyPrintsTheRerunThatRepairs: status -verify compares each
+// exported run's rows with the database: 0 and exit 0 after a clean
+// export; after sellers were added to one exported run, that run with both
+// counts and the rerun command that repairs it, exit 1; after the rerun,
+// clean again.
+func TestStatusVerifyPrintsTheRerunThatRepairs(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	out := t.TempDir()
+	env := map[string]string{"DATABASE_URL": dbURL, "SELLERSNAP_BUCKET": "file://" + out}
+	cfg := filepath.Join("..", "..", "pipeline.yaml")
+	if code, _, stderr := cli(t, env, "once", "-config", cfg, "-job", "new-sellers"); code != 0 {
+		t.Fatalf("once: exit %d\n%s", code, stderr)
+	}
+	from := time.Now().AddDate(-3, 0, 0).Format(time.DateOnly)
+	code, stdout, stderr := cli(t, env, "status", "-config", cfg, "-job", "new-sellers", "-verify", "-from", from)
+	if code != 0 || !strings.Contains(stdout, "10 exported runs") || !strings.Contains(stdout, "0 differ") {
+		t.Fatalf("clean verify: exit %d\n%s%s", code, stdout, stderr)
+	}
+	var runID string
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if err := conn.QueryRow(context.Background(), `SELECT id::text FROM collection_runs WHERE status = 'completed' ORDER BY completed_at LIMIT 1`).Scan(&runID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(context.Background(), `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+		SELECT gen_random_uuid(), r.org_id, 'Late ' || g, 'late ' || g, 'ebay', 1, false, r.id, now() FROM collection_runs r, generate_series(1, 3) g WHERE r.id = $1`, runID); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, _ = cli(t, env, "status", "-config", cfg, "-job", "new-sellers", "-verify", "-from", from)
+	want := "repair: sellersnap rerun -config " + cfg + " -job new-sellers -run " + runID
+	if code != 1 || !strings.Contains(stdout, "1 differ") || !strings.Contains(stdout, want) {
+		t.Fatalf("verify after late sellers: exit %d, want 1 and %q:\n%s", code, want, stdout)
+	}
+	if code, _, stderr := cli(t, env, "rerun", "-config", cfg, "-job", "new-sellers", "-run", runID); code != 0 {
+		t.Fatalf("rerun: exit %d\n%s", code, stderr)
+	}
+	if code, stdout, _ = cli(t, env, "status", "-config", cfg, "-job", "new-sellers", "-verify", "-from", from); code != 0 {
+		t.Errorf("verify after the rerun: exit %d\n%s", code, stdout)
+	}
+}

@@ -62,7 +62,8 @@ type worker struct {
 	slot   time.Time // full jobs: the newest slot not yet run
 	first  []string  // per_run jobs: runs named by notifications, exported first
 
-	failingSince time.Time // the first failed pass since the last good one (work goroutine only)
+	failingSince time.Time       // the first failed pass since the last good one (work goroutine only)
+	warnedRows   map[string]bool // runs whose changed rows were reported (work goroutine only)
 }
 
 // Run schedules the jobs until ctx is done, then waits for exports in
@@ -305,6 +306,9 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 		res, err = d.Runner.Pass(ctx, job)
 		failedUnits = res.Failed
 	}
+	if job.Mode == config.ModePerRun && ctx.Err() == nil {
+		d.recountRecent(ctx, w)
+	}
 	if len(job.Reruns) > 0 {
 		select {
 		case w.reruns <- struct{}{}:
@@ -332,6 +336,40 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 				"failing_for", d.now().Sub(w.failingSince).Round(time.Second))
 			w.failingSince = time.Time{}
 		}
+	}
+}
+
+// recountWindow is how long after its export the daemon checks that a
+// run still holds the rows it published.
+const recountWindow = time.Hour
+
+// recountRecent compares the rows of the runs this process exported in
+// the last recountWindow with the database (one count query, no bucket
+// request) and reports each run whose sellers changed after its export
+// once: a WARN naming the rerun that repairs it and
+// sellersnap_rows_changed_after_export_total. It never rewrites anything.
+func (d *Daemon) recountRecent(ctx context.Context, w *worker) {
+	var recent []pipeline.Export
+	for _, e := range d.Metrics.History(w.job.Name) {
+		if e.RunID != "" && e.Outcome == "success" && d.now().Sub(e.At) <= recountWindow && !w.warnedRows[e.RunID] {
+			recent = append(recent, e)
+		}
+	}
+	mm, err := d.Runner.Recount(ctx, w.job, recent)
+	if err != nil {
+		d.logger().Debug("could not recount the recent exports", "job", w.job.Name, "err", err)
+		return
+	}
+	for _, m := range mm {
+		if w.warnedRows == nil {
+			w.warnedRows = map[string]bool{}
+		}
+		w.warnedRows[m.RunID] = true
+		d.Metrics.rowsChangedAfterExport(w.job.Name)
+		d.logger().Warn("sellers of a run changed after its export",
+			"why", "the collector marked the run completed before its sellers were committed (README, Source contract); the published files stay as they are",
+			"job", w.job.Name, "run_id", m.RunID, "org_id", m.OrgID, "manifest_rows", m.Published, "database_rows", m.Now,
+			"repair", "sellersnap rerun -job "+w.job.Name+" -run "+m.RunID)
 	}
 }
 

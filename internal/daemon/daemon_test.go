@@ -435,3 +435,34 @@ func TestABackfillDoesNotHoldNewRuns(t *testing.T) {
 		t.Errorf("errors logged: %v", errs)
 	}
 }
+
+// TestDaemonReportsSellersAddedAfterExport: sellers inserted for a run the
+// daemon exported a moment ago are reported by its next pass, once: a
+// WARN naming the rerun that repairs it and
+// sellersnap_rows_changed_after_export_total; the files stay as they are.
+func TestDaemonReportsSellersAddedAfterExport(t *testing.T) {
+	f := newFixture(t, "")
+	runs, err := f.Src.CompletedRuns(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, stop := f.daemon("@yearly", "sellers", true, 5*time.Second)
+	defer stop()
+	pipelinetest.WaitFor(t, "start-up catch-up", 30*time.Second, func() bool { return len(f.Manifests()) == len(runs) })
+	late := runs[0]
+	pgtest.Exec(t, f.DBURL, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+		SELECT gen_random_uuid(), org_id, 'Late ' || g, 'late ' || g, 'ebay', 1, false, id, now() FROM collection_runs, generate_series(1, 3) g WHERE id = $1`, late.ID)
+	for i := 0; i < 2; i++ { // two passes: reported once
+		id := pipelinetest.InsertRun(t, f.DBURL, f.AnyOrg(), 5, true)
+		pipelinetest.WaitFor(t, "the notified run's manifest", 10*time.Second, func() bool { return f.Manifests()[id] })
+	}
+	pipelinetest.WaitFor(t, "the report", 10*time.Second, func() bool { return rec.count("sellers of a run changed after its export") > 0 })
+	time.Sleep(500 * time.Millisecond)
+	if n := rec.count("sellers of a run changed after its export"); n != 1 {
+		t.Errorf("reported %d times, want once", n)
+	}
+	_, body := get(t, "http://"+f.daemons[0].Addr().String()+"/metrics")
+	if !strings.Contains(body, `sellersnap_rows_changed_after_export_total{job="new-sellers"} 1`) {
+		t.Errorf("metrics lack the count:\n%s", body)
+	}
+}

@@ -32,6 +32,7 @@ import (
 //	sellersnap_reruns_total{job,status}             attempts at declared reruns, by status after them: applied, incomplete, running
 //	sellersnap_pass_failures_total{job,reason}      passes that failed: bucket, database, schema, conflict, other
 //	sellersnap_state_corrections_total{job,reason}  export states not believed: clock, missing_manifest
+//	sellersnap_rows_changed_after_export_total{job} runs whose sellers changed within an hour of their export
 //	sellersnap_dependency_up{dependency,job}        1 if PostgreSQL (job="") or the job's bucket answered the last check
 //	sellersnap_schedule_interval_seconds{job,mode}  time between the job's next two ticks (for "no success in 2 × schedule")
 //
@@ -55,6 +56,7 @@ type Metrics struct {
 	reruns      *prometheus.CounterVec
 	passFails   *prometheus.CounterVec
 	corrections *prometheus.CounterVec
+	rowsChanged *prometheus.CounterVec
 	up          *prometheus.GaugeVec
 	interval    *prometheus.GaugeVec
 
@@ -96,12 +98,13 @@ func NewMetrics() *Metrics {
 	m.coalesced = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_ticks_coalesced_total", Help: "Schedule ticks merged into an already queued pass."}, job)
 	m.reruns = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_reruns_total", Help: "Attempts at declared reruns (pipeline.yaml reruns:), by status after the attempt."}, append(slices.Clone(job), "status"))
 	m.latestFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_latest_failures_total", Help: "latest.json pointers that could not be updated (the export itself succeeded)."}, job)
+	m.rowsChanged = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_rows_changed_after_export_total", Help: "Runs whose sellers changed within an hour after this process exported them (a breach of the source contract; rerun them)."}, job)
 	m.corrections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_state_corrections_total", Help: "Export states not believed and corrected, by reason: clock (a watermark after the database's clock), missing_manifest (a run listed as exported without its manifest)."}, []string{"job", "reason"})
 	m.passFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_pass_failures_total", Help: "Passes of a job that failed, by reason: bucket, database, schema, conflict, other."}, []string{"job", "reason"})
 	m.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_dependency_up", Help: "1 if the dependency answered the last check: PostgreSQL (job=\"\") or a job's bucket."}, []string{"dependency", "job"})
 	m.interval = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_schedule_interval_seconds", Help: "Time between the job's next two schedule ticks."}, []string{"job", "mode"})
 	m.Registry.MustRegister(m.runs, m.rows, m.bytes, m.duration, m.lastSuccess, m.backlog, m.oldest,
-		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.reruns, m.passFails, m.corrections, m.up, m.interval,
+		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.reruns, m.passFails, m.corrections, m.rowsChanged, m.up, m.interval,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -130,6 +133,7 @@ func (m *Metrics) InitJobs(jobs []*pipeline.Job) {
 			for _, r := range []string{"clock", "missing_manifest"} {
 				m.corrections.WithLabelValues(j.Name, r)
 			}
+			m.rowsChanged.WithLabelValues(j.Name)
 		}
 		m.duration.WithLabelValues(j.Name)
 		m.lastSuccess.WithLabelValues(j.Name)
@@ -226,6 +230,13 @@ func (m *Metrics) RerunApplied(job, status string) {
 }
 
 // LatestFailed implements pipeline.Observer.
+// rowsChangedAfterExport counts a run whose sellers changed after its export.
+func (m *Metrics) rowsChangedAfterExport(job string) {
+	if m != nil {
+		m.rowsChanged.WithLabelValues(job).Inc()
+	}
+}
+
 // StateCorrected counts an export state the pass corrected.
 func (m *Metrics) StateCorrected(job, reason string) {
 	m.corrections.WithLabelValues(job, reason).Inc()
