@@ -104,7 +104,7 @@ func checkManifestMatchesBytes(t *testing.T, bucket *sinks.Bucket, m *pipeline.M
 		t.Fatal(err)
 	}
 	for _, mf := range published.Files {
-		data, err := bucket.ReadAll(ctx, mf.Key)
+		data, err := bucket.ReadUpTo(ctx, mf.Key, 1<<40)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -159,18 +159,24 @@ var ErrTooLarge = errors.New("object too large")
 // ReadAll returns the content of key, at most MaxReadSize bytes (more is
 // an error wrapping ErrTooLarge).
 func (b *Bucket) ReadAll(ctx context.Context, key string) ([]byte, error) {
+	return b.ReadUpTo(ctx, key, MaxReadSize)
+}
+
+// ReadUpTo returns the content of key, at most limit bytes (more is an
+// error wrapping ErrTooLarge).
+func (b *Bucket) ReadUpTo(ctx context.Context, key string, limit int64) ([]byte, error) {
 	b.requests.Add(1)
 	r, err := b.b.NewReader(ctx, key, nil)
 	if err != nil {
 		return nil, b.redact(fmt.Errorf("read %s: %w", key, err))
 	}
 	defer r.Close()
-	data, err := io.ReadAll(io.LimitReader(r, MaxReadSize+1))
+	data, err := io.ReadAll(io.LimitReader(r, limit+1))
 	if err != nil {
 		return nil, b.redact(fmt.Errorf("read %s: %w", key, err))
 	}
-	if len(data) > MaxReadSize {
-		return nil, fmt.Errorf("read %s: %w: more than %d MiB (sellersnap reads only its own small JSON objects here)", key, ErrTooLarge, MaxReadSize>>20)
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("read %s: %w: more than %d bytes (sellersnap reads only its own small JSON objects here)", key, ErrTooLarge, limit)
 	}
 	return data, nil
 }

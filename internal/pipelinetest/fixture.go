@@ -160,7 +160,7 @@ func (f *Fixture) AllFiles() map[string][]byte {
 		if err != nil {
 			f.T.Fatal(err)
 		}
-		read := func(key string) ([]byte, error) { return b.ReadAll(ctx, key) }
+		read := func(key string) ([]byte, error) { return b.ReadUpTo(ctx, key, 1<<40) }
 		if f.ReadObject != nil {
 			read = f.ReadObject
 		}
