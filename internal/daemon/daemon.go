@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"path"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -518,16 +521,15 @@ func (d *Daemon) Handler() http.Handler {
 	return mux
 }
 
-func (d *Daemon) checkReady(ctx context.Context) error {
-	if err := d.Runner.Source.Ping(ctx); err != nil {
-		return fmt.Errorf("postgres: %w", err)
+// checkReady reports the dependencies' state at their last check (every
+// dependencyCheckEvery): PostgreSQL answers, every job's bucket takes a
+// write. It makes no request itself, so it answers at once whatever the
+// dependencies do.
+func (d *Daemon) checkReady(context.Context) error {
+	if d.Metrics == nil {
+		return nil
 	}
-	for _, j := range d.Jobs {
-		if err := d.bucketReadable(ctx, j); err != nil {
-			return err
-		}
-	}
-	return nil
+	return d.Metrics.dependencyErrors()
 }
 
 func (d *Daemon) logger() *slog.Logger {
@@ -551,11 +553,12 @@ const dependencyCheckEvery = 15 * time.Second
 // watchDependencies sets sellersnap_dependency_up for PostgreSQL and each
 // job's bucket, at start-up and every dependencyCheckEvery.
 func (d *Daemon) watchDependencies(ctx context.Context) {
+	probe := randomHex()
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		d.Metrics.dependencyUp("postgres", "", d.Runner.Source.Ping(cctx) == nil)
+		d.dependency(ctx, "postgres", "", d.Runner.Source.Ping(cctx))
 		for _, j := range d.Jobs {
-			d.Metrics.dependencyUp("bucket", j.Name, d.bucketReadable(cctx, j) == nil)
+			d.dependency(ctx, "bucket", j.Name, d.bucketWritable(cctx, j, probe))
 		}
 		cancel()
 		if !wait(ctx, dependencyCheckEvery) {
@@ -564,16 +567,47 @@ func (d *Daemon) watchDependencies(ctx context.Context) {
 	}
 }
 
-// bucketReadable checks that job's bucket answers a read.
-func (d *Daemon) bucketReadable(ctx context.Context, j *pipeline.Job) error {
+// dependency records a check's outcome, logging each change of state.
+func (d *Daemon) dependency(ctx context.Context, dependency, job string, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	if changed := d.Metrics.dependencyUp(dependency, job, err); changed {
+		if err != nil {
+			d.logger().Warn("dependency down", "dependency", dependency, "job", job, "err", err)
+		} else {
+			d.logger().Info("dependency up", "dependency", dependency, "job", job)
+		}
+	}
+}
+
+// bucketWritable checks that job's bucket takes a write, a read and a
+// delete, as exports need: a bucket that can be read but not written is
+// down for the daemon. The probe object lives in the job's _sellersnap
+// folder, which readers of the data skip, and is deleted at once.
+func (d *Daemon) bucketWritable(ctx context.Context, j *pipeline.Job, probe string) error {
 	b, err := d.Runner.Bucket(ctx, j.Destination)
 	if err != nil {
 		return err
 	}
-	if _, err := b.Exists(ctx, ".sellersnap-readyz"); err != nil {
-		return fmt.Errorf("job %s: bucket: %w", j.Name, err)
+	key := path.Join(j.Layout.Prefix(), "_sellersnap", j.Name, "probe", probe)
+	if err := b.Put(ctx, key, []byte("probe"), "text/plain", nil); err != nil {
+		return fmt.Errorf("job %s: bucket not writable: %w", j.Name, err)
+	}
+	if _, err := b.ReadAll(ctx, key); err != nil {
+		return fmt.Errorf("job %s: bucket not readable: %w", j.Name, err)
+	}
+	if err := b.Delete(ctx, key); err != nil {
+		return fmt.Errorf("job %s: bucket: cannot delete: %w", j.Name, err)
 	}
 	return nil
+}
+
+// randomHex is 8 random bytes in hex.
+func randomHex() string {
+	var b [8]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // seedFromBucket reads each job's recent exports from its bucket (the

@@ -1,6 +1,9 @@
 package daemon
 
 import (
+	"errors"
+	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"sync"
@@ -65,7 +68,8 @@ type Metrics struct {
 	backlogs map[string]int
 	oldests  map[string]time.Duration
 	health   map[string]*jobHealth
-	deps     map[string]bool // "postgres", "bucket/<job>" → up at the last check
+	deps     map[string]bool  // "postgres", "bucket/<job>" → up at the last check
+	depErrs  map[string]error // … → why it was down
 }
 
 // jobHealth is what the status page says of a job's passes.
@@ -82,7 +86,7 @@ const historySize = 20
 // registry of their own.
 func NewMetrics() *Metrics {
 	m := &Metrics{Registry: prometheus.NewRegistry(), history: map[string][]pipeline.Export{}, backlogs: map[string]int{},
-		oldests: map[string]time.Duration{}, health: map[string]*jobHealth{}, deps: map[string]bool{}}
+		oldests: map[string]time.Duration{}, health: map[string]*jobHealth{}, deps: map[string]bool{}, depErrs: map[string]error{}}
 	job := []string{"job"}
 	m.runs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_runs_total", Help: "Exports by outcome (success, failure, skipped)."}, []string{"job", "outcome"})
 	m.rows = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_rows_total", Help: "Rows written, per format."}, []string{"job", "format"})
@@ -207,18 +211,40 @@ func (m *Metrics) passFailed(job string, err error, at time.Time) {
 	}
 }
 
-func (m *Metrics) dependencyUp(dependency, job string, up bool) {
+func (m *Metrics) dependencyUp(dependency, job string, err error) (changed bool) {
 	if m == nil {
-		return
+		return false
 	}
+	up := err == nil
 	v := 0.0
 	if up {
 		v = 1
 	}
 	m.up.WithLabelValues(dependency, job).Set(v)
+	key := path.Join(dependency, job)
 	m.mu.Lock()
-	m.deps[path.Join(dependency, job)] = up
-	m.mu.Unlock()
+	defer m.mu.Unlock()
+	was, seen := m.deps[key]
+	m.deps[key] = up
+	if err != nil {
+		m.depErrs[key] = err
+	} else {
+		delete(m.depErrs, key)
+	}
+	return !seen && !up || seen && was != up
+}
+
+// dependencyErrors joins the errors of the dependencies down at their
+// last check (nil: all up, or not checked yet).
+func (m *Metrics) dependencyErrors() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	keys := slices.Sorted(maps.Keys(m.depErrs))
+	errs := make([]error, len(keys))
+	for i, k := range keys {
+		errs[i] = fmt.Errorf("%s: %w", k, m.depErrs[k])
+	}
+	return errors.Join(errs...)
 }
 
 // RerunApplied implements pipeline.Observer.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -262,5 +263,39 @@ func TestDaemonAppliesADeclaredRerunAndShowsIt(t *testing.T) {
 		!strings.Contains(body, "2 of 2") || !strings.Contains(body, "collector fix &lt;b&gt;#7&lt;/b&gt;") {
 		i := max(strings.Index(body, "Declared reruns")-100, 0)
 		t.Errorf("status page: %d\n%.2000s", code, body[i:])
+	}
+}
+
+// TestAReadOnlyBucketIsDown: a job whose bucket can be read but not
+// written (a read-only file system) is down everywhere an operator looks:
+// sellersnap_dependency_up{dependency="bucket"} is 0, /readyz is 503
+// naming the job and the cause, and the status page says the bucket is
+// down; the healthy job's bucket stays up.
+func TestAReadOnlyBucketIsDown(t *testing.T) {
+	f := newFixture(t, "")
+	ro := t.TempDir()
+	if err := syscall.Mount("tmpfs", ro, "tmpfs", syscall.MS_RDONLY, "size=1m"); err != nil {
+		t.Skipf("cannot mount a read-only tmpfs here (%v)", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(ro, 0) })
+	good := *f.Job("new-sellers")
+	broken := *f.Job("new-sellers")
+	broken.Name, broken.Destination = "read-only", "file://"+ro
+	_, stop := f.daemonFor([]*pipeline.Job{&good, &broken}, "sellers", false, 5*time.Second)
+	defer stop()
+	pipelinetest.WaitFor(t, "the HTTP server", 10*time.Second, func() bool { return f.daemons[0].Addr() != nil })
+	base := "http://" + f.daemons[0].Addr().String()
+	pipelinetest.WaitFor(t, "the bucket check", 20*time.Second, func() bool {
+		_, m := get(t, base+"/metrics")
+		return strings.Contains(m, `sellersnap_dependency_up{dependency="bucket",job="read-only"} 0`) &&
+			strings.Contains(m, `sellersnap_dependency_up{dependency="bucket",job="new-sellers"} 1`)
+	})
+	code, body := get(t, base+"/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "read-only") || !strings.Contains(body, "not writable") {
+		t.Errorf("/readyz: %d %s; want 503 naming the job and why", code, body)
+	}
+	if code, body := get(t, base+"/"); code != 200 || !strings.Contains(body, `<span class="bucket down">down</span>`) {
+		i := max(strings.Index(body, "read-only")-200, 0)
+		t.Errorf("status page: %d\n%.1500s", code, body[i:])
 	}
 }
