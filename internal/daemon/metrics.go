@@ -35,6 +35,7 @@ import (
 //	sellersnap_reruns_total{job,status}             attempts at declared reruns, by status after them: applied, incomplete, running
 //	sellersnap_pass_failures_total{job,reason}      passes that failed: bucket, database, schema, conflict, other
 //	sellersnap_state_corrections_total{job,reason}  export states not believed: clock, missing_manifest
+//	sellersnap_failing_since_timestamp_seconds{job} first failed pass since the last good one; 0 when OK
 //	sellersnap_rows_changed_after_export_total{job} runs whose sellers changed within an hour of their export
 //	sellersnap_dependency_up{dependency,job}        1 if PostgreSQL (job="") or the job's bucket answered the last check
 //	sellersnap_schedule_interval_seconds{job,mode}  time between the job's next two ticks (for "no success in 2 × schedule")
@@ -44,24 +45,25 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	runs        *prometheus.CounterVec
-	rows        *prometheus.CounterVec
-	bytes       *prometheus.CounterVec
-	duration    *prometheus.HistogramVec
-	lastSuccess *prometheus.GaugeVec
-	backlog     *prometheus.GaugeVec
-	oldest      *prometheus.GaugeVec
-	retries     *prometheus.CounterVec
-	inFlight    *prometheus.GaugeVec
-	panics      *prometheus.CounterVec
-	coalesced   *prometheus.CounterVec
-	latestFails *prometheus.CounterVec
-	reruns      *prometheus.CounterVec
-	passFails   *prometheus.CounterVec
-	corrections *prometheus.CounterVec
-	rowsChanged *prometheus.CounterVec
-	up          *prometheus.GaugeVec
-	interval    *prometheus.GaugeVec
+	runs         *prometheus.CounterVec
+	rows         *prometheus.CounterVec
+	bytes        *prometheus.CounterVec
+	duration     *prometheus.HistogramVec
+	lastSuccess  *prometheus.GaugeVec
+	backlog      *prometheus.GaugeVec
+	oldest       *prometheus.GaugeVec
+	retries      *prometheus.CounterVec
+	inFlight     *prometheus.GaugeVec
+	panics       *prometheus.CounterVec
+	coalesced    *prometheus.CounterVec
+	latestFails  *prometheus.CounterVec
+	reruns       *prometheus.CounterVec
+	passFails    *prometheus.CounterVec
+	corrections  *prometheus.CounterVec
+	rowsChanged  *prometheus.CounterVec
+	failingSince *prometheus.GaugeVec
+	up           *prometheus.GaugeVec
+	interval     *prometheus.GaugeVec
 
 	mu       sync.Mutex
 	history  map[string][]pipeline.Export // job → newest last
@@ -103,12 +105,13 @@ func NewMetrics() *Metrics {
 	m.reruns = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_reruns_total", Help: "Attempts at declared reruns (pipeline.yaml reruns:), by status after the attempt."}, append(slices.Clone(job), "status"))
 	m.latestFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_latest_failures_total", Help: "latest.json pointers that could not be updated (the export itself succeeded)."}, job)
 	m.rowsChanged = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_rows_changed_after_export_total", Help: "Runs whose sellers changed within an hour after this process exported them (a breach of the source contract; rerun them)."}, job)
+	m.failingSince = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_failing_since_timestamp_seconds", Help: "Unix time of the first failed pass since the job's last good one; 0 while its last pass succeeded (or none ran yet)."}, job)
 	m.corrections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_state_corrections_total", Help: "Export states not believed and corrected, by reason: clock (a watermark after the database's clock), missing_manifest (a run listed as exported without its manifest)."}, []string{"job", "reason"})
 	m.passFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_pass_failures_total", Help: "Passes of a job that failed, by reason: bucket, database, schema, conflict, other."}, []string{"job", "reason"})
 	m.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_dependency_up", Help: "1 if the dependency answered the last check: PostgreSQL (job=\"\") or a job's bucket."}, []string{"dependency", "job"})
 	m.interval = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_schedule_interval_seconds", Help: "Time between the job's next two schedule ticks."}, []string{"job", "mode"})
 	m.Registry.MustRegister(m.runs, m.rows, m.bytes, m.duration, m.lastSuccess, m.backlog, m.oldest,
-		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.reruns, m.passFails, m.corrections, m.rowsChanged, m.up, m.interval,
+		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.reruns, m.passFails, m.corrections, m.rowsChanged, m.failingSince, m.up, m.interval,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -140,6 +143,7 @@ func (m *Metrics) InitJobs(jobs []*pipeline.Job) {
 			m.rowsChanged.WithLabelValues(j.Name)
 		}
 		m.duration.WithLabelValues(j.Name)
+		m.failingSince.WithLabelValues(j.Name)
 		m.lastSuccess.WithLabelValues(j.Name)
 		m.backlog.WithLabelValues(j.Name)
 		m.oldest.WithLabelValues(j.Name)
@@ -192,6 +196,7 @@ func (m *Metrics) passSucceeded(job string) {
 	defer m.mu.Unlock()
 	h := m.healthOf(job)
 	h.failingSince, h.lastError = time.Time{}, ""
+	m.failingSince.WithLabelValues(job).Set(0)
 }
 
 func (m *Metrics) passFailed(job string, err error, at time.Time) {
@@ -204,6 +209,7 @@ func (m *Metrics) passFailed(job string, err error, at time.Time) {
 	h := m.healthOf(job)
 	if h.failingSince.IsZero() {
 		h.failingSince = at
+		m.failingSince.WithLabelValues(job).Set(float64(at.Unix()))
 	}
 	h.lastError = err.Error()
 	if len(h.lastError) > maxErrorShown {
