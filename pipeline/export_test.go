@@ -1279,3 +1279,22 @@ func TestSellersAddedAfterExportAreReported(t *testing.T) {
 		t.Errorf("recount: %+v, %v", rc, err)
 	}
 }
+
+// TestADroppedColumnIsSchemaDrift: a column the job reads, dropped after
+// the job was compiled, fails the export as schema drift naming the
+// column (reason "schema"), not as a raw database error.
+func TestADroppedColumnIsSchemaDrift(t *testing.T) {
+	f := newFixture(t, "")
+	job := f.Job("new-sellers")
+	pgtest.Exec(t, f.DBURL, `ALTER TABLE sellers DROP COLUMN feedback_count`)
+	_, err := f.Runner.Once(context.Background(), job)
+	if err == nil {
+		t.Fatal("an export without a column it reads succeeded")
+	}
+	if got := pipeline.FailureReason(err); got != "schema" {
+		t.Errorf("reason %q, want schema: %v", got, err)
+	}
+	if !strings.Contains(err.Error(), "feedback_count") || strings.Contains(err.Error(), "SQLSTATE") {
+		t.Errorf("error %v; want it to name feedback_count as schema drift", err)
+	}
+}

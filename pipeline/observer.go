@@ -64,12 +64,13 @@ func ExportOf(m *Manifest, key string) Export {
 func FailureReason(err error) string {
 	var be *sinks.BucketError
 	var se *SchemaChangeError
+	var mc *sources.MissingColumnsError
 	switch {
 	case errors.As(err, &be):
 		return "bucket"
 	case isConflict(err):
 		return "conflict"
-	case errors.As(err, &se):
+	case errors.As(err, &se), errors.As(err, &mc):
 		return "schema"
 	case sources.IsDatabaseError(err):
 		return "database"

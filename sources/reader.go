@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -112,6 +113,9 @@ func (s *Snapshot) Sellers(ctx context.Context, q Query, opts ReadOptions) (*Rea
 	}
 	if opts.Allocator == nil {
 		opts.Allocator = memory.DefaultAllocator
+	}
+	if err := s.checkColumns(q); err != nil {
+		return nil, err
 	}
 	sql, params, oids := q.SQL(s.cfg.Schema, s.cfg.SellersTable)
 	values := make([][]byte, len(params))
@@ -295,4 +299,43 @@ func encodeUUID(dst, b []byte) {
 	hex.Encode(dst[19:23], b[8:10])
 	dst[23] = '-'
 	hex.Encode(dst[24:36], b[10:16])
+}
+
+// MissingColumnsError is schema drift found at read time: the sellers
+// table lacks columns the job reads (dropped or renamed since the job was
+// configured).
+type MissingColumnsError struct {
+	Table   string
+	Columns []string
+}
+
+func (e *MissingColumnsError) Error() string {
+	return fmt.Sprintf("schema drift: table %s has no column %s that the job reads (dropped or renamed?): restore it, or change the job's columns",
+		e.Table, strings.Join(e.Columns, ", "))
+}
+
+// checkColumns returns a *MissingColumnsError when the sellers table, as
+// the snapshot sees it, lacks a column q reads or filters on. A table the
+// snapshot did not find is left to the query's own error.
+func (s *Snapshot) checkColumns(q Query) error {
+	if len(s.nulls) == 0 {
+		return nil
+	}
+	need := append([]string{"id", "org_id", "created_at", "deleted_at"}, q.Columns...)
+	if q.RunID != "" {
+		need = append(need, "first_seen_run_id")
+	}
+	if q.Filter.Flagged != nil {
+		need = append(need, "flagged")
+	}
+	var missing []string
+	for _, c := range need {
+		if _, ok := s.nulls[c]; !ok && !slices.Contains(missing, c) {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return &MissingColumnsError{Table: s.cfg.Schema + "." + s.cfg.SellersTable, Columns: missing}
 }
