@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -1296,5 +1297,58 @@ func TestADroppedColumnIsSchemaDrift(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "feedback_count") || strings.Contains(err.Error(), "SQLSTATE") {
 		t.Errorf("error %v; want it to name feedback_count as schema drift", err)
+	}
+}
+
+// backlogs records the Observer's backlog reports.
+type backlogs struct {
+	*stopAfter
+	mu   sync.Mutex
+	last [2]int64 // units, oldest age in seconds
+}
+
+func (b *backlogs) Backlog(_ string, n int, oldest time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.last = [2]int64{int64(n), int64(oldest.Seconds())}
+}
+
+// TestBacklogGaugesTellTheTruth: after a pass whose one unit failed, the
+// backlog is 1 and its age that run's (not 0); RefreshBacklog shows a run
+// completed since, without a pass, and 0 once it is exported.
+func TestBacklogGaugesTellTheTruth(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("new-sellers")
+	obs := &backlogs{stopAfter: &stopAfter{n: -1}}
+	f.Runner.Observer = obs
+	f.Runner.Now = time.Now
+	if _, err := f.Runner.Once(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	id := lateRun(t, f.DBURL, "collection_runs", f.AnyOrg(), 3) // completed 3 h ago
+	if err := f.Runner.RefreshBacklog(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	if obs.last[0] != 1 {
+		t.Errorf("after a run completed without a pass: backlog %d, want 1", obs.last[0])
+	}
+	pipeline.SetBeforeCommit(f.Runner, func() { panic("fail this unit") })
+	if _, err := f.Runner.Once(ctx, job); err == nil {
+		t.Fatal("the unit did not fail")
+	}
+	run, err := f.Src.RunByID(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(f.Runner.Now().Sub(run.CompletedAt).Seconds()); obs.last[0] != 1 || obs.last[1] < want-60 || obs.last[1] > want {
+		t.Errorf("after a failed pass: backlog %d, oldest %d s; want 1 and %d s", obs.last[0], obs.last[1], want)
+	}
+	pipeline.SetBeforeCommit(f.Runner, nil)
+	if _, err := f.Runner.Once(ctx, job); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Runner.RefreshBacklog(ctx, job); err != nil || obs.last != [2]int64{0, 0} {
+		t.Errorf("after the export: %v, %v; want 0 and 0", obs.last, err)
 	}
 }

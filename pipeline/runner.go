@@ -257,6 +257,7 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 		return res, err
 	}
 	var errs []error
+	var failed []unit
 	for i, u := range units {
 		if ctx.Err() != nil {
 			errs = append(errs, ctx.Err())
@@ -278,6 +279,7 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 		}
 		if err != nil {
 			res.Failed++
+			failed = append(failed, u)
 			r.failed(u, err)
 			r.logFailure(u, err)
 			if force {
@@ -294,9 +296,35 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 		res.Exported = append(res.Exported, m)
 	}
 	if ctx.Err() == nil {
-		r.observer().Backlog(job.Name, res.Failed, 0)
+		// What is left are the failed units: the oldest of them is the
+		// age the gauge reports.
+		var oldest time.Duration
+		for _, u := range failed {
+			oldest = max(oldest, r.now().Sub(u.run.CompletedAt))
+		}
+		r.observer().Backlog(job.Name, res.Failed, oldest)
 	}
 	return res, errors.Join(errs...)
+}
+
+// RefreshBacklog reports to the Observer how many runs of a per_run job
+// are pending now and how old the oldest is, as a pass would find them,
+// without exporting anything (the daemon calls it every minute, so the
+// backlog gauges follow the database between passes).
+func (r *Runner) RefreshBacklog(ctx context.Context, job *Job) error {
+	if job.Mode != config.ModePerRun {
+		return nil
+	}
+	d, err := r.discover(ctx, job)
+	if err != nil {
+		return err
+	}
+	var oldest time.Duration
+	if len(d.pending) > 0 {
+		oldest = max(r.now().Sub(d.pending[0].run.CompletedAt), 0)
+	}
+	r.observer().Backlog(job.Name, len(d.pending), oldest)
+	return nil
 }
 
 // logFailure logs a failed unit once: with the stack when it panicked.

@@ -550,17 +550,32 @@ func (d *Daemon) now() time.Time {
 // dependencyCheckEvery is how often sellersnap_dependency_up is refreshed.
 const dependencyCheckEvery = 15 * time.Second
 
+// backlogEvery is how many dependency checks go by between two refreshes
+// of the backlog gauges (4 × 15 s: a minute).
+const backlogEvery = 4
+
 // watchDependencies sets sellersnap_dependency_up for PostgreSQL and each
 // job's bucket, at start-up and every dependencyCheckEvery.
 func (d *Daemon) watchDependencies(ctx context.Context) {
 	probe := randomHex()
-	for {
+	for i := 0; ; i++ {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		d.dependency(ctx, "postgres", "", d.Runner.Source.Ping(cctx))
 		for _, j := range d.Jobs {
 			d.dependency(ctx, "bucket", j.Name, d.bucketWritable(cctx, j, probe))
 		}
 		cancel()
+		if i%backlogEvery == backlogEvery-1 {
+			// The backlog gauges follow the database between passes: a
+			// run completed without a notification shows within a minute.
+			for _, j := range d.Jobs {
+				bctx, cancel := context.WithTimeout(ctx, time.Minute)
+				if err := d.Runner.RefreshBacklog(bctx, j); err != nil && ctx.Err() == nil {
+					d.logger().Debug("could not refresh the backlog", "job", j.Name, "err", err)
+				}
+				cancel()
+			}
+		}
 		if !wait(ctx, dependencyCheckEvery) {
 			return
 		}
