@@ -123,21 +123,24 @@ func Compile(ctx context.Context, f *config.File, catalog *sources.Catalog) ([]*
 	if err := catalog.Check(ctx, nil); err != nil {
 		return nil, f.Errorf("source", "%v (README, \"Source contract\")", err)
 	}
+	jobs, err := Build(f)
+	if err != nil {
+		return nil, err
+	}
+	for i := range jobs {
+		if err := CheckJob(ctx, f, i, catalog); err != nil {
+			return nil, err
+		}
+	}
+	return jobs, nil
+}
+
+// Build compiles the jobs of f without the database: what the daemon
+// schedules before it knows whether each job's columns are in the source
+// (CheckJob, before the job's first pass).
+func Build(f *config.File) ([]*Job, error) {
 	jobs := make([]*Job, len(f.Jobs))
 	for i, j := range f.Jobs {
-		if err := catalog.Check(ctx, j.SourceColumns()); err != nil {
-			return nil, f.Errorf(fmt.Sprintf("jobs[%d].columns", i), "%v", err)
-		}
-		for k, c := range j.Columns {
-			if c.Mask == "" {
-				continue
-			}
-			for _, sc := range catalog.Sellers() {
-				if sc.Name == c.Name && !sources.TextType(sc.Type) {
-					return nil, f.Errorf(fmt.Sprintf("jobs[%d].columns[%d]", i, k), "mask: column %q is %s; mask applies to text columns (redact works on any)", c.Name, sc.Type)
-				}
-			}
-		}
 		job, err := NewJob(j)
 		if err != nil {
 			return nil, err
@@ -151,6 +154,27 @@ func Compile(ctx context.Context, f *config.File, catalog *sources.Catalog) ([]*
 		jobs[i] = job
 	}
 	return jobs, nil
+}
+
+// CheckJob checks f's job i against the source's catalog: its columns
+// exist, can be read and exported, and masks apply to text columns. The
+// error names the field.
+func CheckJob(ctx context.Context, f *config.File, i int, catalog *sources.Catalog) error {
+	j := f.Jobs[i]
+	if err := catalog.Check(ctx, j.SourceColumns()); err != nil {
+		return f.Errorf(fmt.Sprintf("jobs[%d].columns", i), "%v", err)
+	}
+	for k, c := range j.Columns {
+		if c.Mask == "" {
+			continue
+		}
+		for _, sc := range catalog.Sellers() {
+			if sc.Name == c.Name && !sources.TextType(sc.Type) {
+				return f.Errorf(fmt.Sprintf("jobs[%d].columns[%d]", i, k), "mask: column %q is %s; mask applies to text columns (redact works on any)", c.Name, sc.Type)
+			}
+		}
+	}
+	return nil
 }
 
 // CheckConfig is the config.Check of what sinks knows: every format a job

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"fmt"
 	"errors"
 	"time"
 
@@ -65,18 +66,32 @@ func FailureReason(err error) string {
 	var be *sinks.BucketError
 	var se *SchemaChangeError
 	var mc *sources.MissingColumnsError
+	var sm *SourceMismatchError
 	switch {
 	case errors.As(err, &be):
 		return "bucket"
 	case isConflict(err):
 		return "conflict"
-	case errors.As(err, &se), errors.As(err, &mc):
+	case errors.As(err, &se), errors.As(err, &mc), errors.As(err, &sm):
 		return "schema"
 	case sources.IsDatabaseError(err):
 		return "database"
 	}
 	return "other"
 }
+
+// SourceMismatchError says the source lacks what a job needs (a column, a
+// grant, a type it can export), found by the check before the job's first
+// pass: schema drift, with the fix.
+type SourceMismatchError struct {
+	Job string
+	Err error
+}
+
+func (e *SourceMismatchError) Error() string {
+	return fmt.Sprintf("job %s: the source does not have what it needs: %v", e.Job, e.Err)
+}
+func (e *SourceMismatchError) Unwrap() error { return e.Err }
 
 // FailureReasons are the values FailureReason returns.
 func FailureReasons() []string { return []string{"bucket", "database", "schema", "conflict", "other"} }

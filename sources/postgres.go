@@ -48,6 +48,10 @@ type Config struct {
 	// saves one connection setup (a backend start and authentication, ~10
 	// ms on loopback, more across a network) from every short export.
 	Conns int
+	// Lazy makes Open connect nothing: the first query does. The daemon
+	// opens its pool so, to start (and serve its metrics) while the
+	// database is down.
+	Lazy bool
 }
 
 func (c Config) withDefaults() Config {
@@ -143,6 +147,9 @@ func Open(ctx context.Context, cfg Config) (*Postgres, error) {
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to postgres: %w", err)
+	}
+	if cfg.Lazy {
+		return &Postgres{pool: pool, cfg: cfg}, nil
 	}
 	if err := warm(ctx, pool, cfg.Conns); err != nil {
 		pool.Close()

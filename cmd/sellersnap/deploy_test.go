@@ -8,6 +8,7 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -245,7 +246,9 @@ func TestSystemdUnitMatchesTheBinary(t *testing.T) {
 		t.Errorf("TimeoutStopSec=%s, want at least shutdown_grace (%s) + 5s", keys["TimeoutStopSec"], config.DefaultShutdownGrace)
 	}
 	for k, want := range map[string]string{"DynamicUser": "yes", "ProtectSystem": "strict", "NoNewPrivileges": "yes", "Restart": "on-failure",
-		"StateDirectory": "sellersnap", "EnvironmentFile": "/etc/sellersnap/env", "CapabilityBoundingSet": ""} {
+		"StateDirectory": "sellersnap", "EnvironmentFile": "/etc/sellersnap/env", "CapabilityBoundingSet": "",
+		// exit 2 (usage or configuration) is not restarted for ever
+		"RestartPreventExitStatus": "2", "ProtectClock": "yes", "ProtectKernelLogs": "yes", "RestrictRealtime": "yes"} {
 		if v, ok := keys[k]; !ok || v != want {
 			t.Errorf("%s=%q, want %q", k, v, want)
 		}
@@ -265,5 +268,14 @@ func TestSystemdUnitMatchesTheBinary(t *testing.T) {
 	out, err := osexec.Command(analyze, "verify", unit).CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	// systemd-analyze security scores the sandbox: at most 2.0 ("OK").
+	out, err = osexec.Command(analyze, "security", "--offline=true", unit).CombinedOutput()
+	m := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+)`).FindSubmatch(out)
+	if err != nil || m == nil {
+		t.Fatalf("systemd-analyze security: %v\n%s", err, out)
+	}
+	if score, _ := strconv.ParseFloat(string(m[1]), 64); score > 2.0 {
+		t.Errorf("systemd-analyze security scores the unit %.1f, want at most 2.0:\n%s", score, out)
 	}
 }

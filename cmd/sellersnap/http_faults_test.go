@@ -195,3 +195,47 @@ func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
 		}
 	}
 }
+
+// TestFaultDaemonStartsWithTheDatabaseDown: `run` with PostgreSQL not
+// answering does not exit: it serves /healthz (200), /readyz (503 naming
+// postgres) and /metrics (the database down, the job's passes failing
+// with reason database), and stops on SIGTERM with exit 0. A broken job
+// (a column the source lacks) does not stop it either.
+func TestFaultDaemonStartsWithTheDatabaseDown(t *testing.T) {
+	skipShort(t)
+	out := t.TempDir()
+	dead := freeAddr(t) // nothing listens there
+	cfg := filepath.Join(t.TempDir(), "p.yaml")
+	yaml := fmt.Sprintf("source: {dsn: 'postgres://u@%s/db?connect_timeout=1'}\njobs:\n  - {name: new-sellers, mode: per_run, schedule: '@yearly', destination: 'file://%s'}\n", dead, out)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	cmd, log := runProcess(t, nil, "run", "-config", cfg, "-listen", addr)
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor(t, 30*time.Second, func() bool {
+		_, m := get("/metrics")
+		return strings.Contains(m, `sellersnap_dependency_up{dependency="postgres",job=""} 0`) &&
+			strings.Contains(m, `sellersnap_pass_failures_total{job="new-sellers",reason="database"} 1`)
+	}, "the database down in /metrics", log)
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz: %d", code)
+	}
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "postgres") {
+		t.Errorf("/readyz: %d %s", code, body)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, log)
+	}
+}

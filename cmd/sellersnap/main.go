@@ -234,12 +234,23 @@ func execute(ctx context.Context, cmd string, o options, logger *slog.Logger, st
 		SellersTable: cfg.Source.SellersTable, CompletedStatus: cfg.Source.CompletedStatus,
 		StatementTimeout: cfg.Source.StatementTimeout.Duration,
 		Conns:            exportConns(cmd),
+		// The daemon starts with the database down, serves its metrics
+		// and status page, and connects when it can.
+		Lazy: cmd == "run",
 	})
 	if err != nil {
 		return err
 	}
 	defer src.Close()
-	jobs, err := compile(ctx, cfg, src, only)
+	var jobs []*pipeline.Job
+	if cmd == "run" {
+		// Each job is checked against the source before its first pass
+		// (daemon.Check), not here: one broken job, or the database
+		// down, does not stop the others or the daemon.
+		jobs, err = build(cfg, only)
+	} else {
+		jobs, err = compile(ctx, cfg, src, only)
+	}
 	if err != nil {
 		return err
 	}
@@ -280,7 +291,7 @@ func execute(ctx context.Context, cmd string, o options, logger *slog.Logger, st
 			listen = *o.listen
 		}
 		d := &daemon.Daemon{Runner: runner, Jobs: jobs, Metrics: daemon.NewMetrics(), NotifyChannel: *cfg.Daemon.NotifyChannel,
-			Listen: listen, Pprof: cfg.Daemon.Pprof}
+			Listen: listen, Pprof: cfg.Daemon.Pprof, Check: checkAgainstSource(cfg, src)}
 		return d.Run(ctx, abortAfter(ctx, cfg.Daemon.ShutdownGrace.Duration, logger))
 	case "rerun":
 		return rerun(ctx, runner, jobs[0], o, stdout, stderr)
@@ -453,6 +464,46 @@ func compile(ctx context.Context, cfg *config.File, src *sources.Postgres, only 
 		}
 	}
 	return jobs, nil
+}
+
+// build compiles the jobs in only without the database (the daemon's
+// way; see checkAgainstSource).
+func build(cfg *config.File, only []*config.Job) ([]*pipeline.Job, error) {
+	built, err := pipeline.Build(cfg)
+	if err != nil {
+		return nil, &configError{err}
+	}
+	var jobs []*pipeline.Job
+	for _, j := range built {
+		if slices.ContainsFunc(only, func(c *config.Job) bool { return c.Name == j.Name }) {
+			jobs = append(jobs, j)
+		}
+	}
+	return jobs, nil
+}
+
+// checkAgainstSource is the daemon's check of a job before its first
+// pass: what compile checks for every job at once, for that job alone. A
+// database that does not answer is a database error; a source without the
+// job's columns (or grants) a *pipeline.SourceMismatchError.
+func checkAgainstSource(cfg *config.File, src *sources.Postgres) func(context.Context, *pipeline.Job) error {
+	return func(ctx context.Context, job *pipeline.Job) error {
+		catalog, err := src.Catalog(ctx)
+		if err != nil {
+			return err
+		}
+		if err := catalog.Check(ctx, nil); err != nil {
+			return &pipeline.SourceMismatchError{Job: job.Name, Err: err}
+		}
+		_, i, err := cfg.Job(job.Name)
+		if err != nil {
+			return err
+		}
+		if err := pipeline.CheckJob(ctx, cfg, i, catalog); err != nil {
+			return &pipeline.SourceMismatchError{Job: job.Name, Err: err}
+		}
+		return nil
+	}
 }
 
 // once exports what every job has pending, one job after the other.

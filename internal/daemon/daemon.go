@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
@@ -46,6 +47,15 @@ type Daemon struct {
 	Listen string
 	// Pprof adds /debug/pprof/ to the HTTP server.
 	Pprof bool
+	// Check, when set, checks a job against the source before its first
+	// pass (its columns exist and can be read). Until it passes, the job
+	// is failing with its reason and the check is tried again every
+	// CheckRetry; the other jobs run. So a daemon whose configuration
+	// parses starts with the database down or one job's column gone, and
+	// recovers by itself.
+	Check func(ctx context.Context, job *pipeline.Job) error
+	// CheckRetry is how often a failed Check is tried again. Default 1m.
+	CheckRetry time.Duration
 
 	mu      sync.Mutex
 	workers []*worker
@@ -67,6 +77,8 @@ type worker struct {
 
 	failingSince time.Time       // the first failed pass since the last good one (work goroutine only)
 	warnedRows   map[string]bool // runs whose changed rows were reported (work goroutine only)
+	checked      bool            // Check passed (work goroutine only)
+	checkErr     string          // the last failed Check's error, logged when it changes
 }
 
 // Run schedules the jobs until ctx is done, then waits for exports in
@@ -269,6 +281,9 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 		}
 	}()
 	job := w.job
+	if !d.checkJob(ctx, w) {
+		return
+	}
 	var err error
 	failedUnits := 0 // each already logged as "export failed", with its unit
 	if job.Mode == config.ModeFull {
@@ -340,6 +355,45 @@ func (d *Daemon) runJob(ctx context.Context, w *worker) {
 			w.failingSince = time.Time{}
 		}
 	}
+}
+
+// checkJob runs d.Check before w's first pass: false (the pass does not
+// run) while it fails. A failure counts as a failed pass with its reason
+// (database when the source cannot be reached, schema when it lacks what
+// the job needs), is logged when it first happens or changes, and the
+// check is tried again after CheckRetry, keeping a full job's slot.
+func (d *Daemon) checkJob(ctx context.Context, w *worker) bool {
+	if d.Check == nil || w.checked {
+		return true
+	}
+	err := d.Check(ctx, w.job)
+	if err == nil {
+		w.checked = true
+		if w.checkErr != "" {
+			d.logger().Info("job checked against the source: it runs again", "job", w.job.Name)
+			w.checkErr = ""
+		}
+		return true
+	}
+	if ctx.Err() != nil {
+		return false
+	}
+	d.Metrics.passFailed(w.job.Name, err, d.now())
+	if w.failingSince.IsZero() {
+		w.failingSince = d.now()
+	}
+	retry := cmp.Or(d.CheckRetry, time.Minute)
+	if msg := err.Error(); msg != w.checkErr {
+		w.checkErr = msg
+		d.logger().Error("job cannot run: the check against the source failed; the other jobs run, and this one is checked again",
+			"job", w.job.Name, "reason", pipeline.FailureReason(err), "retry_in", retry, "err", err)
+	}
+	time.AfterFunc(retry, func() {
+		if ctx.Err() == nil {
+			d.fire(w, time.Time{}, "check retry")
+		}
+	})
+	return false
 }
 
 // recountWindow is how long after its export the daemon checks that a

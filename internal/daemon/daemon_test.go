@@ -2,11 +2,13 @@ package daemon_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"path"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -465,4 +467,50 @@ func TestDaemonReportsSellersAddedAfterExport(t *testing.T) {
 	if !strings.Contains(body, `sellersnap_rows_changed_after_export_total{job="new-sellers"} 1`) {
 		t.Errorf("metrics lack the count:\n%s", body)
 	}
+}
+
+// TestABrokenJobDoesNotStopTheOthers: a job whose column is missing from
+// the source fails its check (reason schema), logged once, while the
+// healthy job exports; once the column exists the broken job is checked
+// again and exports too, by itself.
+func TestABrokenJobDoesNotStopTheOthers(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	src, err := sources.Open(ctx, sources.Config{DSN: f.DBURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	rec := &records{}
+	runner := &pipeline.Runner{Source: src, Version: "test", Logger: slog.New(rec), Locker: pipeline.PostgresLocker(src), Now: f.Runner.Now}
+	defer runner.Close()
+	good := *f.Job("new-sellers")
+	broken := *f.Job("new-sellers")
+	broken.Name, broken.Destination = "broken", f.Dest+"-broken"
+	sched, _ := config.ParseSchedule("@yearly")
+	good.Cron, broken.Cron = sched, sched
+	var columnThere atomic.Bool
+	check := func(ctx context.Context, j *pipeline.Job) error {
+		if j.Name == "broken" && !columnThere.Load() {
+			return &pipeline.SourceMismatchError{Job: j.Name, Err: errors.New(`columns: column "gone" does not exist in public.sellers`)}
+		}
+		return nil
+	}
+	m := daemon.NewMetrics()
+	d := &daemon.Daemon{Runner: runner, Jobs: []*pipeline.Job{&good, &broken}, Metrics: m, Check: check, CheckRetry: 200 * time.Millisecond}
+	soft, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- d.Run(soft, soft) }()
+	defer func() { cancel(); <-done }()
+	pipelinetest.WaitFor(t, "the healthy job's exports", 30*time.Second, func() bool { return rec.count("exported", "job", "new-sellers") == 10 })
+	if st := m.Status("broken"); st.FailingSince.IsZero() || !strings.Contains(st.LastError, `"gone"`) {
+		t.Errorf("broken job's status: %+v; want failing with the check's error", st)
+	}
+	if n := rec.count("job cannot run: the check against the source failed; the other jobs run, and this one is checked again", "job", "broken"); n != 1 {
+		t.Errorf("the check's failure logged %d times, want once", n)
+	}
+	columnThere.Store(true)
+	pipelinetest.WaitFor(t, "the broken job's recovery", 30*time.Second, func() bool {
+		return rec.count("exported", "job", "broken") == 10 && m.Status("broken").FailingSince.IsZero()
+	})
 }
