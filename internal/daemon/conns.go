@@ -76,10 +76,3 @@ func (l *connLimiter) oldest(newcomer net.Conn) net.Conn {
 	}
 	return busy
 }
-
-// open is how many connections the limiter holds.
-func (l *connLimiter) open() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.conns)
-}
