@@ -182,7 +182,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 
 	m := r.newManifest(u, snap, rd, mcols)
 	m.SchemaChange, m.Rerun, m.RerunID, m.ConfigFingerprint = schemaChange, force, u.rerunID, u.job.configFingerprint
-	if asOf := snap.Time().In(u.job.Location).Format(time.DateOnly); force && u.run == nil && asOf != u.date {
+	if asOf := snap.Time().In(u.job.Location).Format(time.DateOnly); u.run == nil && asOf != u.date {
 		m.DataAsOf = asOf
 	}
 	if schemaChange != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sellersnap/sellersnap/internal/pgtest"
 	"github.com/sellersnap/sellersnap/sources"
@@ -60,5 +61,33 @@ func TestFullSnapshotSplitsOrgsAcrossReplicas(t *testing.T) {
 	// The date is done: another pass exports nothing.
 	if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
 		t.Errorf("second pass: %+v, %v", res, err)
+	}
+}
+
+// TestOnceTakesTheLatestSlot: once for a full job ("0 2 * * *") writes the
+// snapshot of its latest slot: at 01:00 yesterday's (if missing, with
+// data_as_of saying when the rows were read), at 12:00 today's; it never
+// writes a date whose slot has not come.
+func TestOnceTakesTheLatestSlot(t *testing.T) {
+	f := newFixture(t, "")
+	ctx := context.Background()
+	job := f.Job("full-nightly")
+	f.Runner.Now = func() time.Time { return time.Date(2026, 11, 22, 1, 0, 0, 0, time.UTC) }
+	res, err := f.Runner.Once(ctx, job)
+	if err != nil || len(res.Exported) == 0 {
+		t.Fatalf("once at 01:00: %+v, %v", res, err)
+	}
+	for _, m := range res.Exported {
+		if m.Date != "2026-11-21" || m.DataAsOf == "" {
+			t.Errorf("at 01:00: date %s, data_as_of %q; want 2026-11-21 (yesterday's 02:00 slot), with data_as_of", m.Date, m.DataAsOf)
+		}
+	}
+	if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
+		t.Errorf("a second once at 01:00: %d exported, %v; want none", len(res.Exported), err)
+	}
+	f.Runner.Now = func() time.Time { return time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC) }
+	res, err = f.Runner.Once(ctx, job)
+	if err != nil || len(res.Exported) == 0 || res.Exported[0].Date != "2026-11-22" {
+		t.Errorf("once at 12:00: %+v, %v; want today's snapshot", res, err)
 	}
 }

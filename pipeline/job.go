@@ -245,3 +245,26 @@ func (j *Job) Split() bool { return j.maxRows > 0 || j.maxBytes > 0 }
 func (j *Job) RunManifestKey(run sources.Run) (string, error) {
 	return newRunUnit(j, run).manifestKey()
 }
+
+// PrevSlots returns up to n of the job's schedule slots at or before t,
+// newest first (in the job's time zone).
+func (j *Job) PrevSlots(t time.Time, n int) []time.Time {
+	t = t.In(j.Location)
+	for window := 26 * time.Hour; window <= 800*24*time.Hour; window *= 4 {
+		var slots []time.Time
+		for s := j.Cron.Next(t.Add(-window)); !s.IsZero() && !s.After(t); s = j.Cron.Next(s) {
+			slots = append(slots, s)
+			if len(slots) > 100000 { // very frequent schedules: keep the tail
+				slots = slots[len(slots)-n:]
+			}
+		}
+		if len(slots) >= n || window*4 > 800*24*time.Hour {
+			out := make([]time.Time, 0, n)
+			for i := len(slots) - 1; i >= 0 && len(out) < n; i-- {
+				out = append(out, slots[i])
+			}
+			return out
+		}
+	}
+	return nil
+}

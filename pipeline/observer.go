@@ -1,8 +1,8 @@
 package pipeline
 
 import (
-	"fmt"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/sellersnap/sellersnap/sinks"

@@ -154,7 +154,11 @@ func (r *Runner) Once(ctx context.Context, job *Job) (Result, error) {
 // holds a new run.
 func (r *Runner) Pass(ctx context.Context, job *Job) (Result, error) {
 	if job.Mode == config.ModeFull {
-		return r.Full(ctx, job, r.now().In(job.Location).Format(time.DateOnly))
+		date, ok := r.slotDate(job)
+		if !ok {
+			return Result{}, nil // no slot yet
+		}
+		return r.Full(ctx, job, date)
 	}
 	d, err := r.discover(ctx, job)
 	if err != nil {
@@ -171,6 +175,19 @@ func (r *Runner) Pass(ctx context.Context, job *Job) (Result, error) {
 		}
 	}
 	return res, err
+}
+
+// slotDate is the date (job's time zone) of a full job's latest schedule
+// slot at or before now: the snapshot a pass takes. So `once` from a
+// CronJob every 15 minutes writes the 02:00 snapshot at its first run
+// after 02:00, not after midnight, as the daemon would. ok is false when
+// the schedule has no slot yet.
+func (r *Runner) slotDate(job *Job) (string, bool) {
+	slots := job.PrevSlots(r.now(), 1)
+	if len(slots) == 0 {
+		return "", false
+	}
+	return slots[0].In(job.Location).Format(time.DateOnly), true
 }
 
 // ExportPending exports one run if it is completed and has no manifest
@@ -515,7 +532,10 @@ func (r *Runner) Plan(ctx context.Context, job *Job) ([]Planned, error) {
 		if err != nil {
 			return nil, err
 		}
-		date := r.now().In(job.Location).Format(time.DateOnly)
+		date, ok := r.slotDate(job)
+		if !ok {
+			return nil, nil
+		}
 		if counts, err = r.Source.CountByOrg(ctx, job.filter); err != nil {
 			return nil, err
 		}

@@ -16,7 +16,7 @@ def firing(alert, **labels):
     l = dict(labels); l['severity'] = rules[alert]['labels']['severity']
     return {'exp_labels': l, 'exp_annotations': ann(alert, labels)}
 PAGES = ['SellersnapDown','SellersnapJobFailing','SellersnapNoRecentSuccess','SellersnapBacklogStuck','SellersnapDependencyDown']
-ALL = PAGES + ['SellersnapExportsFailing','SellersnapPanics','SellersnapLatestPointerFailing','SellersnapStateCorrected','SellersnapRowsChangedAfterExport']
+ALL = PAGES + ['SellersnapCronJobNotSucceeding', 'SellersnapExportsFailing','SellersnapPanics','SellersnapLatestPointerFailing','SellersnapStateCorrected','SellersnapRowsChangedAfterExport']
 PODS = ['10.0.0.1:9464','10.0.0.2:9464','10.0.0.3:9464']
 
 def healthy(job, mode, interval, pods=PODS, minutes=200, skip=()):
@@ -121,6 +121,13 @@ tests.append({'name': 'per_run job, three replicas, runs waiting, nothing publis
 # 11. A healthy nightly job the day after its snapshot: quiet (last success 23 h ago).
 s = infra(minutes=1500) + healthy('full-nightly', 'full', 86400, minutes=1500)
 tests.append({'name': 'a healthy nightly job 23 h after its snapshot: quiet', 'interval': '1m', 'input_series': s, 'alert_rule_test': quiet(['1380m'])})
+
+# 12. The CronJob deployment: runs succeed every 15 minutes, then fail from 60m on.
+s = [{'series': 'kube_cronjob_status_last_successful_time{namespace="data", cronjob="sellersnap-once", job="kube-state-metrics"}',
+      'values': ' '.join(str(60 * 15 * (m // 15)) for m in range(60)) + ' ' + ' '.join(['3600'] * 140)}]
+tests.append({'name': 'CronJob deployment: pages an hour (+5 min) after its last successful run', 'interval': '1m', 'input_series': s,
+  'alert_rule_test': quiet(['50m', '115m'], ['SellersnapCronJobNotSucceeding']) + [{'eval_time': '130m', 'alertname': 'SellersnapCronJobNotSucceeding',
+    'exp_alerts': [firing('SellersnapCronJobNotSucceeding', namespace='data', cronjob='sellersnap-once')]}]})
 
 doc = {'rule_files': ['alerts.yaml'], 'evaluation_interval': '1m', 'tests': tests}
 hdr = ('# Scenarios for docs/alerts.yaml, with the series three replicas expose (instance\n'

@@ -434,26 +434,7 @@ func (d *Daemon) recountRecent(ctx context.Context, w *worker) {
 const maxCatchup = 31
 
 // prevSlots returns up to n schedule slots at or before t, newest first.
-func prevSlots(job *pipeline.Job, t time.Time, n int) []time.Time {
-	t = t.In(job.Location)
-	for window := 26 * time.Hour; window <= 800*24*time.Hour; window *= 4 {
-		var slots []time.Time
-		for s := job.Cron.Next(t.Add(-window)); !s.IsZero() && !s.After(t); s = job.Cron.Next(s) {
-			slots = append(slots, s)
-			if len(slots) > 100000 { // very frequent schedules: keep the tail
-				slots = slots[len(slots)-n:]
-			}
-		}
-		if len(slots) >= n || window*4 > 800*24*time.Hour {
-			out := make([]time.Time, 0, n)
-			for i := len(slots) - 1; i >= 0 && len(out) < n; i-- {
-				out = append(out, slots[i])
-			}
-			return out
-		}
-	}
-	return nil
-}
+func prevSlots(job *pipeline.Job, t time.Time, n int) []time.Time { return job.PrevSlots(t, n) }
 
 func dedupe(s []string) []string {
 	var out []string
