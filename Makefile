@@ -18,9 +18,10 @@ build:
 
 # A throwaway PostgreSQL with demo data, one export into ./snapshots, then the files.
 demo:
-	@echo "building sellersnap (the first build downloads modules and compiles for a few minutes)…"
+	@echo "make demo: 1/3 building bin/sellersnap and bin/snapdev (first time only: downloads modules and"
+	@echo "compiles for 3-10 minutes on 2 cores, silent meanwhile; later runs take seconds)…"
 	@$(MAKE) --no-print-directory build
-	@echo "starting a throwaway PostgreSQL, loading demo data, exporting into ./snapshots…"
+	@echo "make demo: 2/3 a throwaway PostgreSQL with demo data; 3/3 validate and export into ./snapshots (~10 s)…"
 	rm -rf ./snapshots
 	./bin/snapdev demo -bin ./bin/sellersnap -config pipeline.yaml -out ./snapshots
 
@@ -43,8 +44,16 @@ scale: build
 
 # The whole suite against a real PostgreSQL (DATABASE_URL, or a throwaway cluster),
 # except the slow process-fault tests (see test-faults).
-test: vet
+test:
+	@echo "make test: go vet, then go test -race against a throwaway PostgreSQL. The first run compiles every"
+	@echo "package twice (vet, race detector): 10-20 minutes on 2 cores, silent meanwhile; later runs reuse the cache."
+	@$(MAKE) --no-print-directory vet
 	$(GO) test -race -short -count=1 $(TESTFLAGS) ./...
+	@missing=""; \
+	 command -v promtool >/dev/null 2>&1 || missing="$$missing promtool (apt-get install prometheus: the alert scenarios);"; \
+	 command -v chromium >/dev/null 2>&1 || missing="$$missing chromium (apt-get install chromium: the status page in a browser);"; \
+	 command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd-analyze (apt-get install systemd: the unit's checks);"; \
+	 if [ -n "$$missing" ]; then echo "SKIPPED, not installed:$$missing CI installs them and fails without them."; fi
 
 # Real sellersnap processes killed (SIGKILL at 14 points), a PostgreSQL restarted
 # under the daemon, a stalled or slow network, a full disk. ~2 minutes; CI runs it.

@@ -958,6 +958,11 @@ func rerun(ctx context.Context, r *pipeline.Runner, job *pipeline.Job, o options
 	if res.Total == 0 && err == nil {
 		fmt.Fprintf(stderr, "rerun %s: nothing selected (%s)\n", job.Name, sel)
 	}
+	if res.Total == 0 && errors.Is(err, sources.ErrRunNotFound) {
+		// A -run that names no run: a usage error, found before anything
+		// was rewritten.
+		return &usageError{fmt.Sprintf("-run: %v", err)}
+	}
 	return err
 }
 

@@ -781,6 +781,7 @@ func TestUsageAndConfigMistakesExit2(t *testing.T) {
 		{[]string{"rerun", "-config", cfg, "-job", "new-sellers"}, "rerun needs"},
 		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-date", "2026-03-02", "-id", "Bad ID"}, "-id"},
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-run", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}, "full job"},
+		{[]string{"rerun", "-config", cfg, "-job", "new-sellers", "-run", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}, "-run:"},
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-3-1"}, "YYYY-MM-DD"},
 		{[]string{"rerun", "-config", cfg, "-job", "full-nightly", "-date", "2026-02-30"}, "YYYY-MM-DD"},
 		// A snapshot dated ahead would hold today's rows and pin latest.json

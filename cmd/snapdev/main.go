@@ -4,6 +4,7 @@
 //
 //	snapdev demo -bin bin/sellersnap [-config pipeline.yaml] [-out ./snapshots] [-sellers N -runs M -orgs K]
 //	snapdev pg   [-sellers N …]   # start a loaded server, print DATABASE_URL, wait for Ctrl-C
+//	snapdev load -dsn URL [-sellers N …]   # load the demo tables and data into a database of yours
 //	snapdev bench -bin bin/sellersnap [-sellers 1000000] [-reps 5]   # sellersnap vs psql \copy (FORMAT binary)
 //	snapdev bench -hold [-sellers N]   # only the loaded bench cluster and its config, for profiling
 //	snapdev scale [-history 1000,10000,100000] [-orgs 1000]   # discovery and full snapshots as the history grows
@@ -11,6 +12,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -42,7 +44,7 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: snapdev demo|pg|bench [flags]")
+		return errors.New("usage: snapdev demo|pg|load|bench|scale [flags]")
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	bin := fs.String("bin", "bin/sellersnap", "sellersnap binary")
@@ -55,6 +57,7 @@ func run(ctx context.Context, args []string) error {
 	reps := fs.Int("reps", 5, "bench: repetitions of each case")
 	cache := fs.String("cache", ".cache", "bench: where the loaded cluster is kept between runs")
 	history := fs.String("history", "1000,10000,100000", "scale: history sizes (completed runs), comma-separated")
+	dsn := fs.String("dsn", "", "load: the database to load the demo data into (default $DATABASE_URL)")
 	hold := fs.Bool("hold", false, "bench: only start the loaded cluster, write the bench config, print both and wait for Ctrl-C (for profiling)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -77,6 +80,10 @@ func run(ctx context.Context, args []string) error {
 		}
 		return scale(ctx, sizes, orgs)
 	}
+	if args[0] == "load" {
+		return load(ctx, cmp.Or(*dsn, os.Getenv("DATABASE_URL")), opts)
+	}
+	fmt.Println("starting a throwaway PostgreSQL from the system's binaries (initdb and start: ~5 s)…")
 	srv, err := pgtemp.Start(ctx, pgtemp.Options{})
 	if err != nil {
 		return err
@@ -87,6 +94,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	fmt.Printf("loading %d demo sellers in %d runs of %d orgs…\n", opts.Sellers, opts.Runs, opts.Orgs)
 	err = demodata.Load(ctx, conn, opts)
 	conn.Close(ctx)
 	if err != nil {
@@ -104,6 +112,33 @@ func run(ctx context.Context, args []string) error {
 	default:
 		return fmt.Errorf("unknown command %q", args[0])
 	}
+}
+
+// load creates the collector's two tables in the database at dsn and
+// fills them with the demo data (the same as make demo's), for trying
+// sellersnap against a PostgreSQL of one's own. It refuses a database that
+// already has them.
+func load(ctx context.Context, dsn string, opts demodata.Options) error {
+	if dsn == "" {
+		return errors.New("load: give the database with -dsn postgres://… (or DATABASE_URL)")
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('collection_runs') IS NOT NULL OR to_regclass('sellers') IS NOT NULL`).Scan(&exists); err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+	if exists {
+		return errors.New("load: this database already has a collection_runs or sellers table; load into an empty database (CREATE DATABASE sellersnap_demo)")
+	}
+	if err := demodata.Load(ctx, conn, opts); err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+	fmt.Printf("loaded %d demo sellers in %d runs of %d orgs; now: DATABASE_URL=… SELLERSNAP_BUCKET=file://$PWD/snapshots ./bin/sellersnap once -config pipeline.yaml\n", opts.Sellers, opts.Runs, opts.Orgs)
+	return nil
 }
 
 func demo(ctx context.Context, bin, cfg, out, dbURL string) error {
