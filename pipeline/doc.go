@@ -12,10 +12,18 @@
 //
 //	extract (sources.Reader) → transform (rename, mask, redact) → one encoder per format → blob upload
 //
-// The first error anywhere cancels the whole unit. Data files are
-// committed only after every stage finished; the manifest is written last,
-// so a unit is exported if and only if its manifest exists. A failed
-// attempt leaves nothing at any final key.
+// The first error anywhere cancels the whole unit. Then the unit is
+// published (publish.go, a publisher): data files are committed only after
+// every stage finished; the manifest is written last, so a unit is
+// exported if and only if its manifest exists, and a failed attempt leaves
+// nothing at any final key. After publishing come the afterSteps
+// (schema.json, latest.json; a table commit is one more), whose failures
+// leave the export published, and the Observer.
+//
+// The data's way, file by file: state.go (find what is pending) →
+// runner.go (lock and export each unit) → export.go and stages.go (read,
+// transform, encode) → publish.go (commit, manifest, after-publish steps) →
+// latest.go (the pointer) and observer.go (metrics).
 //
 // pipeline starts the goroutines of an export (its stages); sources starts
 // the two that open an export's connections side by side, and the daemon

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
@@ -13,7 +12,6 @@ import (
 	"github.com/apache/arrow/go/v17/arrow/memory"
 
 	"github.com/sellersnap/sellersnap/internal/arrowmem"
-	"github.com/sellersnap/sellersnap/internal/failpoint"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
 )
@@ -147,6 +145,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		return nil, err
 	}
 
+	pub := &publisher{r: r, bucket: bucket, u: u, force: force}
 	var outs []*output
 	published := false
 	defer func() {
@@ -154,7 +153,7 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 			o.abort()
 			if !published {
 				// Parts committed early (split output) go again.
-				r.unpublish(ctx, bucket, u, o.committedKeys())
+				pub.unpublish(ctx, o.committedKeys())
 			}
 		}
 	}()
@@ -188,20 +187,19 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 	if schemaChange != nil {
 		r.logger().Warn("the output schema changed (on_schema_change: evolve)", append(u.logAttrs(), "change", strings.Join(schemaChange, "; "))...)
 	}
-	mkey, err := u.manifestKey()
-	if err != nil {
+	if pub.mkey, err = u.manifestKey(); err != nil {
 		return nil, err
 	}
-	data, err := r.publish(ctx, bucket, u, outs, m, mkey, force)
+	data, err := pub.publish(ctx, outs, m)
 	if errors.Is(err, sinks.ErrExists) {
 		published = true
-		return r.afterLostRace(ctx, bucket, u, mkey, m, data)
+		return pub.afterLostRace(ctx, m, data)
 	}
 	if err != nil {
 		return nil, err
 	}
 	published = true
-	r.afterPublish(ctx, bucket, u, current, m, mkey, time.Since(start))
+	pub.after(ctx, m, current, time.Since(start))
 	return m, nil
 }
 
@@ -232,156 +230,6 @@ func (r *Runner) newManifest(u unit, snap *sources.Snapshot, rd *sources.Reader,
 		}
 	}
 	return m
-}
-
-// publish commits every data file of outs (adding each to m), writes
-// _SUCCESS, then the manifest at mkey, last; it returns the manifest's
-// bytes. Before each change it checks that the unit's lock is still held.
-// On failure it removes what it committed (for a rerun, the old manifest
-// too, which no longer matches the files). An error wrapping
-// sinks.ErrExists says another process's manifest is at mkey.
-func (r *Runner) publish(ctx context.Context, bucket *sinks.Bucket, u unit, outs []*output, m *Manifest, mkey string, force bool) ([]byte, error) {
-	var committed []string
-	stale := func() []string {
-		if force {
-			return append(committed, mkey)
-		}
-		return committed
-	}
-	failpoint.Hit("before-commit")
-	if r.beforeCommit != nil {
-		r.beforeCommit()
-	}
-	for i, o := range outs {
-		for k, p := range o.parts {
-			if i > 0 || k > 0 {
-				failpoint.Hit("between-commits")
-			}
-			if !p.committed {
-				err := u.stillHeld(ctx)
-				if err == nil {
-					err = p.obj.Commit()
-				}
-				if err != nil {
-					r.unpublish(ctx, bucket, u, stale())
-					return nil, err
-				}
-				p.committed = true
-				committed = append(committed, p.obj.Key())
-			}
-			m.Files = append(m.Files, o.manifestFile(p, k))
-		}
-	}
-	data, err := m.encode()
-	if err != nil {
-		return nil, fmt.Errorf("encode manifest: %w", err)
-	}
-	// _SUCCESS: the data files are whole (Hadoop/Spark convention).
-	skey := u.job.Layout.Success(mkey)
-	err = u.stillHeld(ctx)
-	if err == nil {
-		// Only the lock's holder writes these keys: temporary files of
-		// theirs are a killed holder's.
-		err = errors.Join(bucket.RemoveStaleTemp(ctx, skey), bucket.RemoveStaleTemp(ctx, mkey))
-	}
-	if err == nil {
-		err = bucket.Put(ctx, skey, nil, "application/octet-stream", nil)
-	}
-	if err != nil {
-		r.unpublish(ctx, bucket, u, stale())
-		return nil, err
-	}
-	failpoint.Hit("before-manifest")
-	if err := u.stillHeld(ctx); err != nil {
-		r.unpublish(ctx, bucket, u, stale())
-		return nil, err
-	}
-	if err := bucket.Put(ctx, mkey, data, "application/json", &sinks.PutOptions{IfNotExist: !force}); err != nil {
-		if !errors.Is(err, sinks.ErrExists) {
-			// An older manifest (a rerun) would now describe files that
-			// were replaced: remove it, so the unit shows as pending.
-			r.unpublish(ctx, bucket, u, []string{skey, mkey})
-		}
-		return data, err
-	}
-	return data, nil
-}
-
-// afterPublish does what follows a published export: schema.json,
-// latest.json (conveniences: a failure leaves the export published, and
-// the next export retries), the Observer and the log.
-func (r *Runner) afterPublish(ctx context.Context, bucket *sinks.Bucket, u unit, current *JobSchema, m *Manifest, mkey string, took time.Duration) {
-	job := u.job
-	if err := recordSchema(ctx, bucket, job, current, m, mkey); err != nil {
-		r.logger().Error("could not write schema.json; the next export retries", append(u.logAttrs(), "err", err)...)
-	}
-	if err := r.updateLatest(ctx, bucket, u, mkey, m); err != nil {
-		r.observer().LatestFailed(job.Name)
-		r.logger().Error("could not update latest.json", append(u.logAttrs(), "err", err)...)
-	}
-	e := ExportOf(m, mkey)
-	e.Duration, e.At = took, r.now()
-	r.observer().Exported(e, m)
-	r.logger().Info("exported", append(u.logAttrs(),
-		"rows", m.Rows, "files", len(m.Files), "duration", took.Round(time.Millisecond),
-		"rows_per_sec", int64(float64(m.Rows)/max(took.Seconds(), 1e-9)), "manifest", mkey)...)
-}
-
-// afterLostRace handles a manifest that appeared at mkey although this
-// export held the unit's lock when it checked: a process that exports
-// without the lock, or one whose lock was lost in the instant between its
-// check and its commit. This export's files are at the keys now. If the
-// manifest there lists other bytes it no longer matches the files, and it
-// is replaced by this export's manifest, which does.
-func (r *Runner) afterLostRace(ctx context.Context, bucket *sinks.Bucket, u unit, mkey string, m *Manifest, data []byte) (*Manifest, error) {
-	theirs, err := readManifest(ctx, bucket, mkey)
-	if err == nil && sameFiles(theirs.Files, m.Files) {
-		r.logger().Warn("another process published this export first, with the same bytes; its manifest stands",
-			append(u.logAttrs(), "manifest", mkey)...)
-		return nil, errExportedElsewhere
-	}
-	if err := u.stillHeld(ctx); err != nil {
-		return nil, err
-	}
-	if err := bucket.Put(ctx, mkey, data, "application/json", nil); err != nil {
-		return nil, fmt.Errorf("replace the manifest another process published over this export's files: %w", err)
-	}
-	r.logger().Error("another process published this unit while this one committed its files; its manifest no longer matched them and was replaced",
-		append(u.logAttrs(), "manifest", mkey)...)
-	return m, nil
-}
-
-// sameFiles reports whether two manifests list the same keys with the same bytes.
-func sameFiles(a, b []ManifestFile) bool {
-	return slices.EqualFunc(a, b, func(x, y ManifestFile) bool { return x.Key == y.Key && x.SHA256 == y.SHA256 && x.Bytes == y.Bytes })
-}
-
-// unpublish removes what a failed attempt committed (and, for a rerun,
-// the old manifest, which no longer matches the files at its keys). The
-// next export of the unit writes them anew. An exporter that lost its lock
-// removes nothing: the keys may hold what the new holder published.
-func (r *Runner) unpublish(ctx context.Context, bucket *sinks.Bucket, u unit, keys []string) {
-	stopped := context.Cause(ctx) // the export was cancelled (a shutdown)
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	if err := u.stillHeld(ctx); err != nil {
-		switch {
-		case stopped != nil:
-			// Cancelling a query closes its connection, and the lock
-			// goes with it: no other process is involved.
-			r.logger().Info("export stopped; leaving its files for the next attempt", append(u.logAttrs(), "cause", stopped)...)
-		case errors.Is(err, sources.ErrLockLost):
-			r.logger().Warn("lock lost: leaving the files of the failed export to the new holder", append(u.logAttrs(), "err", err)...)
-		default:
-			r.logger().Warn("could not check the unit's lock; leaving the files of the failed export for its next attempt", append(u.logAttrs(), "err", err)...)
-		}
-		return
-	}
-	for i := len(keys) - 1; i >= 0; i-- {
-		if err := bucket.Delete(ctx, keys[i]); err != nil {
-			r.logger().Warn("could not remove a file of a failed export", "key", keys[i], "err", err)
-		}
-	}
 }
 
 // outputSchema renames the source columns to the job's output names.
