@@ -457,13 +457,7 @@ func compile(ctx context.Context, cfg *config.File, src *sources.Postgres, only 
 	if err != nil {
 		return nil, &configError{err}
 	}
-	var jobs []*pipeline.Job
-	for _, j := range compiled {
-		if slices.ContainsFunc(only, func(c *config.Job) bool { return c.Name == j.Name }) {
-			jobs = append(jobs, j)
-		}
-	}
-	return jobs, nil
+	return selected(compiled, only), nil
 }
 
 // build compiles the jobs in only without the database (the daemon's
@@ -473,13 +467,18 @@ func build(cfg *config.File, only []*config.Job) ([]*pipeline.Job, error) {
 	if err != nil {
 		return nil, &configError{err}
 	}
-	var jobs []*pipeline.Job
-	for _, j := range built {
+	return selected(built, only), nil
+}
+
+// selected keeps the jobs named in only, in their order.
+func selected(jobs []*pipeline.Job, only []*config.Job) []*pipeline.Job {
+	var out []*pipeline.Job
+	for _, j := range jobs {
 		if slices.ContainsFunc(only, func(c *config.Job) bool { return c.Name == j.Name }) {
-			jobs = append(jobs, j)
+			out = append(out, j)
 		}
 	}
-	return jobs, nil
+	return out
 }
 
 // checkAgainstSource is the daemon's check of a job before its first
