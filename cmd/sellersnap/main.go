@@ -76,6 +76,8 @@ func main() {
 	stopSignals := []os.Signal{os.Interrupt, syscall.SIGTERM}
 	if len(os.Args) < 2 || os.Args[1] != "run" {
 		stopSignals = append(stopSignals, syscall.SIGHUP)
+	} else {
+		signal.Ignore(syscall.SIGHUP) // until reloading listens for it: never the default (exit)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), stopSignals...)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
