@@ -20,7 +20,7 @@
 // (schema.json, latest.json; a table commit is one more), whose failures
 // leave the export published, and the Observer.
 //
-// The data's way, file by file: state.go (find what is pending) →
+// The data's way, file by file: state.go (find what is pending: a discovery) →
 // runner.go (lock and export each unit) → export.go and stages.go (read,
 // transform, encode) → publish.go (commit, manifest, after-publish steps) →
 // latest.go (the pointer) and observer.go (metrics).

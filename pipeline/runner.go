@@ -168,9 +168,9 @@ func (r *Runner) Pass(ctx context.Context, job *Job) (Result, error) {
 		r.observer().Backlog(job.Name, 0, 0)
 	}
 	res, err := r.exportRuns(ctx, job, d.pending, false)
-	r.repairLatest(ctx, d, res)
+	d.repairLatest(ctx, res)
 	if ctx.Err() == nil {
-		if serr := r.saveState(ctx, d, res); serr != nil {
+		if serr := d.save(ctx, res); serr != nil {
 			r.logger().Warn("could not save the export state; the next pass reads the previous one", "job", job.Name, "err", serr)
 		}
 	}

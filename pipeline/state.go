@@ -86,6 +86,7 @@ type runState struct {
 // discovery is what a pass found: the pending units, and what it needs to
 // write the next state version.
 type discovery struct {
+	r          *Runner // logger, Observer, clock, source
 	job        *Job
 	bucket     *sinks.Bucket
 	prev       *runState // nil: rebuilt from the manifests
@@ -121,8 +122,8 @@ func (r *Runner) discover(ctx context.Context, job *Job) (*discovery, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &discovery{job: job, bucket: bucket, now: r.now(), done: map[string]bool{}}
-	if err := r.readState(ctx, d); err != nil {
+	d := &discovery{r: r, job: job, bucket: bucket, now: r.now(), done: map[string]bool{}}
+	if err := d.readState(ctx); err != nil {
 		return nil, err
 	}
 	snap, err := r.Source.Snapshot(ctx)
@@ -134,14 +135,14 @@ func (r *Runner) discover(ctx context.Context, job *Job) (*discovery, error) {
 	reconcile := d.prev == nil || d.now.Sub(d.prev.ReconciledAt) >= reconcileEvery
 	if !reconcile {
 		if why := d.prev.contradiction(d.watermark, d.now); why != "" {
-			r.stateCorrected(job, "clock", "the export state contradicts the clock; rebuilding it from the manifests", "key", stateKey(job, d.seq), "why", why)
+			d.corrected("clock", "the export state contradicts the clock; rebuilding it from the manifests", "key", stateKey(job, d.seq), "why", why)
 			reconcile = true
 		}
 	}
 	if reconcile {
-		err = r.reconcile(ctx, snap, d)
+		err = d.reconcile(ctx, snap)
 	} else {
-		err = r.incremental(ctx, snap, d)
+		err = d.incremental(ctx, snap)
 	}
 	if err != nil {
 		return nil, err
@@ -168,14 +169,15 @@ func (st *runState) contradiction(watermark, now time.Time) string {
 	return ""
 }
 
-// stateCorrected logs a state the pass did not believe, and counts it.
-func (r *Runner) stateCorrected(job *Job, reason, msg string, attrs ...any) {
-	r.logger().Warn(msg, append([]any{"job", job.Name, "reason", reason}, attrs...)...)
-	r.observer().StateCorrected(job.Name, reason)
+// corrected logs a state the pass did not believe, and counts it.
+func (d *discovery) corrected(reason, msg string, attrs ...any) {
+	d.r.logger().Warn(msg, append([]any{"job", d.job.Name, "reason", reason}, attrs...)...)
+	d.r.observer().StateCorrected(d.job.Name, reason)
 }
 
 // readState sets d.prev to the newest valid version (nil for none).
-func (r *Runner) readState(ctx context.Context, d *discovery) error {
+func (d *discovery) readState(ctx context.Context) error {
+	r := d.r
 	for attempt := 0; ; attempt++ {
 		objs, err := d.bucket.List(ctx, stateDir(d.job), ".json")
 		if err != nil {
@@ -231,7 +233,8 @@ func (r *Runner) readState(ctx context.Context, d *discovery) error {
 // state does not already count as the job's is read once, as a pass reads
 // every manifest it finds (see exported): building the state of a bucket
 // with a long history costs one read per manifest, once.
-func (r *Runner) reconcile(ctx context.Context, snap *sources.Snapshot, d *discovery) error {
+func (d *discovery) reconcile(ctx context.Context, snap *sources.Snapshot) error {
+	r := d.r
 	runs, err := snap.CompletedRuns(ctx)
 	if err != nil {
 		return err
@@ -313,7 +316,8 @@ func (st *runState) exportedSet() func(sources.Run) bool {
 // after its watermark, its pending ones, and those of every day whose
 // digest changed, each checked for a manifest (a HEAD for those the state
 // lists as exported, which must still have one).
-func (r *Runner) incremental(ctx context.Context, snap *sources.Snapshot, d *discovery) error {
+func (d *discovery) incremental(ctx context.Context, snap *sources.Snapshot) error {
+	r := d.r
 	d.seed = d.prev.Seed
 	// One pass over the runs up to the watermark; grouped by day only
 	// when they changed, to find the days.
@@ -374,7 +378,7 @@ func (r *Runner) incremental(ctx context.Context, snap *sources.Snapshot, d *dis
 				// Listed as exported: one HEAD says whether it still is.
 				done[i], err = d.bucket.Exists(gctx, key)
 				if err == nil && !done[i] {
-					r.stateCorrected(d.job, "missing_manifest", "the export state lists a run as exported but its manifest is missing; exporting it again",
+					d.corrected("missing_manifest", "the export state lists a run as exported but its manifest is missing; exporting it again",
 						"run_id", run.ID, "key", key)
 				}
 				return err
@@ -451,10 +455,11 @@ func (d *discovery) next(res Result) *runState {
 	return st
 }
 
-// saveState writes the state after a pass, unless it says what the last
+// save writes the state after a pass, unless it says what the last
 // version said. Another replica that wrote the same version first wins: its
 // state is as true as this one, and the next pass reads it.
-func (r *Runner) saveState(ctx context.Context, d *discovery, res Result) error {
+func (d *discovery) save(ctx context.Context, res Result) error {
+	r := d.r
 	st := d.next(res)
 	if p := d.prev; p != nil && !d.reconciled && maps.Equal(p.Digests, st.Digests) && slices.Equal(p.Pending, st.Pending) && slices.Equal(p.Exported, st.Exported) {
 		return nil
@@ -498,8 +503,8 @@ func (r *Runner) forgetExported(ctx context.Context, job *Job, run sources.Run) 
 		return err
 	}
 	for attempt := 0; attempt < 5; attempt++ {
-		d := &discovery{job: job, bucket: bucket, now: r.now(), done: map[string]bool{}}
-		if err := r.readState(ctx, d); err != nil || d.prev == nil {
+		d := &discovery{r: r, job: job, bucket: bucket, now: r.now(), done: map[string]bool{}}
+		if err := d.readState(ctx); err != nil || d.prev == nil {
 			return err // none: the next pass rebuilds it
 		}
 		st := *d.prev
@@ -521,7 +526,8 @@ func (r *Runner) forgetExported(ctx context.Context, job *Job, run sources.Run) 
 // pointer behind, and no later export of that org may come to move it. It
 // reads one manifest and one latest.json per org with such runs (none on a
 // pass that only finds what the state lists).
-func (r *Runner) repairLatest(ctx context.Context, d *discovery, res Result) {
+func (d *discovery) repairLatest(ctx context.Context, res Result) {
+	r := d.r
 	newest := map[string]sources.Run{}
 	for _, run := range d.found {
 		if n, ok := newest[run.OrgID]; !ok || run.CompletedAt.After(n.CompletedAt) || run.CompletedAt.Equal(n.CompletedAt) && run.ID > n.ID {
