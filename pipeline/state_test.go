@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/sellersnap/sellersnap/internal/pgtest"
 	"github.com/sellersnap/sellersnap/internal/pipelinetest"
 	"github.com/sellersnap/sellersnap/pipeline"
@@ -354,10 +356,35 @@ func TestChangedPathRebuildsTheState(t *testing.T) {
 // where the row goes (the runs table or one inheriting from it).
 func lateRun(t *testing.T, dbURL, table, org string, n int) string {
 	t.Helper()
-	id := pipelinetest.InsertRun(t, dbURL, org, n, false)
-	pgtest.Exec(t, dbURL, `UPDATE collection_runs SET started_at = now() - interval '3 hours', completed_at = now() - interval '3 hours' WHERE id = $1`, id)
+	id := insertOldRun(t, dbURL, org, time.Now().Add(-3*time.Hour), n)
 	if table != "collection_runs" {
 		pgtest.Exec(t, dbURL, `WITH r AS (DELETE FROM ONLY collection_runs WHERE id = $1 RETURNING *) INSERT INTO `+table+` SELECT * FROM r`, id)
+	}
+	return id
+}
+
+// lateRunUncounted is lateRun (one seller) by a session with track_counts
+// off, as a collector's role may have it: PostgreSQL's statistics never
+// see the run.
+func lateRunUncounted(t *testing.T, dbURL, org string) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var id string
+	if _, err := conn.Exec(ctx, `SET track_counts = off`); err != nil {
+		t.Fatal(err)
+	}
+	err = conn.QueryRow(ctx, `INSERT INTO collection_runs VALUES (gen_random_uuid(), $1, 'completed', now() - interval '3 hours', now() - interval '3 hours') RETURNING id::text`, org).Scan(&id)
+	if err == nil {
+		_, err = conn.Exec(ctx, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+			VALUES (gen_random_uuid(), $1, 'Late', 'late', 'ebay', 1, false, $2, now())`, org, id)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 	return id
 }
@@ -390,29 +417,35 @@ func TestEveryPassFindsEveryRunWithoutAManifest(t *testing.T) {
 	}
 	pgtest.Exec(t, f.DBURL, `CREATE TABLE collection_runs_legacy () INHERITS (collection_runs)`)
 	org := f.AnyOrg()
+	reset := func() {
+		pgtest.Exec(t, f.DBURL, `SELECT pg_stat_reset_single_table_counters('collection_runs'::regclass)`)
+	}
+	insert := func(table string) func() string {
+		return func() string { return lateRun(t, f.DBURL, table, org, 3) }
+	}
 	for _, tc := range []struct {
-		name  string
-		table string
-		setup func(id string)
+		name   string
+		before func()        // before the pass that writes the state
+		insert func() string // the late run
+		after  func()
 	}{
-		{"count-neutral: an old run deleted, a late one inserted", "collection_runs", func(string) {
+		{"count-neutral: an old run deleted, a late one inserted", func() {}, insert("collection_runs"), func() {
 			pgtest.Exec(t, f.DBURL, `DELETE FROM collection_runs WHERE id = (SELECT id FROM collection_runs WHERE status = 'completed' ORDER BY completed_at LIMIT 1)`)
 		}},
-		{"the table's statistics reset", "collection_runs", func(string) {
-			pgtest.Exec(t, f.DBURL, `SELECT pg_stat_reset_single_table_counters('collection_runs'::regclass)`)
-		}},
-		{"the collector's session with track_counts off", "collection_runs", func(id string) {
-			pgtest.Exec(t, f.DBURL, `SET track_counts = off; UPDATE collection_runs SET status = 'running' WHERE id = '`+id+`'; UPDATE collection_runs SET status = 'completed' WHERE id = '`+id+`'`)
-		}},
-		{"a table inheriting from the runs table", "collection_runs_legacy", func(string) {}},
+		// The state records counters at 0; the insertion moves them, a
+		// second reset (or a crash restart) puts them back at 0.
+		{"the table's statistics reset, counters back at the recorded value", reset, insert("collection_runs"), reset},
+		{"the collector's session with track_counts off", func() {}, func() string { return lateRunUncounted(t, f.DBURL, org) }, func() {}},
+		{"a table inheriting from the runs table", func() {}, insert("collection_runs_legacy"), func() {}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			tc.before()
 			// A pass first, so that the state is as fresh as it gets.
 			if _, err := f.Runner.Once(ctx, job); err != nil {
 				t.Fatal(err)
 			}
-			id := lateRun(t, f.DBURL, tc.table, org, 3)
-			tc.setup(id)
+			id := tc.insert()
+			tc.after()
 			plan, err := f.Runner.Plan(ctx, job)
 			if err != nil {
 				t.Fatal(err)
