@@ -534,3 +534,34 @@ func (b *Bucket) Size(ctx context.Context, key string) (int64, error) {
 	}
 	return a.Size, nil
 }
+
+// ProbeError says which step of a Probe failed: "write", "read" or
+// "delete".
+type ProbeError struct {
+	Op  string
+	Err error
+}
+
+func (e *ProbeError) Error() string { return fmt.Sprintf("probe %s: %v", e.Op, e.Err) }
+func (e *ProbeError) Unwrap() error { return e.Err }
+
+// Probe checks that the bucket takes what an export does at key: a write,
+// a read that gives the bytes back, and a delete. The object is deleted
+// again whatever failed after the write. A failure is a *ProbeError.
+func (b *Bucket) Probe(ctx context.Context, key string) error {
+	const content = "probe"
+	if err := b.Put(ctx, key, []byte(content), "text/plain", nil); err != nil {
+		return &ProbeError{Op: "write", Err: err}
+	}
+	if got, err := b.ReadAll(ctx, key); err != nil || string(got) != content {
+		_ = b.Delete(ctx, key)
+		if err == nil {
+			err = fmt.Errorf("read back %q, wrote %q", got, content)
+		}
+		return &ProbeError{Op: "read", Err: err}
+	}
+	if err := b.Delete(ctx, key); err != nil {
+		return &ProbeError{Op: "delete", Err: err}
+	}
+	return nil
+}

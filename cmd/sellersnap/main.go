@@ -667,18 +667,18 @@ func validate(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job
 			return err
 		}
 		probe := j.Layout.Prefix() + ".sellersnap-probe-" + randomHex()
-		if err := bucket.Put(ctx, probe, []byte("probe"), "text/plain", nil); err != nil {
-			return fmt.Errorf("job %s: cannot write to %s under %q%s: %w", j.Name, bucket.URL(), j.Layout.Prefix(), permissionHint(err, "write"), err)
-		}
-		if got, err := bucket.ReadAll(ctx, probe); err != nil || string(got) != "probe" {
-			_ = bucket.Delete(ctx, probe)
-			if err == nil {
-				err = fmt.Errorf("read back %q, wrote %q", got, "probe")
+		var pe *sinks.ProbeError
+		if err := bucket.Probe(ctx, probe); errors.As(err, &pe) {
+			switch pe.Op {
+			case "write":
+				return fmt.Errorf("job %s: cannot write to %s under %q%s: %w", j.Name, bucket.URL(), j.Layout.Prefix(), permissionHint(pe.Err, "write"), pe.Err)
+			case "read":
+				return fmt.Errorf("job %s: wrote a probe object to %s but cannot read it back%s: %w", j.Name, bucket.URL(), permissionHint(pe.Err, "read"), pe.Err)
+			default:
+				return fmt.Errorf("job %s: wrote a probe object to %s but cannot delete it%s: %w", j.Name, bucket.URL(), permissionHint(pe.Err, "delete"), pe.Err)
 			}
-			return fmt.Errorf("job %s: wrote a probe object to %s but cannot read it back%s: %w", j.Name, bucket.URL(), permissionHint(err, "read"), err)
-		}
-		if err := bucket.Delete(ctx, probe); err != nil {
-			return fmt.Errorf("job %s: wrote a probe object to %s but cannot delete it%s: %w", j.Name, bucket.URL(), permissionHint(err, "delete"), err)
+		} else if err != nil {
+			return err
 		}
 		next := j.Cron.Next(time.Now().In(j.Location))
 		fmt.Fprintf(w, "\njob %s (%s), schedule %q %s, next %s\n  destination %s (writable, readable)\n  columns %s\n  formats %s\n",

@@ -641,14 +641,11 @@ func (d *Daemon) bucketWritable(ctx context.Context, j *pipeline.Job, probe stri
 		return err
 	}
 	key := path.Join(j.Layout.Prefix(), "_sellersnap", j.Name, "probe", probe)
-	if err := b.Put(ctx, key, []byte("probe"), "text/plain", nil); err != nil {
-		return fmt.Errorf("job %s: bucket not writable: %w", j.Name, err)
-	}
-	if _, err := b.ReadAll(ctx, key); err != nil {
-		return fmt.Errorf("job %s: bucket not readable: %w", j.Name, err)
-	}
-	if err := b.Delete(ctx, key); err != nil {
-		return fmt.Errorf("job %s: bucket: cannot delete: %w", j.Name, err)
+	if err := b.Probe(ctx, key); err != nil {
+		if pe, ok := errors.AsType[*sinks.ProbeError](err); ok && pe.Op == "write" {
+			return fmt.Errorf("job %s: bucket not writable: %w", j.Name, pe.Err)
+		}
+		return fmt.Errorf("job %s: bucket: %w", j.Name, err)
 	}
 	return nil
 }
