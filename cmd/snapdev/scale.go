@@ -262,14 +262,12 @@ func (m *scaleMeter) repeat(name string, reps int, f func() (int, error)) error 
 	return nil
 }
 
-// demoRun adds a completed run of org with n sellers.
+// demoRun adds a completed run of org with n sellers, committed
+// together as the source contract (README) asks of the collector.
 func demoRun(ctx context.Context, conn *pgx.Conn, org string, n int) error {
-	var id string
-	if err := conn.QueryRow(ctx, `INSERT INTO collection_runs VALUES (gen_random_uuid(), $1, 'completed', now(), clock_timestamp()) RETURNING id::text`, org).Scan(&id); err != nil {
-		return err
-	}
-	_, err := conn.Exec(ctx, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
-		SELECT gen_random_uuid(), $1, 'S ' || g, 's ' || g, 'ebay', 1, false, $2, now() - g * interval '1 ms' FROM generate_series(1, $3) g`, org, id, n)
+	_, err := conn.Exec(ctx, `WITH r AS (INSERT INTO collection_runs VALUES (gen_random_uuid(), $1, 'completed', now(), clock_timestamp()) RETURNING id)
+		INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+		SELECT gen_random_uuid(), $1, 'S ' || g, 's ' || g, 'ebay', 1, false, r.id, now() - g * interval '1 ms' FROM r, generate_series(1, $2) g`, org, n)
 	return err
 }
 

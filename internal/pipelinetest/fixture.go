@@ -224,14 +224,24 @@ func InsertRun(t *testing.T, dbURL, org string, n int, notify bool) string {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	var id string
-	err = conn.QueryRow(ctx, `INSERT INTO collection_runs VALUES (gen_random_uuid(), $1, 'completed', now() - interval '1 minute', clock_timestamp()) RETURNING id::text`, org).Scan(&id)
+	// The run and its sellers commit together, as the source contract
+	// (README) asks of the collector: a daemon polling between two
+	// autocommitted statements would export the run without its sellers.
+	tx, err := conn.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = conn.Exec(ctx, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+	var id string
+	err = tx.QueryRow(ctx, `INSERT INTO collection_runs VALUES (gen_random_uuid(), $1, 'completed', now() - interval '1 minute', clock_timestamp()) RETURNING id::text`, org).Scan(&id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
 		SELECT gen_random_uuid(), $1, 'New ' || g, 'new ' || g, 'ebay', 1, false, $2, now() - g * interval '1 ms' FROM generate_series(1, $3) g`, org, id, n)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	pgtest.FlushStats(ctx, conn)
