@@ -162,6 +162,11 @@ func avroPartitionType(typ string) (string, error) {
 // them (write.avro.compression-codec's default, gzip, is deflate in Avro).
 var codec = ocf.WithCodec(ocf.Deflate)
 
+// fullSchema writes the schema into the file's header whole: readers find
+// the columns by their field-id and element-id properties, which the
+// default (canonical) form drops.
+var fullSchema = ocf.WithSchemaMarshaler(ocf.FullSchemaMarshaler)
+
 // encodeManifest writes the entries of one manifest for spec and schema.
 func encodeManifest(spec Spec, partTypes []string, schema *Schema, entries []entry) ([]byte, error) {
 	s, err := avro.Parse(manifestEntrySchema(spec, partTypes))
@@ -177,7 +182,7 @@ func encodeManifest(spec Spec, partTypes []string, schema *Schema, entries []ent
 		return nil, err
 	}
 	var buf bytes.Buffer
-	enc, err := ocf.NewEncoderWithSchema(s, &buf, codec, ocf.WithMetadata(map[string][]byte{
+	enc, err := ocf.NewEncoderWithSchema(s, &buf, codec, fullSchema, ocf.WithMetadata(map[string][]byte{
 		"schema": sj, "schema-id": []byte(strconv.Itoa(schema.ID)),
 		"partition-spec": pj, "partition-spec-id": []byte(strconv.Itoa(spec.ID)),
 		"format-version": []byte("2"), "content": []byte("data"),
@@ -227,7 +232,7 @@ func encodeManifestList(snap *Snapshot, files []manifestFile) ([]byte, error) {
 		meta["parent-snapshot-id"] = []byte(strconv.FormatInt(*snap.ParentID, 10))
 	}
 	var buf bytes.Buffer
-	enc, err := ocf.NewEncoderWithSchema(s, &buf, codec, ocf.WithMetadata(meta))
+	enc, err := ocf.NewEncoderWithSchema(s, &buf, codec, fullSchema, ocf.WithMetadata(meta))
 	if err != nil {
 		return nil, err
 	}
