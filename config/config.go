@@ -180,11 +180,77 @@ type Job struct {
 	CSV       CSV     `yaml:"csv"`
 	NDJSON    NDJSON  `yaml:"ndjson"`
 	Parquet   Parquet `yaml:"parquet"`
+	// Iceberg, when set, also commits every export of the job to an
+	// Apache Iceberg table (docs/iceberg.md).
+	Iceberg *Iceberg `yaml:"iceberg"`
 
 	// Resolved by Load.
 	Location *time.Location `yaml:"-"`
 	Cron     cron.Schedule  `yaml:"-"`
 	Template *keys.Template `yaml:"-"`
+}
+
+// Iceberg is the Iceberg table a job commits its exports to.
+type Iceberg struct {
+	// Catalog is the catalog's kind: sql, a SQL catalog in PostgreSQL
+	// (the tables of the Java JDBC catalog, pyiceberg and iceberg-go).
+	// Required.
+	Catalog string `yaml:"catalog"`
+	// URI is the catalog database's connection string: a role that may
+	// create and write the catalog's tables (never printed). Required.
+	URI string `yaml:"uri"`
+	// Name is the catalog's name (catalog_name). Default sellersnap.
+	Name string `yaml:"name"`
+	// Namespace of the table. Default sellersnap.
+	Namespace string `yaml:"namespace"`
+	// Table is the table's name. Required.
+	Table string `yaml:"table"`
+	// Warehouse is the folder of the job's destination bucket under which
+	// the table lives (<warehouse>/<namespace>/<table>/{data,metadata}).
+	// Default DefaultWarehouse.
+	Warehouse string `yaml:"warehouse"`
+}
+
+// Iceberg defaults.
+const (
+	IcebergCatalogSQL  = "sql"
+	DefaultCatalogName = "sellersnap"
+	DefaultNamespace   = "sellersnap"
+	DefaultWarehouse   = "iceberg"
+)
+
+// icebergName is what catalog, namespace and table names may be: they
+// become keys of the bucket and identifiers in Spark and Trino.
+var icebergName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,127}$`)
+
+func (ic *Iceberg) check(p string, bad bad) {
+	p += ".iceberg"
+	switch ic.Catalog {
+	case IcebergCatalogSQL:
+	case "":
+		bad(p+".catalog", "is required: sql (a SQL catalog in PostgreSQL)")
+	default:
+		bad(p+".catalog", "unknown catalog %q: want sql (a SQL catalog in PostgreSQL)", ic.Catalog)
+	}
+	if strings.TrimSpace(ic.URI) == "" {
+		bad(p+".uri", "is required: the catalog database's connection string (e.g. ${ICEBERG_CATALOG_URL})")
+	}
+	ic.Name = cmp.Or(ic.Name, DefaultCatalogName)
+	ic.Namespace = cmp.Or(ic.Namespace, DefaultNamespace)
+	for field, v := range map[string]string{"name": ic.Name, "namespace": ic.Namespace, "table": ic.Table} {
+		if v == "" {
+			bad(p+"."+field, "is required")
+		} else if !icebergName.MatchString(v) {
+			bad(p+"."+field, "%q: want lowercase letters, digits and _, not starting with a digit", v)
+		}
+	}
+	ic.Warehouse = strings.Trim(cmp.Or(ic.Warehouse, DefaultWarehouse), "/")
+	switch {
+	case strings.Contains(ic.Warehouse, "://"):
+		bad(p+".warehouse", "%q: want a folder of the job's destination bucket (e.g. iceberg), not a URL", ic.Warehouse)
+	case slices.Contains(strings.Split(ic.Warehouse, "/"), ".."), strings.ContainsAny(ic.Warehouse, "{}\\"):
+		bad(p+".warehouse", "%q: want a plain folder name such as iceberg or lake/tables", ic.Warehouse)
+	}
 }
 
 // CSV options of a job.
@@ -694,6 +760,9 @@ func (j *Job) check(p string, bad bad) {
 		if slices.Index(j.Formats, fm) != i {
 			bad(fmt.Sprintf("%s.formats[%d]", p, i), "format %q is listed twice", fm)
 		}
+	}
+	if j.Iceberg != nil {
+		j.Iceberg.check(p, bad)
 	}
 	if j.BatchRows < 0 || j.BatchRows > MaxBatchRows {
 		bad(p+".batch_rows", "must be between 1 and %d, got %d", MaxBatchRows, j.BatchRows)

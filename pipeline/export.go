@@ -169,6 +169,19 @@ func (r *Runner) exportUnit(ctx context.Context, snap *sources.Snapshot, bucket 
 		outs = append(outs, o)
 		st.sinks = append(st.sinks, &sink{name: format.Name(), enc: o, finish: o.Close})
 	}
+	if job.table != nil {
+		tw, err := r.openTableWrite(ctx, bucket, u, schema)
+		if err != nil {
+			return nil, err
+		}
+		pub.table = tw
+		defer func() {
+			if !published {
+				tw.abort(ctx, pub)
+			}
+		}()
+		st.sinks = append(st.sinks, &sink{name: "iceberg", enc: tw, finish: tw.Close})
+	}
 	st.progress = func(rows int64) {
 		el := time.Since(start)
 		r.logger().Info("exporting", append(u.logAttrs(), "rows", rows, "elapsed", el.Round(time.Second),

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/robfig/cron/v3"
@@ -51,6 +52,8 @@ type Job struct {
 	options        ManifestOptions
 	// configFingerprint is recorded in every manifest (config_fingerprint).
 	configFingerprint string
+	// table is the job's Iceberg table, nil without one.
+	table *tableSpec
 }
 
 // NewJob compiles j, which config.Load has checked (with CheckConfig).
@@ -92,6 +95,16 @@ func NewJob(j *config.Job) (*Job, error) {
 		Flagged: j.Flagged, Order: sources.Order,
 	}
 	job.configFingerprint = configFingerprint(j, job)
+	if j.Iceberg != nil {
+		var outputs []string
+		for _, c := range j.Columns {
+			outputs = append(outputs, c.Output())
+		}
+		var err error
+		if job.table, err = newTableSpec(j, outputs); err != nil {
+			return nil, err
+		}
+	}
 	return job, nil
 }
 
@@ -200,6 +213,15 @@ func CheckConfig(j *config.Job, bad func(field, format string, args ...any)) {
 	if len(j.CSV.Delimiter) == 1 {
 		if _, err := sinks.NewFormat("csv", sinks.FormatOptions{CSV: sinks.CSVOptions{Delimiter: j.CSV.Delimiter[0]}}); err != nil {
 			bad("csv.delimiter", "%v", err)
+		}
+	}
+	if j.Iceberg != nil && j.Path != "" {
+		var outputs []string
+		for _, c := range j.Columns {
+			outputs = append(outputs, c.Output())
+		}
+		if _, err := newTableSpec(j, outputs); err != nil {
+			bad("iceberg", "%v", strings.TrimPrefix(err.Error(), "job "+j.Name+": iceberg: "))
 		}
 	}
 }

@@ -54,6 +54,9 @@ type Manifest struct {
 	// exports of one job with the same value were made alike.
 	ConfigFingerprint string         `json:"config_fingerprint,omitempty"`
 	Files             []ManifestFile `json:"files"`
+	// Table is the Iceberg commit of this export, when the job has a
+	// table: committed before the manifest was written.
+	Table *ManifestTable `json:"table,omitempty"`
 	// Snapshot says which database state the files hold.
 	Snapshot   ManifestSnapshot `json:"snapshot"`
 	ExportedAt time.Time        `json:"exported_at"`
@@ -62,6 +65,22 @@ type Manifest struct {
 	// NulledValues counts values that became NULL because the file formats
 	// cannot hold them (numeric NaN, infinite timestamps).
 	NulledValues []sources.Nulled `json:"nulled_values"`
+}
+
+// ManifestTable is the Iceberg snapshot an export committed.
+type ManifestTable struct {
+	Catalog    string `json:"catalog"`
+	Namespace  string `json:"namespace"`
+	Name       string `json:"name"`
+	SnapshotID int64  `json:"snapshot_id"`
+	// Operation is append (a new unit) or overwrite (the unit's earlier
+	// files replaced: a rerun, or an export repeated after a kill).
+	Operation string `json:"operation"`
+	// DataFile is the table's data file of this unit (its own copy, with
+	// the partition columns and field ids, at a key never reused).
+	DataFile string `json:"data_file"`
+	Rows     int64  `json:"rows"`
+	Bytes    int64  `json:"bytes"`
 }
 
 // ManifestColumn is one output column.

@@ -36,6 +36,10 @@ type Observer interface {
 	// StateCorrected reports an export state the pass did not believe
 	// (reason: clock, missing_manifest) and corrected.
 	StateCorrected(job, reason string)
+	// TableCommitted reports an Iceberg commit of an export: failure is ""
+	// for a commit made, else why it failed (conflict, schema, cancelled,
+	// error).
+	TableCommitted(job, failure string)
 }
 
 // Export is one finished export, as an Observer and the status page see
@@ -107,6 +111,7 @@ func (nopObserver) Retried(string)                     {}
 func (nopObserver) LatestFailed(string)                {}
 func (nopObserver) RerunApplied(string, string)        {}
 func (nopObserver) StateCorrected(string, string)      {}
+func (nopObserver) TableCommitted(string, string)      {}
 func (nopObserver) Backlog(string, int, time.Duration) {}
 
 func (r *Runner) observer() Observer {

@@ -21,8 +21,9 @@ type publisher struct {
 	r      *Runner // logger, Observer, clock
 	bucket *sinks.Bucket
 	u      unit
-	mkey   string // the unit's manifest key
-	force  bool   // a rerun: the manifest replaces the unit's
+	mkey   string      // the unit's manifest key
+	force  bool        // a rerun: the manifest replaces the unit's
+	table  *tableWrite // the job's Iceberg table's data file, nil without a table
 }
 
 // publish commits every data file of outs (adding each to m), writes
@@ -82,6 +83,19 @@ func (p *publisher) publish(ctx context.Context, outs []*output, m *Manifest) ([
 	if err != nil {
 		p.unpublish(ctx, stale())
 		return nil, err
+	}
+	// The table commit is the last step before the manifest: the unit is
+	// in the table before it is exported, never after without it. A kill
+	// between the two leaves no manifest; the unit's next export replaces
+	// this commit's partition, so the table holds it once.
+	if p.table != nil {
+		if err := p.table.commit(ctx, p, m); err != nil {
+			p.unpublish(ctx, stale())
+			return nil, err
+		}
+		if data, err = m.encode(); err != nil {
+			return nil, fmt.Errorf("encode manifest: %w", err)
+		}
 	}
 	failpoint.Hit("before-manifest")
 	if err := u.stillHeld(ctx); err != nil {

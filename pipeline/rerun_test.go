@@ -245,6 +245,7 @@ func (o *stopAfter) Retried(string)                     {}
 func (o *stopAfter) LatestFailed(string)                {}
 func (o *stopAfter) Backlog(string, int, time.Duration) {}
 func (o *stopAfter) RerunApplied(string, string)        {}
+func (o *stopAfter) TableCommitted(string, string)      {}
 
 var _ = sources.Run{}
 

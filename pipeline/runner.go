@@ -16,6 +16,7 @@ import (
 
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sinks/iceberg"
 	"github.com/sellersnap/sellersnap/sources"
 )
 
@@ -49,6 +50,8 @@ type Runner struct {
 
 	mu        sync.Mutex
 	buckets   map[string]*sinks.Bucket
+	tables    map[string]*iceberg.Table // by job
+	catalogs  []*iceberg.Catalog
 	ownedKeys map[string]struct{} // manifests read and found to be the job's (see exported)
 
 	beforeCommit func() // fault tests: called before an export's first commit
@@ -120,7 +123,10 @@ func (r *Runner) Close() error {
 	for _, b := range r.buckets {
 		errs = append(errs, b.Close())
 	}
-	r.buckets = nil
+	for _, c := range r.catalogs {
+		c.Close()
+	}
+	r.buckets, r.tables, r.catalogs = nil, nil, nil
 	return errors.Join(errs...)
 }
 

@@ -57,6 +57,8 @@ type Metrics struct {
 	panics       *prometheus.CounterVec
 	coalesced    *prometheus.CounterVec
 	latestFails  *prometheus.CounterVec
+	tableCommits *prometheus.CounterVec
+	tableFails   *prometheus.CounterVec
 	reruns       *prometheus.CounterVec
 	passFails    *prometheus.CounterVec
 	corrections  *prometheus.CounterVec
@@ -104,6 +106,8 @@ func NewMetrics() *Metrics {
 	m.coalesced = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_ticks_coalesced_total", Help: "Schedule ticks merged into an already queued pass."}, job)
 	m.reruns = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_reruns_total", Help: "Attempts at declared reruns (pipeline.yaml reruns:), by status after the attempt."}, append(slices.Clone(job), "status"))
 	m.latestFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_latest_failures_total", Help: "latest.json pointers that could not be updated (the export itself succeeded)."}, job)
+	m.tableCommits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_table_commits_total", Help: "Iceberg snapshots committed (one per exported unit of a job with iceberg:)."}, job)
+	m.tableFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_table_commit_failures_total", Help: "Iceberg commits that failed (the unit is exported again), by reason: conflict (lost every retry to other writers), schema, cancelled, error."}, []string{"job", "reason"})
 	m.rowsChanged = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_rows_changed_after_export_total", Help: "Runs whose sellers changed within an hour after this process exported them (a breach of the source contract; rerun them)."}, job)
 	m.failingSince = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_failing_since_timestamp_seconds", Help: "Unix time of the first failed pass since the job's last good one; 0 while its last pass succeeded (or none ran yet)."}, job)
 	m.corrections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_state_corrections_total", Help: "Export states not believed and corrected, by reason: clock (a watermark after the database's clock), missing_manifest (a run listed as exported without its manifest)."}, []string{"job", "reason"})
@@ -111,7 +115,7 @@ func NewMetrics() *Metrics {
 	m.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_dependency_up", Help: "1 if the dependency answered the last check: PostgreSQL (job=\"\") or a job's bucket."}, []string{"dependency", "job"})
 	m.interval = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_schedule_interval_seconds", Help: "Time between the job's next two schedule ticks."}, []string{"job", "mode"})
 	m.Registry.MustRegister(m.runs, m.rows, m.bytes, m.duration, m.lastSuccess, m.backlog, m.oldest,
-		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.reruns, m.passFails, m.corrections, m.rowsChanged, m.failingSince, m.up, m.interval,
+		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.tableCommits, m.tableFails, m.reruns, m.passFails, m.corrections, m.rowsChanged, m.failingSince, m.up, m.interval,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -152,6 +156,7 @@ func (m *Metrics) InitJobs(jobs []*pipeline.Job) {
 		m.panics.WithLabelValues(j.Name)
 		m.coalesced.WithLabelValues(j.Name)
 		m.latestFails.WithLabelValues(j.Name)
+		m.tableCommits.WithLabelValues(j.Name)
 		for _, st := range []string{pipeline.RerunApplied, pipeline.RerunIncomplete, pipeline.RerunRunning, pipeline.RerunRefused} {
 			m.reruns.WithLabelValues(j.Name, st)
 		}
@@ -272,6 +277,18 @@ func (m *Metrics) rowsChangedAfterExport(job string) {
 // StateCorrected counts an export state the pass corrected.
 func (m *Metrics) StateCorrected(job, reason string) {
 	m.corrections.WithLabelValues(job, reason).Inc()
+}
+
+// TableCommitted counts an Iceberg commit, or its failure by reason.
+func (m *Metrics) TableCommitted(job, failure string) {
+	if m == nil {
+		return
+	}
+	if failure == "" {
+		m.tableCommits.WithLabelValues(job).Inc()
+		return
+	}
+	m.tableFails.WithLabelValues(job, failure).Inc()
 }
 
 func (m *Metrics) LatestFailed(job string) {

@@ -208,3 +208,44 @@ func newMetadata(uuid, location string, s *Schema, lastColumnID int, spec Spec, 
 		Refs: map[string]json.RawMessage{},
 	}
 }
+
+// LiveFiles lists the data files of md's current snapshot with their
+// record counts, reading the manifest list and manifests with read (by
+// location).
+func LiveFiles(md *Metadata, read func(loc string) ([]byte, error)) (map[string]int64, error) {
+	out := map[string]int64{}
+	cur := md.Current()
+	if cur == nil {
+		return out, nil
+	}
+	b, err := read(cur.ManifestList)
+	if err != nil {
+		return nil, err
+	}
+	list, err := decodeManifestList(b)
+	if err != nil {
+		return nil, fmt.Errorf("manifest list %s: %w", cur.ManifestList, err)
+	}
+	for _, mf := range list {
+		if mf.Content != 0 {
+			continue
+		}
+		b, err := read(mf.Path)
+		if err != nil {
+			return nil, err
+		}
+		entries, err := decodeManifest(b)
+		if err != nil {
+			return nil, fmt.Errorf("manifest %s: %w", mf.Path, err)
+		}
+		for _, e := range entries {
+			if e.Status != statusDeleted {
+				if _, dup := out[e.DataFile.FilePath]; dup {
+					return nil, fmt.Errorf("data file %s is live twice", e.DataFile.FilePath)
+				}
+				out[e.DataFile.FilePath] = e.DataFile.RecordCount
+			}
+		}
+	}
+	return out, nil
+}

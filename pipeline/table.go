@@ -1,0 +1,325 @@
+package pipeline
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/apache/arrow/go/v17/arrow"
+
+	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/internal/failpoint"
+	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sinks/iceberg"
+)
+
+// tableSpec is a job's Iceberg table: where it is and which of the
+// path's folders (name={placeholder}) become its partition columns.
+type tableSpec struct {
+	cfg   config.Iceberg
+	parts []tablePart
+}
+
+// tablePart is a partition column: a folder name=value of the job's
+// path, as a Hive-partitioned reader of the files sees it.
+type tablePart struct {
+	name, placeholder string
+	date              bool
+}
+
+var hiveFolder = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_]*)=\{([a-z0-9_]+)\}$`)
+
+// newTableSpec derives the table's partition columns from the path's
+// folders; they must identify a unit (a run: {run_id}; a full snapshot:
+// {org_id} and {date}), since a commit replaces its partition.
+func newTableSpec(j *config.Job, outputs []string) (*tableSpec, error) {
+	ts := &tableSpec{cfg: *j.Iceberg}
+	dirs := strings.Split(j.Path, "/")
+	has := map[string]bool{}
+	for _, d := range dirs[:len(dirs)-1] {
+		m := hiveFolder.FindStringSubmatch(d)
+		if m == nil {
+			continue
+		}
+		for _, o := range outputs {
+			if o == m[1] {
+				return nil, fmt.Errorf("job %s: iceberg: the path's folder %s= names the partition column %q, which is also an exported column; rename one (columns: {name, as})", j.Name, m[1], m[1])
+			}
+		}
+		ts.parts = append(ts.parts, tablePart{name: m[1], placeholder: m[2], date: m[2] == "date" || m[2] == "run_date"})
+		has[m[2]] = true
+	}
+	need := []string{"run_id"}
+	if j.Mode == config.ModeFull {
+		need = []string{"org_id", "date"}
+	}
+	for _, p := range need {
+		if !has[p] {
+			return nil, fmt.Errorf("job %s: iceberg: the path needs a folder name={%s} (e.g. %s): the table is partitioned by the path's name={placeholder} folders, and they must identify the unit a commit replaces",
+				j.Name, p, map[string]string{"run_id": "run={run_id}", "org_id": "org={org_id}", "date": "date={date}"}[p])
+		}
+	}
+	return ts, nil
+}
+
+// layout is the table's data file layout for the output schema.
+func (ts *tableSpec) layout(job *Job, schema *arrow.Schema) iceberg.Layout {
+	l := iceberg.Layout{Evolve: job.onSchemaChange == config.SchemaEvolve}
+	for _, f := range schema.Fields() {
+		l.Columns = append(l.Columns, iceberg.Column{Name: f.Name, Type: f.Type})
+	}
+	for _, p := range ts.parts {
+		t := arrow.DataType(arrow.BinaryTypes.String)
+		if p.date {
+			t = arrow.FixedWidthTypes.Date32
+		}
+		l.Partition = append(l.Partition, iceberg.Column{Name: p.name, Type: t})
+	}
+	return l
+}
+
+// values are u's partition values.
+func (ts *tableSpec) values(u unit) ([]iceberg.Value, error) {
+	var vs []iceberg.Value
+	for _, p := range ts.parts {
+		v := u.values[p.placeholder]
+		if !p.date {
+			vs = append(vs, v)
+			continue
+		}
+		d, err := time.Parse(time.DateOnly, v)
+		if err != nil {
+			return nil, fmt.Errorf("iceberg: partition %s: %w", p.name, err)
+		}
+		vs = append(vs, d)
+	}
+	return vs, nil
+}
+
+// tableLocation is where readers find the table at key prefix of the
+// bucket at dest: the same storage named as Iceberg readers name it.
+func tableLocation(dest, prefix string) (string, error) {
+	u, err := url.Parse(dest)
+	if err != nil {
+		return "", err
+	}
+	if p := strings.Trim(u.Query().Get("prefix"), "/"); p != "" {
+		prefix = p + "/" + prefix
+	}
+	switch u.Scheme {
+	case "s3", "gs":
+		return u.Scheme + "://" + u.Host + "/" + prefix, nil
+	case "azblob":
+		account := u.Query().Get("storage_account")
+		if account == "" {
+			account = os.Getenv("AZURE_STORAGE_ACCOUNT")
+		}
+		if account == "" {
+			return "", errors.New("an azblob:// destination needs the storage account (AZURE_STORAGE_ACCOUNT) for the table's abfss:// location")
+		}
+		return "abfss://" + u.Host + "@" + account + ".dfs.core.windows.net/" + prefix, nil
+	case "file":
+		fu, err := url.Parse(dest)
+		if err != nil {
+			return "", err
+		}
+		p := fu.Path
+		if fu.Host == "." {
+			p = strings.TrimPrefix(p, "/")
+		} else if fu.Opaque != "" {
+			p = fu.Opaque
+		}
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return "", err
+		}
+		return "file://" + strings.TrimRight(filepath.ToSlash(abs), "/") + "/" + prefix, nil
+	case "mem":
+		return "mem://" + prefix, nil
+	}
+	return "", fmt.Errorf("no Iceberg location for %s:// buckets", u.Scheme)
+}
+
+// table returns the job's Iceberg table, opening its catalog (and
+// creating the catalog's tables and the namespace) on first use.
+func (r *Runner) table(ctx context.Context, job *Job) (*iceberg.Table, error) {
+	r.mu.Lock()
+	tb := r.tables[job.Name]
+	r.mu.Unlock()
+	if tb != nil {
+		return tb, nil
+	}
+	cfg := job.table.cfg
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return nil, err
+	}
+	prefix := path.Join(cfg.Warehouse, cfg.Namespace, cfg.Table)
+	loc, err := tableLocation(job.Destination, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("job %s: iceberg: %w", job.Name, err)
+	}
+	cat, err := iceberg.OpenCatalog(ctx, cfg.URI, cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("job %s: %w", job.Name, err)
+	}
+	if err := cat.Ensure(ctx, cfg.Namespace); err != nil {
+		cat.Close()
+		return nil, fmt.Errorf("job %s: %w", job.Name, err)
+	}
+	tb, err = iceberg.Open(iceberg.Options{Catalog: cat, Ident: iceberg.Ident{Namespace: cfg.Namespace, Table: cfg.Table},
+		Bucket: bucket, KeyPrefix: prefix, Location: loc, Logger: r.logger(), Now: r.now,
+		Properties: map[string]string{"write.format.default": "parquet", "sellersnap.job": job.Name}})
+	if err != nil {
+		cat.Close()
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old := r.tables[job.Name]; old != nil {
+		cat.Close()
+		return old, nil
+	}
+	if r.tables == nil {
+		r.tables = map[string]*iceberg.Table{}
+		r.catalogs = nil
+	}
+	r.tables[job.Name] = tb
+	r.catalogs = append(r.catalogs, cat)
+	return tb, nil
+}
+
+// tableWrite is a unit's data file of the job's table, written by the
+// stages beside the formats and committed by the publisher.
+type tableWrite struct {
+	tb        *iceberg.Table
+	plan      *iceberg.Plan
+	obj       *sinks.Object
+	enc       *iceberg.Encoder
+	values    []iceberg.Value
+	rows      int64
+	committed bool // to the bucket
+	// tried: the catalog commit was attempted; the data file may be the
+	// table's now and is never removed after that.
+	tried bool
+}
+
+func (r *Runner) openTableWrite(ctx context.Context, bucket *sinks.Bucket, u unit, schema *arrow.Schema) (*tableWrite, error) {
+	job := u.job
+	tb, err := r.table(ctx, job)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := tb.Prepare(ctx, job.table.layout(job, schema))
+	if err != nil {
+		return nil, err
+	}
+	values, err := job.table.values(u)
+	if err != nil {
+		return nil, err
+	}
+	obj, err := bucket.NewObject(ctx, plan.DataKey(values), "application/vnd.apache.parquet")
+	if err != nil {
+		return nil, err
+	}
+	var enc *iceberg.Encoder
+	err = guard(func() error {
+		var err error
+		enc, err = plan.NewEncoder(obj, values, sinks.ParquetOptions{Compression: job.options.ParquetCompression})
+		return err
+	})
+	if err != nil {
+		obj.Abort()
+		return nil, fmt.Errorf("iceberg: start %s: %w", obj.Key(), err)
+	}
+	return &tableWrite{tb: tb, plan: plan, obj: obj, enc: enc, values: values}, nil
+}
+
+// Write encodes a record of the unit into the table's data file.
+func (w *tableWrite) Write(rec arrow.Record) error {
+	err := guard(func() error { return w.enc.Write(rec) })
+	if err != nil {
+		return fmt.Errorf("iceberg: write %s: %w", w.obj.Key(), err)
+	}
+	w.rows += rec.NumRows()
+	return nil
+}
+
+// Close finishes the data file and makes its bytes durable.
+func (w *tableWrite) Close() error {
+	if err := guard(w.enc.Close); err != nil {
+		return fmt.Errorf("iceberg: finish %s: %w", w.obj.Key(), err)
+	}
+	return w.obj.Sync()
+}
+
+// commit commits the data file to the bucket, then to the table (a new
+// snapshot replacing the unit's partition), and records the snapshot in
+// m. It is the publisher's last step before the manifest: a kill between
+// the two leaves the unit without a manifest, and its next export
+// replaces this commit's partition.
+func (w *tableWrite) commit(ctx context.Context, p *publisher, m *Manifest) error {
+	u := p.u
+	if err := u.stillHeld(ctx); err != nil {
+		return err
+	}
+	if err := w.obj.Commit(); err != nil {
+		return err
+	}
+	w.committed = true
+	failpoint.Hit("before-table-commit")
+	if err := u.stillHeld(ctx); err != nil {
+		return err
+	}
+	props := map[string]string{"sellersnap.job": u.job.Name, "sellersnap.version": cmp.Or(p.r.Version, "dev"), "sellersnap.unit": u.lockKey()}
+	if u.rerunID != "" {
+		props["sellersnap.rerun-id"] = u.rerunID
+	}
+	w.tried = true
+	c, err := w.plan.Commit(ctx, iceberg.DataFile{Key: w.obj.Key(), Bytes: w.obj.Size(), Rows: w.rows, Values: w.values}, props)
+	if err != nil {
+		p.r.observer().TableCommitted(u.job.Name, commitFailure(err))
+		return err
+	}
+	failpoint.Hit("after-table-commit")
+	p.r.observer().TableCommitted(u.job.Name, "")
+	cfg := u.job.table.cfg
+	m.Table = &ManifestTable{Catalog: cfg.Name, Namespace: cfg.Namespace, Name: cfg.Table, SnapshotID: c.SnapshotID,
+		Operation: c.Operation, DataFile: w.tb.Location() + "/" + strings.TrimPrefix(w.obj.Key(), tablePrefix(cfg)+"/"), Rows: w.rows, Bytes: w.obj.Size()}
+	return nil
+}
+
+func tablePrefix(cfg config.Iceberg) string {
+	return path.Join(cfg.Warehouse, cfg.Namespace, cfg.Table)
+}
+
+// commitFailure is the reason label of a failed table commit.
+func commitFailure(err error) string {
+	var sce *iceberg.SchemaChangeError
+	switch {
+	case errors.Is(err, iceberg.ErrConflict):
+		return "conflict"
+	case errors.As(err, &sce):
+		return "schema"
+	case errors.Is(err, context.Canceled):
+		return "cancelled"
+	}
+	return "error"
+}
+
+// abort cancels the data file, or removes it once committed to the bucket
+// unless the table commit was attempted.
+func (w *tableWrite) abort(ctx context.Context, p *publisher) {
+	w.obj.Abort()
+	if w.committed && !w.tried {
+		p.unpublish(ctx, []string{w.obj.Key()})
+	}
+}

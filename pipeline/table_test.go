@@ -1,0 +1,149 @@
+package pipeline_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow/go/v17/arrow/memory"
+	"github.com/apache/arrow/go/v17/parquet/file"
+	"github.com/apache/arrow/go/v17/parquet/pqarrow"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/internal/pipelinetest"
+	"github.com/sellersnap/sellersnap/pipeline"
+	"github.com/sellersnap/sellersnap/sinks/iceberg"
+)
+
+// icebergYAML is the new-sellers job's table, its catalog in dbURL.
+func icebergYAML(dbURL string) string {
+	return fmt.Sprintf(`    iceberg:
+      catalog: sql
+      uri: %q
+      namespace: snap
+      table: new_sellers
+`, dbURL)
+}
+
+// tableFiles lists the data files of the table's current snapshot, read
+// from the metadata the catalog points at, with their row counts.
+func tableFiles(t *testing.T, dbURL string) (map[string]int64, map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var loc string
+	if err := conn.QueryRow(ctx, `SELECT metadata_location FROM iceberg_tables WHERE catalog_name = 'sellersnap' AND table_namespace = 'snap' AND table_name = 'new_sellers'`).Scan(&loc); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(strings.TrimPrefix(loc, "file://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := iceberg.ParseMetadata(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := iceberg.LiveFiles(md, func(l string) ([]byte, error) { return os.ReadFile(strings.TrimPrefix(l, "file://")) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files, md.Current().Summary
+}
+
+func TestIcebergTableFollowsEveryExport(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	dir := t.TempDir()
+	f := &fixture{pipelinetest.NewOn(t, dbURL, "file://"+dir, dir, icebergYAML(dbURL))}
+	res, files := f.Once("new-sellers")
+	if len(res.Exported) == 0 {
+		t.Fatal("nothing exported")
+	}
+	live, sum := tableFiles(t, dbURL)
+	if len(live) != len(res.Exported) {
+		t.Fatalf("%d data files in the table, %d units exported", len(live), len(res.Exported))
+	}
+	var rows int64
+	var manifests int
+	for k, b := range files {
+		if filepath.Base(k) != pipeline.ManifestName {
+			continue
+		}
+		manifests++
+		var m pipeline.Manifest
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatal(err)
+		}
+		if m.Table == nil || m.Table.Operation != "append" || live[m.Table.DataFile] != m.Rows {
+			t.Errorf("%s: table %+v, the table has %d rows in that file", k, m.Table, live[m.Table.DataFile])
+		}
+		rows += m.Rows
+		// The data file holds the partition columns, as the path has them.
+		pf, err := os.ReadFile(strings.TrimPrefix(m.Table.DataFile, "file://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd, err := file.NewParquetReader(bytes.NewReader(pf))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fr, _ := pqarrow.NewFileReader(rd, pqarrow.ArrowReadProperties{}, memory.DefaultAllocator)
+		tbl, err := fr.ReadTable(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := tbl.Schema().Field(int(tbl.NumCols()) - 1).Name; got != "run" || tbl.NumRows() != m.Rows {
+			t.Errorf("%s: last column %s, %d rows", m.Table.DataFile, got, tbl.NumRows())
+		}
+		tbl.Release()
+		rd.Close()
+	}
+	if sum["total-records"] != fmt.Sprint(rows) {
+		t.Errorf("table has %s records, the manifests %d", sum["total-records"], rows)
+	}
+
+	// A rerun replaces the run's partition: the table still holds it once.
+	var run string
+	for k, b := range files {
+		if filepath.Base(k) == pipeline.ManifestName {
+			var m pipeline.Manifest
+			json.Unmarshal(b, &m)
+			run = m.RunID
+			break
+		}
+	}
+	if _, err := f.Runner.RerunRun(context.Background(), f.Job("new-sellers"), run); err != nil {
+		t.Fatal(err)
+	}
+	live2, sum2 := tableFiles(t, dbURL)
+	if len(live2) != len(live) || sum2["operation"] != "overwrite" || sum2["total-records"] != fmt.Sprint(rows) || sum2["sellersnap.unit"] != "run:new-sellers:"+run {
+		t.Errorf("after a rerun: %d files (was %d), summary %v", len(live2), len(live), sum2)
+	}
+
+	// A kill after the table commit, before the manifest (and so before
+	// the export state records the run): the next pass exports the run
+	// again, and the table still holds it once.
+	states, _ := filepath.Glob(filepath.Join(dir, "*", "*", "_sellersnap"))
+	for _, s := range states {
+		os.RemoveAll(s)
+	}
+	for k := range files {
+		if filepath.Base(k) == pipeline.ManifestName && strings.Contains(k, run) {
+			os.Remove(filepath.Join(dir, k))
+		}
+	}
+	res, _ = f.Once("new-sellers")
+	live3, sum3 := tableFiles(t, dbURL)
+	if len(res.Exported) != 1 || len(live3) != len(live) || sum3["total-records"] != fmt.Sprint(rows) {
+		t.Errorf("after re-exporting a run whose manifest was missing: exported %d, %d files (want %d), summary %v", len(res.Exported), len(live3), len(live), sum3)
+	}
+}
