@@ -121,7 +121,8 @@ func TestManifestsMatchTheJSONSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	pgtest.Exec(t, f.DBURL, `UPDATE sellers SET feedback_percent = 'NaN' WHERE id IN (SELECT id FROM sellers WHERE feedback_percent IS NOT NULL LIMIT 3)`)
-	f.Load("    on_schema_change: evolve\n    formats: [csv]")
+	// The last export also commits to an Iceberg table: table.
+	f.Load("    on_schema_change: evolve\n    formats: [csv]\n" + icebergYAML(f.DBURL))
 	pgtest.Exec(t, f.DBURL, `INSERT INTO collection_runs (id, org_id, status, started_at, completed_at)
 		SELECT '00000000-0000-4000-8000-0000000000bb', org_id, 'completed', now() - interval '1 hour', now() FROM collection_runs LIMIT 1`)
 	f.Once("new-sellers")
