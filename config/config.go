@@ -209,6 +209,16 @@ type Iceberg struct {
 	// the table lives (<warehouse>/<namespace>/<table>/{data,metadata}).
 	// Default DefaultWarehouse.
 	Warehouse string `yaml:"warehouse"`
+	// SnapshotRetention: snapshots older than this expire, and the files
+	// only they read are deleted (the table's own files, never the job's
+	// exports), but for the newest KeepSnapshots. A duration of at least
+	// 1m, or "forever" to keep every snapshot. Default 24h.
+	SnapshotRetention string `yaml:"snapshot_retention"`
+	// KeepSnapshots never expire, whatever their age. Default 10.
+	KeepSnapshots int `yaml:"keep_snapshots"`
+
+	// Resolved: Retention is SnapshotRetention, 0 for forever.
+	Retention time.Duration `yaml:"-"`
 }
 
 // Iceberg defaults.
@@ -217,6 +227,10 @@ const (
 	DefaultCatalogName = "sellersnap"
 	DefaultNamespace   = "sellersnap"
 	DefaultWarehouse   = "iceberg"
+	// DefaultSnapshotRetention: with a run a minute, a day of snapshots
+	// is ~1 MB of table metadata, rewritten by every commit.
+	DefaultSnapshotRetention = "24h"
+	DefaultKeepSnapshots     = 10
 )
 
 // icebergName is what catalog, namespace and table names may be: they
@@ -244,6 +258,20 @@ func (ic *Iceberg) check(p string, bad bad) {
 			bad(p+"."+field, "%q: want lowercase letters, digits and _, not starting with a digit", v)
 		}
 	}
+	switch r := cmp.Or(ic.SnapshotRetention, DefaultSnapshotRetention); r {
+	case "forever":
+		ic.Retention = 0
+	default:
+		d, err := time.ParseDuration(r)
+		if err != nil || d < time.Minute {
+			bad(p+".snapshot_retention", "%q: want a duration of at least 1m (e.g. 24h, 168h), or forever", r)
+		}
+		ic.Retention = d
+	}
+	if ic.KeepSnapshots < 0 {
+		bad(p+".keep_snapshots", "must be at least 1, got %d", ic.KeepSnapshots)
+	}
+	ic.KeepSnapshots = cmp.Or(ic.KeepSnapshots, DefaultKeepSnapshots)
 	ic.Warehouse = strings.Trim(cmp.Or(ic.Warehouse, DefaultWarehouse), "/")
 	switch {
 	case strings.Contains(ic.Warehouse, "://"):

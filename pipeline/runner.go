@@ -521,6 +521,8 @@ type Planned struct {
 	// MoreParts: the job splits its output, so each format may have more
 	// parts than the first, listed in Keys.
 	MoreParts bool `json:"more_parts,omitempty"`
+	// Table is the Iceberg commit the export makes (jobs with a table).
+	Table string `json:"table,omitempty"`
 }
 
 // Plan says what Once would export now, without writing anything. It
@@ -612,6 +614,9 @@ func planned(job *Job, units []unit, counts map[string]int64) ([]Planned, error)
 		}
 		mk, _ := u.manifestKey()
 		p.Keys = append(p.Keys, job.Layout.Success(mk), mk, u.latestKey(mk))
+		if job.table != nil {
+			p.Table = job.table.describe(u)
+		}
 		plan = append(plan, p)
 	}
 	return plan, nil

@@ -19,6 +19,7 @@ import (
 	"github.com/sellersnap/sellersnap/internal/failpoint"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sinks/iceberg"
+	"github.com/sellersnap/sellersnap/sources"
 )
 
 // tableSpec is a job's Iceberg table: where it is and which of the
@@ -177,7 +178,8 @@ func (r *Runner) table(ctx context.Context, job *Job) (*iceberg.Table, error) {
 	}
 	tb, err = iceberg.Open(iceberg.Options{Catalog: cat, Ident: iceberg.Ident{Namespace: cfg.Namespace, Table: cfg.Table},
 		Bucket: bucket, KeyPrefix: prefix, Location: loc, Logger: r.logger(), Now: r.now,
-		Properties: map[string]string{"write.format.default": "parquet", "sellersnap.job": job.Name}})
+		Properties: map[string]string{"write.format.default": "parquet", "sellersnap.job": job.Name},
+		Retention:  iceberg.Retention{MaxAge: cfg.Retention, Keep: cfg.KeepSnapshots, Off: cfg.Retention == 0}})
 	if err != nil {
 		cat.Close()
 		return nil, err
@@ -322,4 +324,93 @@ func (w *tableWrite) abort(ctx context.Context, p *publisher) {
 	if w.committed && !w.tried {
 		p.unpublish(ctx, []string{w.obj.Key()})
 	}
+}
+
+// TableStatus is a job's Iceberg table as status and validate show it.
+type TableStatus struct {
+	Name      string // catalog.namespace.table
+	Location  string
+	Metadata  string // "" before the first commit (or validate) created it
+	Created   bool   // validate created it just now
+	Snapshots int
+	Retention string
+	// Current is the current snapshot: its id, time and summary.
+	Current *iceberg.Snapshot
+}
+
+// TableStatus reads the job's table through its catalog; nil for a job
+// without one.
+func (r *Runner) TableStatus(ctx context.Context, job *Job) (*TableStatus, error) {
+	if job.table == nil {
+		return nil, nil
+	}
+	tb, err := r.table(ctx, job)
+	if err != nil {
+		return nil, err
+	}
+	st, err := tb.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return tableStatus(job, st), nil
+}
+
+func tableStatus(job *Job, st *iceberg.Status) *TableStatus {
+	cfg := job.table.cfg
+	ts := &TableStatus{Name: cfg.Name + "." + cfg.Namespace + "." + cfg.Table, Location: st.Location, Metadata: st.Metadata,
+		Snapshots: st.Snapshots, Current: st.Snapshot, Retention: "forever"}
+	if cfg.Retention > 0 {
+		ts.Retention = fmt.Sprintf("%s, keeping at least %d snapshots", cfg.Retention, cfg.KeepSnapshots)
+	}
+	return ts
+}
+
+// CheckTable connects to the job's catalog, creates its tables, the
+// namespace and the table where missing, and checks that the table's
+// schema and partitioning are the job's (reading the output schema from
+// the database as an export does). It writes no snapshot.
+func (r *Runner) CheckTable(ctx context.Context, job *Job) (*TableStatus, error) {
+	if job.table == nil {
+		return nil, nil
+	}
+	tb, err := r.table(ctx, job)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := r.Source.Snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close(context.WithoutCancel(ctx))
+	rd, err := snap.Sellers(ctx, sources.Query{Columns: job.SourceColumns(), RunID: noRun}, sources.ReadOptions{Allocator: r.allocator()})
+	if err != nil {
+		return nil, err
+	}
+	schema := outputSchema(job, rd.Schema())
+	rd.Close()
+	plan, err := tb.Prepare(ctx, job.table.layout(job, schema))
+	if err != nil {
+		return nil, err
+	}
+	created, err := plan.Create(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := tb.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ts := tableStatus(job, st)
+	ts.Created = created
+	return ts, nil
+}
+
+// describe is the commit an export of u makes, for plan.
+func (ts *tableSpec) describe(u unit) string {
+	var parts []string
+	for _, p := range ts.parts {
+		parts = append(parts, p.name+"="+u.values[p.placeholder])
+	}
+	return fmt.Sprintf("iceberg %s.%s.%s: one snapshot replacing partition %s (an append if it is new)",
+		ts.cfg.Name, ts.cfg.Namespace, ts.cfg.Table, strings.Join(parts, ", "))
 }

@@ -634,6 +634,11 @@ func status(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, 
 			fmt.Fprintln(tw, "  (no exports yet)")
 		}
 		tw.Flush()
+		ts, err := runner.TableStatus(ctx, j)
+		if err != nil {
+			return fmt.Errorf("job %s: iceberg: %w", j.Name, err)
+		}
+		printTable(w, ts)
 		plan, err := runner.Plan(ctx, j)
 		if err != nil {
 			return err
@@ -683,6 +688,11 @@ func validate(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job
 		next := j.Cron.Next(time.Now().In(j.Location))
 		fmt.Fprintf(w, "\njob %s (%s), schedule %q %s, next %s\n  destination %s (writable, readable)\n  columns %s\n  formats %s\n",
 			j.Name, j.Mode, j.Schedule, j.Location, next.Format(time.RFC3339), bucket.URL(), columnList(j), strings.Join(j.FormatNames(), ", "))
+		ts, err := runner.CheckTable(ctx, j)
+		if err != nil {
+			return fmt.Errorf("job %s: iceberg: %w", j.Name, err)
+		}
+		printTable(w, ts)
 		p, err := runner.Plan(ctx, j)
 		if err != nil {
 			return err
@@ -737,6 +747,30 @@ func plan(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, w 
 
 // printPlan prints a job's pending units: a summary (counts, the first unit
 // with its keys, the last unit), or with verbose every unit and key.
+// printTable prints a job's Iceberg table: where it is, its current
+// snapshot, its retention.
+func printTable(w io.Writer, ts *pipeline.TableStatus) {
+	if ts == nil {
+		return
+	}
+	state := "schema and partitioning match the job's"
+	switch {
+	case ts.Created:
+		state = "created (no snapshot yet)"
+	case ts.Metadata == "":
+		state = "not created yet (the first export or validate creates it)"
+	}
+	fmt.Fprintf(w, "  iceberg table %s at %s: %s\n", ts.Name, ts.Location, state)
+	if c := ts.Current; c != nil {
+		fmt.Fprintf(w, "    current snapshot %d (%s, %s, sequence %d): %s records in %s files; %d snapshots kept (retention %s)\n",
+			c.ID, c.Summary["operation"], time.UnixMilli(c.TimestampMS).UTC().Format(time.RFC3339), c.Sequence,
+			c.Summary["total-records"], c.Summary["total-data-files"], ts.Snapshots, ts.Retention)
+	}
+	if ts.Metadata != "" {
+		fmt.Fprintf(w, "    metadata %s\n", ts.Metadata)
+	}
+}
+
 func printPlan(w io.Writer, j *pipeline.Job, plan []pipeline.Planned, verbose bool, what string) {
 	switch {
 	case what != "":
@@ -766,6 +800,9 @@ func printPlan(w io.Writer, j *pipeline.Job, plan []pipeline.Planned, verbose bo
 			if verbose || i == 0 {
 				fmt.Fprintf(w, "      %s\n", k)
 			}
+		}
+		if p.Table != "" && (verbose || i == 0) {
+			fmt.Fprintf(w, "      %s\n", p.Table)
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/sellersnap/sellersnap/internal/failpoint"
 	"github.com/sellersnap/sellersnap/internal/keys"
 	"github.com/sellersnap/sellersnap/sinks"
 )
@@ -39,7 +40,9 @@ type Options struct {
 	MergeMin int
 	// Retries of a commit that lost a race with another writer. Default 20.
 	Retries int
-	Logger  *slog.Logger
+	// Retention of snapshots; expiry is part of a commit.
+	Retention Retention
+	Logger    *slog.Logger
 	// Now is the clock of snapshot timestamps. Default time.Now.
 	Now func() time.Time
 }
@@ -285,6 +288,9 @@ type Commit struct {
 	Replaced   int    // data files of the partition it replaced
 	Metadata   string // the new metadata file
 	Attempts   int
+	// Expired is how many snapshots this commit expired; Removed how many
+	// files it then deleted (data files, manifests, lists, metadata).
+	Expired, Removed int
 }
 
 // Commit makes f the only data file of its partition in a new snapshot,
@@ -348,9 +354,13 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 	if err != nil {
 		return nil, err
 	}
+	var dropped []string // metadata files the log no longer lists
 	if base != nil {
 		md.MetadataLog = append(md.MetadataLog, metadataLogEntry{TimestampMS: base.LastUpdatedMS, MetadataFile: tx.base})
 		if n := previousMax(md); len(md.MetadataLog) > n {
+			for _, e := range md.MetadataLog[:len(md.MetadataLog)-n] {
+				dropped = append(dropped, e.MetadataFile)
+			}
 			md.MetadataLog = md.MetadataLog[len(md.MetadataLog)-n:]
 		}
 	}
@@ -360,6 +370,10 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 	md.LastUpdatedMS = nowMS
 	md.SnapshotLog = append(md.SnapshotLog, snapshotLogEntry{TimestampMS: nowMS, SnapshotID: snap.ID})
 	md.Refs["main"] = []byte(fmt.Sprintf(`{"snapshot-id":%d,"type":"branch"}`, snap.ID))
+	ex, err := t.expire(ctx, md, nowMS)
+	if err != nil {
+		return nil, fmt.Errorf("iceberg table %s: expire snapshots: %w", t.o.Ident, err)
+	}
 	data, err := md.Marshal()
 	if err != nil {
 		return nil, err
@@ -369,6 +383,7 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 	if err := t.put(ctx, rel, data, "application/json", &written); err != nil {
 		return nil, err
 	}
+	failpoint.Hit("iceberg-before-swap")
 	if err := tx.swap(ctx, t.loc(rel)); err != nil {
 		if errors.Is(err, ErrConflict) {
 			return nil, err
@@ -379,10 +394,19 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 		return nil, err
 	}
 	ok = true
+	failpoint.Hit("iceberg-after-swap")
 	t.cache.put(t.loc(rel), md)
 	t.writeHint(ctx, version, data)
-	return &Commit{SnapshotID: snap.ID, Sequence: snap.Sequence, Operation: snap.Summary["operation"],
-		Replaced: replaced, Metadata: t.loc(rel)}, nil
+	c := &Commit{SnapshotID: snap.ID, Sequence: snap.Sequence, Operation: snap.Summary["operation"],
+		Replaced: replaced, Metadata: t.loc(rel)}
+	if ex != nil || len(dropped) > 0 {
+		t.remove(ctx, ex, dropped)
+		c.Removed = len(dropped)
+		if ex != nil {
+			c.Expired, c.Removed = len(ex.snapshots), c.Removed+len(ex.files)
+		}
+	}
+	return c, nil
 }
 
 // writeHint writes v<N>.metadata.json and version-hint.text for readers
@@ -856,4 +880,62 @@ func (c *fileCache) putSized(k string, v any, size int) {
 		c.size -= c.items[old].size
 		delete(c.items, old)
 	}
+}
+
+// Create creates the table (a metadata file without snapshots) for p's
+// layout if the catalog has no such table; it reports whether it did.
+func (p *Plan) Create(ctx context.Context) (bool, error) {
+	t := p.t
+	tx, err := t.o.Catalog.begin(ctx, t.o.Ident)
+	if err != nil {
+		return false, err
+	}
+	defer tx.rollback(ctx)
+	if tx.base != "" {
+		return false, nil
+	}
+	md := newMetadata(uuid.NewString(), t.o.Location, p.schema, maxFieldID(p.schema), p.spec, t.o.Properties, t.o.Now().UnixMilli())
+	data, err := md.Marshal()
+	if err != nil {
+		return false, err
+	}
+	var written []string
+	rel := fmt.Sprintf("metadata/%05d-%s.metadata.json", 0, uuid.NewString())
+	if err := t.put(ctx, rel, data, "application/json", &written); err != nil {
+		return false, err
+	}
+	if err := tx.swap(ctx, t.loc(rel)); err != nil {
+		if errors.Is(err, ErrConflict) {
+			t.removeUnreferenced(ctx, written)
+			return false, nil
+		}
+		return false, err
+	}
+	t.writeHint(ctx, 0, data)
+	return true, nil
+}
+
+// Status is a table's current state.
+type Status struct {
+	Ident     Ident
+	Location  string
+	Metadata  string // the catalog's metadata_location; "" when the table does not exist
+	Snapshot  *Snapshot
+	Snapshots int // kept in the metadata
+	Schema    *Schema
+	Spec      *Spec
+	Retention Retention
+}
+
+// Status reads the table's current state through the catalog.
+func (t *Table) Status(ctx context.Context) (*Status, error) {
+	md, loc, err := t.head(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st := &Status{Ident: t.o.Ident, Location: t.o.Location, Metadata: loc, Retention: t.o.Retention.withDefaults()}
+	if md != nil {
+		st.Snapshot, st.Snapshots, st.Schema, st.Spec = md.Current(), len(md.Snapshots), md.Schema(), md.Spec()
+	}
+	return st, nil
 }
