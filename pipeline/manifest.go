@@ -73,14 +73,18 @@ type ManifestTable struct {
 	Namespace  string `json:"namespace"`
 	Name       string `json:"name"`
 	SnapshotID int64  `json:"snapshot_id"`
-	// Operation is append (a new unit) or overwrite (the unit's earlier
-	// files replaced: a rerun, or an export repeated after a kill).
+	// Operation is append (a new unit), overwrite (the unit's earlier
+	// files replaced: a rerun, or an export repeated after a kill), delete
+	// (an empty unit removed its partition's files) or none (an empty unit
+	// the table did not hold: no snapshot; SnapshotID is the current one,
+	// 0 for a table without snapshots).
 	Operation string `json:"operation"`
 	// DataFile is the table's data file of this unit (its own copy, with
-	// the partition columns and field ids, at a key never reused).
-	DataFile string `json:"data_file"`
+	// the partition columns and field ids, at a key never reused); none
+	// for an empty unit.
+	DataFile string `json:"data_file,omitempty"`
 	Rows     int64  `json:"rows"`
-	Bytes    int64  `json:"bytes"`
+	Bytes    int64  `json:"bytes,omitempty"`
 }
 
 // ManifestColumn is one output column.

@@ -273,10 +273,16 @@ func (w *tableWrite) commit(ctx context.Context, p *publisher, m *Manifest) erro
 	if err := u.stillHeld(ctx); err != nil {
 		return err
 	}
-	if err := w.obj.Commit(); err != nil {
-		return err
+	// An empty unit adds no file to the table (readers plan none); its
+	// commit only removes what its partition held.
+	if w.rows == 0 {
+		w.obj.Abort()
+	} else {
+		if err := w.obj.Commit(); err != nil {
+			return err
+		}
+		w.committed = true
 	}
-	w.committed = true
 	failpoint.Hit("before-table-commit")
 	if err := u.stillHeld(ctx); err != nil {
 		return err
@@ -295,7 +301,10 @@ func (w *tableWrite) commit(ctx context.Context, p *publisher, m *Manifest) erro
 	p.r.observer().TableCommitted(u.job.Name, "")
 	cfg := u.job.table.cfg
 	m.Table = &ManifestTable{Catalog: cfg.Name, Namespace: cfg.Namespace, Name: cfg.Table, SnapshotID: c.SnapshotID,
-		Operation: c.Operation, DataFile: w.tb.Location() + "/" + strings.TrimPrefix(w.obj.Key(), tablePrefix(cfg)+"/"), Rows: w.rows, Bytes: w.obj.Size()}
+		Operation: c.Operation, Rows: w.rows}
+	if w.committed {
+		m.Table.DataFile, m.Table.Bytes = w.tb.Location()+"/"+strings.TrimPrefix(w.obj.Key(), tablePrefix(cfg)+"/"), w.obj.Size()
+	}
 	return nil
 }
 

@@ -144,6 +144,9 @@ func TestIcebergGoReadsTheTableExactly(t *testing.T) {
 			if len(perRun) != len(want) {
 				t.Errorf("%s %s: %d runs in the table, PostgreSQL has %d", stage, args[0], len(perRun), len(want))
 			}
+			if args[0] == "-metadata" {
+				checkSecondReader(t, stage, dir+"/iceberg/verify/new_sellers", head, want)
+			}
 			sortRows(got)
 			sortRows(wantRows)
 			saved := columns
@@ -161,4 +164,58 @@ func TestIcebergGoReadsTheTableExactly(t *testing.T) {
 
 func sortRows(rows [][]string) {
 	sort.Slice(rows, func(i, j int) bool { return strings.Join(rows[i], "\x00") < strings.Join(rows[j], "\x00") })
+}
+
+// checkSecondReader reads the table with a second, independent reader
+// (verify/hyparquet/iceberg.mjs: avsc for the Avro manifests, hyparquet for
+// the data files' footers and partition columns) and checks that it agrees
+// with iceberg-go on the files, their partitions and record counts, and
+// with PostgreSQL on the rows per run.
+func checkSecondReader(t *testing.T, stage, table string, goHead map[string]any, want map[string]int64) {
+	t.Helper()
+	if _, err := os.Stat("hyparquet/node_modules/avsc"); err != nil {
+		t.Fatalf("avsc is not installed (make verify-readers runs npm ci in verify/hyparquet): %v", err)
+	}
+	out, err := exec.Command("node", "hyparquet/iceberg.mjs", table).Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("%s: iceberg.mjs: %v\n%s", stage, err, stderr)
+	}
+	var js struct {
+		Files []struct {
+			Path      string
+			Partition map[string]*string
+			Records   int64
+		}
+	}
+	if err := json.Unmarshal(out, &js); err != nil {
+		t.Fatal(err)
+	}
+	goFiles := map[string]int64{}
+	for _, f := range goHead["files"].([]any) {
+		f := f.(map[string]any)
+		goFiles[f["path"].(string)] = int64(f["records"].(float64))
+	}
+	perRun := map[string]int64{}
+	for _, f := range js.Files {
+		if n, ok := goFiles[f.Path]; !ok || n != f.Records {
+			t.Errorf("%s: the second reader has %s with %d records; iceberg-go: %d (planned: %v)", stage, f.Path, f.Records, n, ok)
+		}
+		if r := f.Partition["run"]; r == nil || !strings.Contains(f.Path, "/run="+*r+"/") {
+			t.Errorf("%s: %s has partition %v", stage, f.Path, f.Partition)
+		} else {
+			perRun[*r] += f.Records
+		}
+	}
+	if len(js.Files) != len(goFiles) {
+		t.Errorf("%s: the second reader sees %d files, iceberg-go %d", stage, len(js.Files), len(goFiles))
+	}
+	for run, n := range want {
+		if perRun[run] != n {
+			t.Errorf("%s: the second reader has %d rows for run %s, PostgreSQL %d", stage, perRun[run], run, n)
+		}
+	}
 }

@@ -284,14 +284,22 @@ type DataFile struct {
 type Commit struct {
 	SnapshotID int64
 	Sequence   int64
-	Operation  string // append or overwrite
-	Replaced   int    // data files of the partition it replaced
-	Metadata   string // the new metadata file
-	Attempts   int
+	// Operation is append, overwrite, delete (an empty file replacing
+	// its partition's: no file is added) or none (an empty file for a
+	// partition the table does not hold: no snapshot; SnapshotID is the
+	// current one).
+	Operation string
+	Replaced  int    // data files of the partition it replaced
+	Metadata  string // the new metadata file
+	Attempts  int
 	// Expired is how many snapshots this commit expired; Removed how many
 	// files it then deleted (data files, manifests, lists, metadata).
 	Expired, Removed int
 }
+
+// errNothingToCommit: an empty file for a partition the table does not
+// hold changes nothing.
+var errNothingToCommit = errors.New("nothing to commit")
 
 // Commit makes f the only data file of its partition in a new snapshot,
 // with summary properties props. A commit that loses a race with another
@@ -351,6 +359,13 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 		}
 	}()
 	snap, replaced, err := now.snapshot(ctx, md, f, props, nowMS, &written)
+	if errors.Is(err, errNothingToCommit) {
+		c := &Commit{Operation: "none"}
+		if cur := md.Current(); cur != nil {
+			c.SnapshotID, c.Sequence = cur.ID, cur.Sequence
+		}
+		return c, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -560,30 +575,34 @@ func (p *Plan) snapshot(ctx context.Context, md *Metadata, f DataFile, props map
 		}
 		list = append(list, nmf)
 	}
+	if f.Rows == 0 && deletedFiles == 0 {
+		return nil, 0, errNothingToCommit
+	}
 	kept, err := p.merge(ctx, md, snap, kept, written)
 	if err != nil {
 		return nil, 0, err
 	}
-	fileLoc := t.loc(strings.TrimPrefix(strings.TrimPrefix(f.Key, t.o.KeyPrefix), "/"))
-	added := entry{Status: statusAdded, SnapshotID: &snap.ID, DataFile: dataFile{
-		FilePath: fileLoc, FileFormat: "PARQUET", Partition: part, RecordCount: f.Rows, FileSize: f.Bytes}}
-	amf, err := p.writeManifest(ctx, md, snap, []entry{added}, written)
-	if err != nil {
-		return nil, 0, err
+	op := "delete" // an empty unit: no file is added, its partition's go
+	sum := map[string]string{"changed-partition-count": "1"}
+	if f.Rows > 0 {
+		fileLoc := t.loc(strings.TrimPrefix(strings.TrimPrefix(f.Key, t.o.KeyPrefix), "/"))
+		added := entry{Status: statusAdded, SnapshotID: &snap.ID, DataFile: dataFile{
+			FilePath: fileLoc, FileFormat: "PARQUET", Partition: part, RecordCount: f.Rows, FileSize: f.Bytes}}
+		amf, err := p.writeManifest(ctx, md, snap, []entry{added}, written)
+		if err != nil {
+			return nil, 0, err
+		}
+		list = append([]manifestFile{amf}, list...)
+		op = "append"
+		if deletedFiles > 0 {
+			op = "overwrite"
+		}
+		sum["added-data-files"] = "1"
+		sum["added-records"] = strconv.FormatInt(f.Rows, 10)
+		sum["added-files-size"] = strconv.FormatInt(f.Bytes, 10)
 	}
-	list = append(append([]manifestFile{amf}, list...), kept...)
-
-	op := "append"
-	if deletedFiles > 0 {
-		op = "overwrite"
-	}
-	sum := map[string]string{
-		"operation":               op,
-		"added-data-files":        "1",
-		"added-records":           strconv.FormatInt(f.Rows, 10),
-		"added-files-size":        strconv.FormatInt(f.Bytes, 10),
-		"changed-partition-count": "1",
-	}
+	list = append(list, kept...)
+	sum["operation"] = op
 	if deletedFiles > 0 {
 		sum["deleted-data-files"] = strconv.FormatInt(deletedFiles, 10)
 		sum["deleted-records"] = strconv.FormatInt(deletedRows, 10)
