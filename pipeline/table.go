@@ -22,6 +22,9 @@ import (
 	"github.com/sellersnap/sellersnap/sources"
 )
 
+// HasTable reports whether the job commits to an Iceberg table.
+func (j *Job) HasTable() bool { return j.table != nil }
+
 // tableSpec is a job's Iceberg table: where it is and which of the
 // path's folders (name={placeholder}) become its partition columns.
 type tableSpec struct {

@@ -33,6 +33,9 @@ type benchCase struct {
 	base    []sample
 	snap    []sample
 	formats string
+	// table: the job commits to an Iceberg table whose catalog is in db;
+	// it is dropped before each repetition, as the bucket folder is.
+	table bool
 }
 
 type sample struct {
@@ -162,6 +165,7 @@ func benchCases(in *benchInputs) []*benchCase {
 		{name: "full, parquet", formats: "parquet", args: []string{"rerun", "-job", "full-parquet", "-date", date}, query: fullSQL, rows: in.fullRows},
 		{name: "full, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "full-all", "-date", date}, query: fullSQL, rows: in.fullRows},
 		{name: "one run, all three", formats: "csv+ndjson+parquet", args: []string{"rerun", "-job", "run-all", "-run", in.runID}, query: runSQL, rows: in.runRows},
+		{name: "one run, all three + table", formats: "csv+ndjson+parquet+iceberg", args: []string{"rerun", "-job", "run-table", "-run", in.runID}, query: runSQL, rows: in.runRows, table: true},
 	}
 	for _, f := range []string{"csv", "ndjson", "parquet", "all"} {
 		name := "narrow run, " + f
@@ -171,6 +175,8 @@ func benchCases(in *benchInputs) []*benchCase {
 		cases = append(cases, &benchCase{name: name, formats: f, query: narrowSQL, rows: in.narrowRows, db: in.narrowURL, cfg: in.narrowCfg,
 			args: []string{"rerun", "-job", "narrow-" + f, "-run", in.narrowRun}})
 	}
+	cases = append(cases, &benchCase{name: "narrow run, all three + table", formats: "csv+ndjson+parquet+iceberg", query: narrowSQL, rows: in.narrowRows,
+		db: in.narrowURL, cfg: in.narrowCfg, args: []string{"rerun", "-job", "narrow-table", "-run", in.narrowRun}, table: true})
 	return cases
 }
 
@@ -197,6 +203,11 @@ func runBench(ctx context.Context, psql, bin string, in *benchInputs, cases []*b
 			cfg := in.cfg
 			if c.cfg != "" {
 				cfg = c.cfg
+			}
+			if c.table {
+				if _, err := measure(ctx, psql, db, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", `DROP TABLE IF EXISTS iceberg_tables, iceberg_namespace_properties`); err != nil {
+					return fmt.Errorf("reset the catalog of %s: %w", c.name, err)
+				}
 			}
 			s, err = measure(ctx, bin, append([]string{c.args[0], "-config", cfg, "-log-level", "warn"}, c.args[1:]...)...)
 			if err != nil {
@@ -347,13 +358,16 @@ func shippedColumns(path string) ([]string, error) {
 func narrowConfig(dbURL string, cols []string, out string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "source:\n  dsn: %q\n  statement_timeout: 0s\njobs:\n", dbURL)
-	for _, f := range []string{"csv", "ndjson", "parquet", "all"} {
+	for _, f := range []string{"csv", "ndjson", "parquet", "all", "table"} {
 		formats := "[" + f + "]"
-		if f == "all" {
+		if f == "all" || f == "table" {
 			formats = "[csv, ndjson, parquet]"
 		}
 		fmt.Fprintf(&b, "  - name: narrow-%s\n    mode: per_run\n    destination: \"file://%s/narrow-%s\"\n    formats: %s\n    columns: [%s]\n",
 			f, out, f, formats, strings.Join(cols, ", "))
+		if f == "table" {
+			fmt.Fprintf(&b, "    iceberg: {catalog: sql, uri: %q, table: narrow}\n", dbURL)
+		}
 	}
 	return b.String()
 }
@@ -364,11 +378,14 @@ func benchConfig(dbURL, out string) string {
 	fmt.Fprintf(&b, "source:\n  dsn: %q\n  statement_timeout: 0s\njobs:\n", dbURL)
 	for _, j := range []struct{ name, mode, formats string }{
 		{"full-csv", "full", "[csv]"}, {"full-ndjson", "full", "[ndjson]"}, {"full-parquet", "full", "[parquet]"},
-		{"full-all", "full", "[csv, ndjson, parquet]"}, {"run-all", "per_run", "[csv, ndjson, parquet]"},
+		{"full-all", "full", "[csv, ndjson, parquet]"}, {"run-all", "per_run", "[csv, ndjson, parquet]"}, {"run-table", "per_run", "[csv, ndjson, parquet]"},
 	} {
 		// A bucket folder per job: jobs writing the same keys are refused.
 		fmt.Fprintf(&b, "  - name: %s\n    mode: %s\n    destination: \"file://%s/%s\"\n    formats: %s\n    columns: %s\n",
 			j.name, j.mode, out, j.name, j.formats, cols)
+		if j.name == "run-table" {
+			fmt.Fprintf(&b, "    iceberg: {catalog: sql, uri: %q, table: run_table}\n", dbURL)
+		}
 	}
 	return b.String()
 }

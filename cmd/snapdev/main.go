@@ -44,7 +44,7 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: snapdev demo|pg|load|bench|scale [flags]")
+		return errors.New("usage: snapdev demo|pg|load|bench|scale|iceberg [flags]")
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	bin := fs.String("bin", "bin/sellersnap", "sellersnap binary")
@@ -58,9 +58,13 @@ func run(ctx context.Context, args []string) error {
 	cache := fs.String("cache", ".cache", "bench: where the loaded cluster is kept between runs")
 	history := fs.String("history", "1000,10000,100000", "scale: history sizes (completed runs), comma-separated")
 	dsn := fs.String("dsn", "", "load: the database to load the demo data into (default $DATABASE_URL)")
+	commits := fs.Int("commits", 10000, "iceberg: commits to make")
 	hold := fs.Bool("hold", false, "bench: only start the loaded cluster, write the bench config, print both and wait for Ctrl-C (for profiling)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if args[0] == "iceberg" {
+		return icebergScale(ctx, *commits)
 	}
 	if args[0] == "bench" {
 		return bench(ctx, *bin, *cfg, opts.Sellers, *reps, *cache, *hold)

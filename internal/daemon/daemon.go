@@ -598,6 +598,15 @@ func (d *Daemon) watchDependencies(ctx context.Context) {
 		d.dependency(ctx, "postgres", "", d.Runner.Source.Ping(cctx))
 		for _, j := range d.Jobs {
 			d.dependency(ctx, "bucket", j.Name, d.bucketWritable(cctx, j, probe))
+			if j.HasTable() {
+				// The catalog answers and its table's metadata reads: a
+				// commit would get as far.
+				ts, err := d.Runner.TableStatus(cctx, j)
+				d.dependency(ctx, "iceberg_catalog", j.Name, err)
+				if err == nil {
+					d.Metrics.setTable(j.Name, ts)
+				}
+			}
 		}
 		cancel()
 		if i%backlogEvery == backlogEvery-1 {

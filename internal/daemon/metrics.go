@@ -72,8 +72,9 @@ type Metrics struct {
 	backlogs map[string]int
 	oldests  map[string]time.Duration
 	health   map[string]*jobHealth
-	deps     map[string]bool  // "postgres", "bucket/<job>" → up at the last check
-	depErrs  map[string]error // … → why it was down
+	deps     map[string]bool                  // "postgres", "bucket/<job>" → up at the last check
+	tables   map[string]*pipeline.TableStatus // by job: the Iceberg table at the last check
+	depErrs  map[string]error                 // … → why it was down
 }
 
 // jobHealth is what the status page says of a job's passes.
@@ -378,6 +379,10 @@ type JobStatus struct {
 	LastError     string
 	LastSuccess   time.Time // zero: never, as far as this process and the bucket know
 	BucketUp      *bool     // nil until checked
+	CatalogUp     *bool     // the Iceberg catalog (jobs with a table); nil until checked
+	// Table is the job's Iceberg table at the last check (nil: none, or
+	// not read yet).
+	Table *pipeline.TableStatus
 }
 
 // Status returns job's status.
@@ -393,7 +398,24 @@ func (m *Metrics) Status(job string) JobStatus {
 	if up, ok := m.deps[path.Join("bucket", job)]; ok {
 		s.BucketUp = &up
 	}
+	if up, ok := m.deps[path.Join("iceberg_catalog", job)]; ok {
+		s.CatalogUp = &up
+	}
+	s.Table = m.tables[job]
 	return s
+}
+
+// setTable records job's Iceberg table as the last check read it.
+func (m *Metrics) setTable(job string, ts *pipeline.TableStatus) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.tables == nil {
+		m.tables = map[string]*pipeline.TableStatus{}
+	}
+	m.tables[job] = ts
 }
 
 // DatabaseUp reports PostgreSQL's state at the last check (nil: not yet).

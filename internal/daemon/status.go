@@ -19,10 +19,11 @@ import (
 // bucket at start-up, so a restart loses nothing). It refreshes itself
 // every 30 s and needs no JavaScript.
 var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
-	"ago":   func(t time.Time, now time.Time) string { return now.Sub(t).Round(time.Second).String() + " ago" },
-	"ms":    func(d time.Duration) string { return d.Round(time.Millisecond).String() },
-	"age":   func(d time.Duration) string { return d.Round(time.Second).String() },
-	"chart": chart,
+	"ago":    func(t time.Time, now time.Time) string { return now.Sub(t).Round(time.Second).String() + " ago" },
+	"ms":     func(d time.Duration) string { return d.Round(time.Millisecond).String() },
+	"age":    func(d time.Duration) string { return d.Round(time.Second).String() },
+	"chart":  chart,
+	"millis": func(ms int64) time.Time { return time.UnixMilli(ms) },
 	"updown": func(up *bool) string {
 		switch {
 		case up == nil:
@@ -58,6 +59,8 @@ LISTEN <span class="listen">{{.Listen}}</span> · <a href="/metrics">metrics</a>
 Schedule <code>{{.Schedule}}</code> in {{.Location}}; next run <span class="next">{{.Next.Format "2006-01-02 15:04:05 MST"}}</span>.
 Backlog: <span class="backlog">{{.Backlog}}</span>{{if .OldestPending}} (oldest pending for {{age .OldestPending}}){{end}}.
 Bucket <span class="bucket {{updown .BucketUp}}">{{updown .BucketUp}}</span>: <code>{{.Destination}}</code>.</p>
+{{if .HasTable}}<p class="table">Iceberg table{{if .Table}} <code>{{.Table.Name}}</code>{{end}}, catalog <span class="catalog {{updown .CatalogUp}}">{{updown .CatalogUp}}</span>:
+{{with .Table}}{{with .Current}}snapshot <span class="snapshot">{{.ID}}</span> ({{index .Summary "operation"}}, {{ago (millis .TimestampMS) $.Now}}): {{index .Summary "total-records"}} records in {{index .Summary "total-data-files"}} files{{else}}no snapshot yet{{end}}; {{.Snapshots}} snapshots kept, retention {{.Retention}}.{{else}}not read yet.{{end}}</p>{{end}}
 {{if .Exports}}{{chart .Exports}}<div class="scroll">
 <table><thead><tr><th>finished</th><th>run / date</th><th class="opt">org</th><th>rows</th><th class="opt">files</th><th class="opt">duration</th><th>outcome</th><th class="opt">manifest</th></tr></thead><tbody>
 {{range .Exports}}<tr class="export {{.Outcome}}">

@@ -302,3 +302,43 @@ func TestAReadOnlyBucketIsDown(t *testing.T) {
 		t.Errorf("status page: %d\n%.1500s", code, body[i:])
 	}
 }
+
+// TestTheTableOnTheStatusPageAndItsCatalogAsADependency: a job with an
+// Iceberg table shows its current snapshot on the status page, and its
+// catalog is a dependency (sellersnap_dependency_up), down when the
+// catalog's database cannot be reached.
+func TestTheTableOnTheStatusPageAndItsCatalogAsADependency(t *testing.T) {
+	f := newFixture(t, "")
+	f.Load(fmt.Sprintf("    iceberg: {catalog: sql, uri: %q, table: new_sellers}\n", f.DBURL))
+	_, stop := f.daemon("@yearly", "sellers", false, 5*time.Second)
+	defer stop()
+	pipelinetest.WaitFor(t, "start-up catch-up", 30*time.Second, func() bool { return len(f.Manifests()) == 10 })
+	base := "http://" + f.daemons[0].Addr().String()
+	pipelinetest.WaitFor(t, "the catalog checked", 30*time.Second, func() bool {
+		_, m := get(t, base+"/metrics")
+		return strings.Contains(m, `sellersnap_dependency_up{dependency="iceberg_catalog",job="new-sellers"} 1`)
+	})
+	// The status page reads the table at the checks (every 15 s); the
+	// first check may have seen it before the last commit.
+	pipelinetest.WaitFor(t, "the table on the status page", 40*time.Second, func() bool {
+		_, body := get(t, base+"/")
+		return strings.Contains(body, `Iceberg table <code>sellersnap.sellersnap.new_sellers</code>, catalog <span class="catalog up">up</span>`) &&
+			regexp.MustCompile(`snapshot <span class="snapshot">\d+</span> \((append|overwrite|delete), [^)]*\): \d+ records in \d+ files`).MatchString(body)
+	})
+	_, m := get(t, base+"/metrics")
+	if !regexp.MustCompile(`sellersnap_table_commits_total\{job="new-sellers"\} [1-9]`).MatchString(m) {
+		t.Errorf("no table commit counted:\n%s", m)
+	}
+	stop()
+
+	// A catalog nobody answers for: the dependency is down.
+	f.Load("    iceberg: {catalog: sql, uri: 'postgres://u@127.0.0.1:1/catalog?connect_timeout=1', table: new_sellers}\n")
+	_, stop2 := f.daemon("@yearly", "sellers", false, 5*time.Second)
+	defer stop2()
+	pipelinetest.WaitFor(t, "the second daemon listening", 10*time.Second, func() bool { return f.daemons[1].Addr() != nil })
+	base = "http://" + f.daemons[1].Addr().String()
+	pipelinetest.WaitFor(t, "the catalog down", 30*time.Second, func() bool {
+		_, m := get(t, base+"/metrics")
+		return strings.Contains(m, `sellersnap_dependency_up{dependency="iceberg_catalog",job="new-sellers"} 0`)
+	})
+}

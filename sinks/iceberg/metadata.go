@@ -249,3 +249,13 @@ func LiveFiles(md *Metadata, read func(loc string) ([]byte, error)) (map[string]
 	}
 	return out, nil
 }
+
+// ManifestCount is how many manifests a manifest list names (-1 if it
+// cannot be read).
+func ManifestCount(list []byte) int {
+	l, err := decodeManifestList(list)
+	if err != nil {
+		return -1
+	}
+	return len(l)
+}
