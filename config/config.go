@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -665,6 +666,59 @@ func (f *File) checkKeysDisjoint() []error {
 				j.Name, other.Name, o.i, f.lines[fmt.Sprintf("jobs[%d].name", o.i)], r.prefix, o.prefix))
 		}
 		roots = append(roots, r)
+	}
+	return append(errs, f.checkTablesApart()...)
+}
+
+// checkTablesApart: two jobs never commit to one Iceberg table (each
+// commit replaces its partition: one job's commits would delete the
+// other's files), and no table lives inside a job's files (a glob over the
+// job's prefix would read the table's data files as exports) nor a job's
+// files inside a table (expiry deletes what the table's location holds
+// that no snapshot reads).
+func (f *File) checkTablesApart() []error {
+	var errs []error
+	type table struct {
+		i          int
+		ident, loc string
+	}
+	var tables []table
+	for i, j := range f.Jobs {
+		ic := j.Iceberg
+		if ic == nil {
+			continue
+		}
+		field := fmt.Sprintf("jobs[%d].iceberg.table", i)
+		tb := table{i: i, ident: ic.URI + "\x00" + ic.Name + "." + ic.Namespace + "." + ic.Table,
+			loc: bucketIdentity(j.Destination) + path.Join(ic.Warehouse, ic.Namespace, ic.Table) + "/"}
+		for _, o := range tables {
+			other := f.Jobs[o.i]
+			switch {
+			case tb.ident == o.ident:
+				errs = append(errs, f.Errorf(field, "jobs %q and %q (jobs[%d]) commit to the same table %s.%s.%s: each commit replaces its partition, so one job's commits would delete the other's; give each job its own table",
+					j.Name, other.Name, o.i, ic.Name, ic.Namespace, ic.Table))
+			case strings.HasPrefix(tb.loc, o.loc) || strings.HasPrefix(o.loc, tb.loc):
+				errs = append(errs, f.Errorf(field, "jobs %q and %q (jobs[%d]) keep their tables in the same folder of the bucket (%s): give each its own table name or warehouse",
+					j.Name, other.Name, o.i, path.Join(ic.Warehouse, ic.Namespace, ic.Table)))
+			}
+		}
+		tables = append(tables, tb)
+	}
+	for _, tb := range tables {
+		for k, j := range f.Jobs {
+			lit := literalPrefix(strings.ReplaceAll(j.Path, "{job}", keys.Escape(j.Name)))
+			folder := lit[:strings.LastIndexByte(lit, '/')+1]
+			if folder == "" {
+				continue // files from the bucket's root (org=…/): their globs start with a placeholder's folder
+			}
+			prefix := bucketIdentity(j.Destination) + folder
+			if strings.HasPrefix(tb.loc, prefix) || strings.HasPrefix(prefix, tb.loc) {
+				ic := f.Jobs[tb.i].Iceberg
+				errs = append(errs, f.Errorf(fmt.Sprintf("jobs[%d].iceberg.warehouse", tb.i),
+					"the table's folder %s and the files of job %q (jobs[%d], path starting %q) are inside one another: a glob over the job's files would read the table's, and the table's expiry may delete what its folder holds; put the warehouse beside the jobs' paths (the default is iceberg/)",
+					path.Join(ic.Warehouse, ic.Namespace, ic.Table), j.Name, k, literalPrefix(j.Path)))
+			}
+		}
 	}
 	return errs
 }

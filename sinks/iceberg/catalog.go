@@ -130,6 +130,12 @@ func (c *Catalog) begin(ctx context.Context, id Ident) (*commitTx, error) {
 			tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
+	// A writer that holds the row (a stuck Spark transaction) fails the
+	// commit after a minute, which the export retries, instead of
+	// holding every export of the job.
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '60s'`); err != nil {
+		return nil, fmt.Errorf("iceberg catalog: %w", err)
+	}
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('sellersnap.iceberg:' || $1 || '.' || $2 || '.' || $3, 0))`,
 		c.name, id.Namespace, id.Table); err != nil {
 		return nil, fmt.Errorf("iceberg catalog: lock %s: %w", id, err)
