@@ -8,7 +8,7 @@ TESTFLAGS ?=
 BENCH_SELLERS ?= 1000000
 BENCH_REPS    ?= 5
 
-.PHONY: all build demo scale test test-faults fuzz verify-readers test-minio bench check vet lint fmt clean image test-image release release-check bench-peer
+.PHONY: all build demo scale iceberg-scale test test-faults fuzz verify-readers test-minio bench check vet lint fmt clean image test-image release release-check bench-peer
 
 all: build
 
@@ -36,6 +36,13 @@ bench: build
 PEER_ROWS ?= 200000
 bench-peer:
 	cd verify && PEER_ROWS=$(PEER_ROWS) CGO_ENABLED=1 $(GO) test -run '^$$' -bench '^BenchmarkParquetPeer$$' -benchtime 5x -count 5 .
+
+# Iceberg: 10,000 commits to one table (a run a minute, every 50th an overwrite, default
+# retention) through a throwaway PostgreSQL catalog into a file:// bucket: commit time,
+# requests and metadata growth at checkpoints, and a cold commit (docs/benchmarks.md). ~10 min.
+ICEBERG_COMMITS ?= 10000
+iceberg-scale: build
+	./bin/snapdev iceberg -commits $(ICEBERG_COMMITS)
 
 # Discovery and full snapshots as the history grows (docs/scaling.md): a throwaway
 # PostgreSQL with 100 to 100,000 completed runs and 1,000 orgs. ~2 minutes.
