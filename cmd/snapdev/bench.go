@@ -339,8 +339,12 @@ func findPsql() (string, error) {
 // shippedColumns are the source columns of the first job of the shipped
 // config (pipeline.yaml).
 func shippedColumns(path string) ([]string, error) {
-	if os.Getenv("DATABASE_URL") == "" {
-		os.Setenv("DATABASE_URL", "postgres://unused") // only the columns are read
+	// Only the columns are read: the config's required variables get
+	// placeholders when unset.
+	for k, v := range map[string]string{"DATABASE_URL": "postgres://unused", "SELLERSNAP_BUCKET": "mem://"} {
+		if os.Getenv(k) == "" {
+			os.Setenv(k, v)
+		}
 	}
 	cfg, err := config.Load(path, pipeline.CheckConfig)
 	if err != nil {
