@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -140,15 +141,22 @@ func (c *Catalog) begin(ctx context.Context, id Ident) (*commitTx, error) {
 		c.name, id.Namespace, id.Table); err != nil {
 		return nil, fmt.Errorf("iceberg catalog: lock %s: %w", id, err)
 	}
-	var loc *string
-	err = tx.QueryRow(ctx, `SELECT metadata_location FROM iceberg_tables
+	var loc, typ *string
+	err = tx.QueryRow(ctx, `SELECT metadata_location, iceberg_type FROM iceberg_tables
 		WHERE catalog_name = $1 AND table_namespace = $2 AND table_name = $3 FOR UPDATE`,
-		c.name, id.Namespace, id.Table).Scan(&loc)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		c.name, id.Namespace, id.Table).Scan(&loc, &typ)
+	noRow := errors.Is(err, pgx.ErrNoRows)
+	if err != nil && !noRow {
 		return nil, fmt.Errorf("iceberg catalog: read %s: %w", id, err)
 	}
 	ct := &commitTx{tx: tx, c: c, id: id}
-	if loc != nil {
+	switch {
+	case noRow:
+	case typ != nil && *typ != "TABLE":
+		return nil, fmt.Errorf("iceberg catalog: %s is a %s, not a table", id, strings.ToLower(*typ))
+	case loc == nil || *loc == "":
+		return nil, fmt.Errorf("iceberg catalog: %s has no metadata_location (a table another writer is creating, or a broken row): not committing over it", id)
+	default:
 		ct.base = *loc
 	}
 	ok = true

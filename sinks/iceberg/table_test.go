@@ -323,3 +323,29 @@ func TestSchemaChange(t *testing.T) {
 		t.Errorf("field ids %v", ids)
 	}
 }
+
+// TestHostileCatalogRows: a view of the table's name, or a row without a
+// metadata location, fails the commit naming it; nothing is committed
+// over it.
+func TestHostileCatalogRows(t *testing.T) {
+	for _, tc := range []struct{ name, row, want string }{
+		{"view", `INSERT INTO iceberg_tables VALUES ('sellersnap', 'ns', 'sellers', 'file:///x/v.metadata.json', NULL, 'VIEW')`, "is a view, not a table"},
+		{"no location", `INSERT INTO iceberg_tables VALUES ('sellersnap', 'ns', 'sellers', NULL, NULL, 'TABLE')`, "has no metadata_location"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			if _, err := f.cat.pool.Exec(context.Background(), tc.row); err != nil {
+				t.Fatal(err)
+			}
+			tb := f.table(t, nil)
+			p, err := tb.Prepare(context.Background(), layout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = p.Commit(context.Background(), DataFile{Key: "iceberg/ns/sellers/data/x.parquet", Bytes: 1, Rows: 1, Values: []Value{"o", day("2026-12-01"), "r"}}, nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
