@@ -126,6 +126,13 @@ func tableLocation(dest, prefix string) (string, error) {
 		if account == "" {
 			account = os.Getenv("AZURE_STORAGE_ACCOUNT")
 		}
+		if account == "" { // as gocloud's azureblob finds it in a connection string
+			for _, kv := range strings.Split(os.Getenv("AZURE_STORAGE_CONNECTION_STRING"), ";") {
+				if v, ok := strings.CutPrefix(kv, "AccountName="); ok {
+					account = v
+				}
+			}
+		}
 		if account == "" {
 			return "", errors.New("an azblob:// destination needs the storage account (AZURE_STORAGE_ACCOUNT) for the table's abfss:// location")
 		}
