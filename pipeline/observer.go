@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sinks/iceberg"
 	"github.com/sellersnap/sellersnap/sources"
 )
 
@@ -71,13 +72,17 @@ func FailureReason(err error) string {
 	var se *SchemaChangeError
 	var mc *sources.MissingColumnsError
 	var sm *SourceMismatchError
+	var ts *iceberg.SchemaChangeError
+	var te *TableError
 	switch {
 	case errors.As(err, &be):
 		return "bucket"
 	case isConflict(err):
 		return "conflict"
-	case errors.As(err, &se), errors.As(err, &mc), errors.As(err, &sm):
+	case errors.As(err, &se), errors.As(err, &mc), errors.As(err, &sm), errors.As(err, &ts):
 		return "schema"
+	case errors.As(err, &te):
+		return "table"
 	case sources.IsDatabaseError(err):
 		return "database"
 	}
@@ -98,7 +103,9 @@ func (e *SourceMismatchError) Error() string {
 func (e *SourceMismatchError) Unwrap() error { return e.Err }
 
 // FailureReasons are the values FailureReason returns.
-func FailureReasons() []string { return []string{"bucket", "database", "schema", "conflict", "other"} }
+func FailureReasons() []string {
+	return []string{"bucket", "database", "schema", "conflict", "table", "other"}
+}
 
 // nopObserver observes nothing (a Runner without an Observer).
 type nopObserver struct{}

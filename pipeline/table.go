@@ -209,6 +209,17 @@ func (r *Runner) table(ctx context.Context, job *Job) (*iceberg.Table, error) {
 	return tb, nil
 }
 
+// TableError is a failure of the job's Iceberg table: its catalog, its
+// metadata, a commit. The export fails with it (no manifest) and is done
+// again.
+type TableError struct {
+	Job string
+	Err error
+}
+
+func (e *TableError) Error() string { return fmt.Sprintf("iceberg table of job %s: %v", e.Job, e.Err) }
+func (e *TableError) Unwrap() error { return e.Err }
+
 // tableWrite is a unit's data file of the job's table, written by the
 // stages beside the formats and committed by the publisher.
 type tableWrite struct {
@@ -228,11 +239,11 @@ func (r *Runner) openTableWrite(ctx context.Context, bucket *sinks.Bucket, u uni
 	job := u.job
 	tb, err := r.table(ctx, job)
 	if err != nil {
-		return nil, err
+		return nil, &TableError{Job: job.Name, Err: err}
 	}
 	plan, err := tb.Prepare(ctx, job.table.layout(job, schema))
 	if err != nil {
-		return nil, err
+		return nil, &TableError{Job: job.Name, Err: err}
 	}
 	values, err := job.table.values(u)
 	if err != nil {
@@ -305,7 +316,7 @@ func (w *tableWrite) commit(ctx context.Context, p *publisher, m *Manifest) erro
 	c, err := w.plan.Commit(ctx, iceberg.DataFile{Key: w.obj.Key(), Bytes: w.obj.Size(), Rows: w.rows, Values: w.values}, props)
 	if err != nil {
 		p.r.observer().TableCommitted(u.job.Name, commitFailure(err))
-		return err
+		return &TableError{Job: u.job.Name, Err: err}
 	}
 	failpoint.Hit("after-table-commit")
 	p.r.observer().TableCommitted(u.job.Name, "")

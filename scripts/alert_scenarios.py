@@ -82,6 +82,16 @@ tests.append({'name': 'bucket not writable: pages within 5 minutes of the check,
   'alert_rule_test': quiet(['13m'], ['SellersnapDependencyDown']) + [
     {'eval_time': '17m', 'alertname': 'SellersnapDependencyDown', 'exp_alerts': [firing('SellersnapDependencyDown', dependency='bucket', job='new-sellers')]},
     {'eval_time': '45m', 'alertname': 'SellersnapJobFailing', 'exp_alerts': [firing('SellersnapJobFailing', job='new-sellers')]}]})
+# 4b. A job's Iceberg catalog unreachable: its commits fail, the exports with them.
+s = infra() + healthy('new-sellers', 'per_run', 900)
+for p in PODS:
+    s.append({'series': f'sellersnap_dependency_up{{dependency="iceberg_catalog", job="new-sellers", instance="{p}"}}', 'values': '1x9 0x191'})
+s = replace(s, 'sellersnap_failing_since_timestamp_seconds', '0x9 600x191', 'new-sellers')
+s = replace(s, 'sellersnap_last_success_timestamp_seconds', '60+60x9 600x191', 'new-sellers')
+tests.append({'name': 'Iceberg catalog unreachable: pages within 5 minutes, then the job too', 'interval': '1m', 'input_series': s,
+  'alert_rule_test': quiet(['13m'], ['SellersnapDependencyDown']) + [
+    {'eval_time': '17m', 'alertname': 'SellersnapDependencyDown', 'exp_alerts': [firing('SellersnapDependencyDown', dependency='iceberg_catalog', job='new-sellers')]},
+    {'eval_time': '45m', 'alertname': 'SellersnapJobFailing', 'exp_alerts': [firing('SellersnapJobFailing', job='new-sellers')]}]})
 # 5. The database down for more than 5 minutes.
 s = infra() + healthy('new-sellers', 'per_run', 900)
 s = replace(s, 'sellersnap_dependency_up{dependency="postgres"', '1x9 0x191', None)

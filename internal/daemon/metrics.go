@@ -33,11 +33,11 @@ import (
 //	sellersnap_ticks_coalesced_total{job}           schedule ticks merged into a queued pass
 //	sellersnap_latest_failures_total{job}           latest.json pointers that could not be updated
 //	sellersnap_reruns_total{job,status}             attempts at declared reruns, by status after them: applied, incomplete, running
-//	sellersnap_pass_failures_total{job,reason}      passes that failed: bucket, database, schema, conflict, other
+//	sellersnap_pass_failures_total{job,reason}      passes that failed: bucket, database, schema, conflict, table, other
 //	sellersnap_state_corrections_total{job,reason}  export states not believed: clock, missing_manifest
 //	sellersnap_failing_since_timestamp_seconds{job} first failed pass since the last good one; 0 when OK
 //	sellersnap_rows_changed_after_export_total{job} runs whose sellers changed within an hour of their export
-//	sellersnap_dependency_up{dependency,job}        1 if PostgreSQL (job="") or the job's bucket answered the last check
+//	sellersnap_dependency_up{dependency,job}        1 if PostgreSQL (job=""), the job's bucket or its Iceberg catalog answered the last check
 //	sellersnap_schedule_interval_seconds{job,mode}  time between the job's next two ticks (for "no success in 2 × schedule")
 //
 // InitJobs creates every series of every job at zero, so that rate() and
@@ -112,8 +112,8 @@ func NewMetrics() *Metrics {
 	m.rowsChanged = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_rows_changed_after_export_total", Help: "Runs whose sellers changed within an hour after this process exported them (a breach of the source contract; rerun them)."}, job)
 	m.failingSince = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_failing_since_timestamp_seconds", Help: "Unix time of the first failed pass since the job's last good one; 0 while its last pass succeeded (or none ran yet)."}, job)
 	m.corrections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_state_corrections_total", Help: "Export states not believed and corrected, by reason: clock (a watermark after the database's clock), missing_manifest (a run listed as exported without its manifest)."}, []string{"job", "reason"})
-	m.passFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_pass_failures_total", Help: "Passes of a job that failed, by reason: bucket, database, schema, conflict, other."}, []string{"job", "reason"})
-	m.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_dependency_up", Help: "1 if the dependency answered the last check: PostgreSQL (job=\"\") or a job's bucket."}, []string{"dependency", "job"})
+	m.passFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_pass_failures_total", Help: "Passes of a job that failed, by reason: bucket, database, schema, conflict, table (its Iceberg catalog or commit), other."}, []string{"job", "reason"})
+	m.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_dependency_up", Help: "1 if the dependency answered the last check: PostgreSQL (job=\"\"), a job's bucket, or its Iceberg catalog (iceberg_catalog)."}, []string{"dependency", "job"})
 	m.interval = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_schedule_interval_seconds", Help: "Time between the job's next two schedule ticks."}, []string{"job", "mode"})
 	m.Registry.MustRegister(m.runs, m.rows, m.bytes, m.duration, m.lastSuccess, m.backlog, m.oldest,
 		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.tableCommits, m.tableFails, m.reruns, m.passFails, m.corrections, m.rowsChanged, m.failingSince, m.up, m.interval,
