@@ -187,7 +187,7 @@ func (r *Runner) table(ctx context.Context, job *Job) (*iceberg.Table, error) {
 		return nil, fmt.Errorf("job %s: %w", job.Name, err)
 	}
 	tb, err = iceberg.Open(iceberg.Options{Catalog: cat, Ident: iceberg.Ident{Namespace: cfg.Namespace, Table: cfg.Table},
-		Bucket: bucket, KeyPrefix: prefix, Location: loc, Logger: r.logger(), Now: r.now,
+		Bucket: bucket, KeyPrefix: prefix, Location: loc, Logger: r.logger(), Now: r.Now, // nil: the catalog's clock
 		Properties: map[string]string{"write.format.default": "parquet", "sellersnap.job": job.Name},
 		Retention:  iceberg.Retention{MaxAge: cfg.Retention, Keep: cfg.KeepSnapshots, Off: cfg.Retention == 0}})
 	if err != nil {

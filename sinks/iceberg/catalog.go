@@ -116,6 +116,8 @@ type commitTx struct {
 	c    *Catalog
 	id   Ident
 	base string // metadata_location read under the lock, "" for a new table
+	// nowMS is the catalog database's clock: one clock for every replica.
+	nowMS int64
 }
 
 // begin locks the table's row (and, through an advisory lock, the table's
@@ -150,6 +152,9 @@ func (c *Catalog) begin(ctx context.Context, id Ident) (*commitTx, error) {
 		return nil, fmt.Errorf("iceberg catalog: read %s: %w", id, err)
 	}
 	ct := &commitTx{tx: tx, c: c, id: id}
+	if err := tx.QueryRow(ctx, `SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint`).Scan(&ct.nowMS); err != nil {
+		return nil, fmt.Errorf("iceberg catalog: %w", err)
+	}
 	switch {
 	case noRow:
 	case typ != nil && *typ != "TABLE":

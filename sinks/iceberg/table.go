@@ -43,7 +43,10 @@ type Options struct {
 	// Retention of snapshots; expiry is part of a commit.
 	Retention Retention
 	Logger    *slog.Logger
-	// Now is the clock of snapshot timestamps. Default time.Now.
+	// Now is the clock of snapshot timestamps and of expiry. Default: the
+	// catalog database's clock, one for every replica, so that the
+	// snapshot log stays in order (Java refuses metadata whose entries go
+	// back more than a minute) whatever the replicas' clocks say.
 	Now func() time.Time
 }
 
@@ -65,9 +68,6 @@ func Open(o Options) (*Table, error) {
 	o.Retries = cmp.Or(o.Retries, 20)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
-	}
-	if o.Now == nil {
-		o.Now = time.Now
 	}
 	o.Properties = maps.Clone(o.Properties)
 	if o.Properties == nil {
@@ -343,7 +343,15 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 	if !slices.EqualFunc(now.schema.Fields, p.schema.Fields, func(a, b Field) bool { return a.ID == b.ID && a.Name == b.Name }) {
 		return nil, fmt.Errorf("iceberg table %s: its schema changed while the file was written; the export is retried", t.o.Ident)
 	}
-	nowMS := t.o.Now().UnixMilli()
+	nowMS := tx.nowMS
+	if t.o.Now != nil {
+		nowMS = t.o.Now().UnixMilli()
+	}
+	if base != nil {
+		// Never before the head: the snapshot and metadata logs stay in
+		// order even if the clock went back.
+		nowMS = max(nowMS, base.LastUpdatedMS+1)
+	}
 	var md *Metadata
 	if base == nil {
 		md = newMetadata(uuid.NewString(), t.o.Location, now.schema, maxFieldID(now.schema), now.spec, t.o.Properties, nowMS)
@@ -913,7 +921,11 @@ func (p *Plan) Create(ctx context.Context) (bool, error) {
 	if tx.base != "" {
 		return false, nil
 	}
-	md := newMetadata(uuid.NewString(), t.o.Location, p.schema, maxFieldID(p.schema), p.spec, t.o.Properties, t.o.Now().UnixMilli())
+	nowMS := tx.nowMS
+	if t.o.Now != nil {
+		nowMS = t.o.Now().UnixMilli()
+	}
+	md := newMetadata(uuid.NewString(), t.o.Location, p.schema, maxFieldID(p.schema), p.spec, t.o.Properties, nowMS)
 	data, err := md.Marshal()
 	if err != nil {
 		return false, err
