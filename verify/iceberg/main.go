@@ -34,6 +34,7 @@ func run() error {
 	name := flag.String("catalog", "sellersnap", "SQL catalog: catalog_name")
 	ident := flag.String("table", "", "SQL catalog: namespace.table")
 	meta := flag.String("metadata", "", "instead of a catalog: the table's metadata file")
+	where := flag.String("where", "", "a row filter col=value (a string column), pushed to the scan")
 	flag.Parse()
 	ctx := context.Background()
 	var tbl *table.Table
@@ -67,7 +68,15 @@ func run() error {
 		head["snapshot_id"] = snap.SnapshotID
 		head["summary"] = snap.Summary
 	}
-	scan := tbl.Scan()
+	var opts []table.ScanOption
+	if *where != "" {
+		col, val, ok := strings.Cut(*where, "=")
+		if !ok {
+			return errors.New("-where: want col=value")
+		}
+		opts = append(opts, table.WithRowFilter(iceberg.EqualTo(iceberg.Reference(col), val)))
+	}
+	scan := tbl.Scan(opts...)
 	tasks, err := scan.PlanFiles(ctx)
 	if err != nil {
 		return fmt.Errorf("plan: %w", err)
