@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,6 +55,9 @@ type bucketDriver struct {
 	ifNotExist bool
 }
 
+// azuriteContainers numbers the containers of the shared Azurite server.
+var azuriteContainers atomic.Int64
+
 func bucketDrivers() []bucketDriver {
 	var gcs *fakestorage.Server
 	drivers := []bucketDriver{
@@ -81,11 +85,12 @@ func bucketDrivers() []bucketDriver {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := client.CreateContainer(context.Background(), "snap", nil); err != nil {
+			container := fmt.Sprintf("snap%d", azuriteContainers.Add(1))
+			if _, err := client.CreateContainer(context.Background(), container, nil); err != nil {
 				t.Fatal(err)
 			}
 			t.Setenv("AZURE_STORAGE_CONNECTION_STRING", conn)
-			return "azblob://snap", ""
+			return "azblob://" + container, ""
 		}},
 		{name: "gcs", ifNotExist: true, read: func(key string) ([]byte, error) {
 			// The storage client downloads through the XML API host, which
@@ -336,44 +341,86 @@ const azuriteKey = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6
 // startAzurite runs Azurite's blob service on a free loopback port for the
 // test, or skips the test when it is not installed (.ci/run installs it:
 // npm install azurite, then azurite-blob on PATH or in AZURITE_BLOB).
+// azurite is the one Azurite server of the test process: gocloud's
+// azureblob URL opener reads AZURE_STORAGE_CONNECTION_STRING once per
+// process, so every test that opens azblob:// must talk to the same
+// server (each in a container of its own). stopAzurite ends it.
+var azurite struct {
+	once sync.Once
+	port int
+	cmd  *exec.Cmd
+	dir  string
+	skip string
+	err  error
+}
+
 func startAzurite(t *testing.T) int {
 	t.Helper()
-	bin := os.Getenv("AZURITE_BLOB")
-	if bin == "" {
-		bin, _ = exec.LookPath("azurite-blob")
-	}
-	if bin == "" {
-		if home, err := os.UserHomeDir(); err == nil {
-			if p := filepath.Join(home, ".cache", "sellersnap-azurite", "node_modules", ".bin", "azurite-blob"); fileExists(p) {
-				bin = p
+	azurite.once.Do(func() {
+		bin := os.Getenv("AZURITE_BLOB")
+		if bin == "" {
+			bin, _ = exec.LookPath("azurite-blob")
+		}
+		if bin == "" {
+			if home, err := os.UserHomeDir(); err == nil {
+				if p := filepath.Join(home, ".cache", "sellersnap-azurite", "node_modules", ".bin", "azurite-blob"); fileExists(p) {
+					bin = p
+				}
 			}
 		}
-	}
-	if bin == "" {
-		t.Skip("azurite-blob is not installed (npm install azurite); .ci/run installs it")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := exec.Command(bin, "--blobHost", "127.0.0.1", "--blobPort", strconv.Itoa(port), "--inMemoryPersistence",
-		"--skipApiVersionCheck", "--loose", "--silent")
-	cmd.Dir = t.TempDir() // azurite writes its debug and extent files in the working directory
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			c.Close()
-			return port
+		if bin == "" {
+			azurite.skip = "azurite-blob is not installed (npm install azurite); .ci/run installs it"
+			return
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("azurite did not start")
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			azurite.err = err
+			return
 		}
-		time.Sleep(50 * time.Millisecond)
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if azurite.dir, err = os.MkdirTemp("", "sellersnap-azurite-"); err != nil {
+			azurite.err = err
+			return
+		}
+		cmd := exec.Command(bin, "--blobHost", "127.0.0.1", "--blobPort", strconv.Itoa(port), "--inMemoryPersistence",
+			"--skipApiVersionCheck", "--loose", "--silent")
+		cmd.Dir = azurite.dir // azurite writes its debug and extent files in the working directory
+		if err := cmd.Start(); err != nil {
+			azurite.err = err
+			return
+		}
+		azurite.cmd = cmd
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+				c.Close()
+				azurite.port = port
+				return
+			}
+			if time.Now().After(deadline) {
+				azurite.err = errors.New("azurite did not start")
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	if azurite.skip != "" {
+		t.Skip(azurite.skip)
+	}
+	if azurite.err != nil {
+		t.Fatal(azurite.err)
+	}
+	return azurite.port
+}
+
+// stopAzurite ends the test process's Azurite server, if it started one.
+func stopAzurite() {
+	if azurite.cmd != nil {
+		_ = azurite.cmd.Process.Kill()
+		_ = azurite.cmd.Wait()
+	}
+	if azurite.dir != "" {
+		os.RemoveAll(azurite.dir)
 	}
 }
 

@@ -41,7 +41,7 @@ import (
 	"github.com/sellersnap/sellersnap/sources"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(pgtest.MainWith(m, stopAzurite)) }
 
 // fixture is a database with demo data, a file:// bucket and a runner.
 type fixture struct{ *pipelinetest.Fixture }

@@ -35,7 +35,12 @@ var DemoOptions = demodata.Options{Sellers: 3000, Runs: 12, Orgs: 3}
 // Main starts (or connects to) the server, prepares the template database,
 // runs the tests, fails them if goroutines leaked (goleak), and stops the
 // server. Use it as `func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }`.
-func Main(m *testing.M) int {
+func Main(m *testing.M) int { return MainWith(m, nil) }
+
+// MainWith is Main calling afterRun (when not nil) after the tests,
+// before the leak check: to stop a server the tests shared, whose
+// connections would otherwise show as leaked goroutines.
+func MainWith(m *testing.M, afterRun func()) int {
 	ctx := context.Background()
 	var srv *pgtemp.Server
 	if u := os.Getenv("DATABASE_URL"); u != "" {
@@ -54,6 +59,9 @@ func Main(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "pgtest:", err)
 	} else {
 		code = m.Run()
+	}
+	if afterRun != nil {
+		afterRun()
 	}
 	dropDatabase(ctx, template)
 	if srv != nil {
