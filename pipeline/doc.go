@@ -14,16 +14,22 @@
 //
 // The first error anywhere cancels the whole unit. Then the unit is
 // published (publish.go, a publisher): data files are committed only after
-// every stage finished; the manifest is written last, so a unit is
-// exported if and only if its manifest exists, and a failed attempt leaves
-// nothing at any final key. After publishing come the afterSteps
-// (schema.json, latest.json; a table commit is one more), whose failures
-// leave the export published, and the Observer.
+// every stage finished; a job with an Iceberg table (table.go) has written
+// the table's own data file beside the formats, and commits it to the
+// table next; the manifest is written last, so a unit is exported if and
+// only if its manifest exists, and a failed attempt leaves nothing at any
+// final key. The table commit comes before the manifest, not after it: a
+// kill between the two leaves no manifest, and the unit's next export
+// replaces the commit's partition, where a commit after the manifest could
+// be lost with nothing left to say it is missing. After publishing come
+// the afterSteps (schema.json, latest.json), whose failures leave the
+// export published, and the Observer.
 //
 // The data's way, file by file: state.go (find what is pending: a discovery) →
 // runner.go (lock and export each unit) → export.go and stages.go (read,
-// transform, encode) → publish.go (commit, manifest, after-publish steps) →
-// latest.go (the pointer) and observer.go (metrics).
+// transform, encode) → publish.go (commit, table.go's table commit,
+// manifest, after-publish steps) → latest.go (the pointer) and observer.go
+// (metrics).
 //
 // pipeline starts the goroutines of an export (its stages); sources starts
 // the two that open an export's connections side by side, and the daemon

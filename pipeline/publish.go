@@ -124,7 +124,8 @@ type afterStep struct {
 
 // afterSteps are what follows every published export, before the
 // Observer and the log hear of it: the job's schema.json, then the org's
-// latest.json. A table commit is one more step here.
+// latest.json. (The table commit is not one: it must come before the
+// manifest; see publish and the package doc.)
 var afterSteps = []afterStep{
 	{
 		name: "schema.json",
