@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -75,18 +76,45 @@ func (c *Catalog) Name() string { return c.name }
 func (c *Catalog) Close() { c.pool.Close() }
 
 // Ensure creates the catalog's tables and the namespace where missing.
+//
+// CREATE TABLE IF NOT EXISTS is not safe against itself: two sessions
+// creating the same table at once can fail on pg_type's unique index.
+// Replicas (and a daemon's check beside its exports) take an advisory lock
+// around it; a writer that takes none (a Java catalog creating the tables
+// at the same moment) is answered by trying once more, when the tables
+// exist.
 func (c *Catalog) Ensure(ctx context.Context, ns string) error {
-	if _, err := c.pool.Exec(ctx, catalogDDL); err != nil {
+	err := c.createTables(ctx)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (pe.Code == "23505" || pe.Code == "42P07") { // unique_violation, duplicate_table
+		err = c.createTables(ctx)
+	}
+	if err != nil {
 		return fmt.Errorf("iceberg catalog: create its tables: %w", err)
 	}
 	// The namespace exists when it has a property (the Java catalog's
 	// "exists" marker) or a table.
-	_, err := c.pool.Exec(ctx, `INSERT INTO iceberg_namespace_properties (catalog_name, namespace, property_key, property_value)
+	_, err = c.pool.Exec(ctx, `INSERT INTO iceberg_namespace_properties (catalog_name, namespace, property_key, property_value)
 		VALUES ($1, $2, 'exists', 'true') ON CONFLICT DO NOTHING`, c.name, ns)
 	if err != nil {
 		return fmt.Errorf("iceberg catalog: create namespace %s: %w", ns, err)
 	}
 	return nil
+}
+
+func (c *Catalog) createTables(ctx context.Context) error {
+	tx, err := c.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('sellersnap.iceberg.catalog-tables', 0))`); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, catalogDDL); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
 }
 
 // Location returns where the table's current metadata is, "" when the

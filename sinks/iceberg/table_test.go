@@ -381,3 +381,66 @@ func TestSnapshotLogStaysInOrderWhateverTheClocks(t *testing.T) {
 		t.Error("last-updated-ms before the last snapshot")
 	}
 }
+
+// TestTwoSpecsInOneProcess: a daemon with a per_run and a full job writes
+// manifests of two partition specs whose Avro records share their names
+// (r102); each table's manifests keep their own partition fields.
+func TestTwoSpecsInOneProcess(t *testing.T) {
+	f := newFixture(t)
+	runs := f.table(t, nil)
+	full := f.table(t, func(o *Options) {
+		o.Ident.Table, o.KeyPrefix, o.Location = "full", "iceberg/ns/full", "file://"+f.dir+"/iceberg/ns/full"
+	})
+	byOrg := Layout{Columns: layout.Columns, Partition: layout.Partition[:2]}
+	for i := 0; i < 2; i++ {
+		write(t, runs, layout, []Value{"o", day("2026-12-01"), fmt.Sprint("r", i)}, 2, nil)
+		write(t, full, byOrg, []Value{fmt.Sprint("o", i), day("2026-12-01")}, 3, nil)
+	}
+	for _, tc := range []struct {
+		tb     *Table
+		fields int
+	}{{runs, 3}, {full, 2}} {
+		fresh := f.table(t, func(o *Options) {
+			o.Ident, o.KeyPrefix, o.Location = tc.tb.o.Ident, tc.tb.o.KeyPrefix, tc.tb.o.Location
+		})
+		files, md := live(t, fresh)
+		if len(files) != 2 || len(md.Spec().Fields) != tc.fields {
+			t.Errorf("%s: %d partitions, spec %v", tc.tb.Ident(), len(files), md.Spec())
+		}
+		for k, es := range files {
+			if len(es[0].DataFile.Partition) != tc.fields {
+				t.Errorf("%s: partition %q read as %v", tc.tb.Ident(), k, es[0].DataFile.Partition)
+			}
+		}
+	}
+}
+
+// TestReplicasCreateTheCatalogAtOnce: replicas starting together (and a
+// daemon's dependency check beside its first export) create the catalog's
+// tables at the same moment: none fails.
+func TestReplicasCreateTheCatalogAtOnce(t *testing.T) {
+	for round := 0; round < 5; round++ {
+		dsn := pgtest.NewEmptyDatabase(t)
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cat, err := OpenCatalog(context.Background(), dsn, "sellersnap")
+				if err == nil {
+					err = cat.Ensure(context.Background(), "ns")
+					cat.Close()
+				}
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+	}
+}
