@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/apache/arrow/go/v17/arrow"
+
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
@@ -133,19 +135,30 @@ func (r *Runner) checkSchemaDrift(ctx context.Context, job *Job) error {
 	if err != nil || current == nil {
 		return err
 	}
-	snap, err := r.Source.Snapshot(ctx)
+	schema, err := r.outputSchemaNow(ctx, job)
 	if err != nil {
 		return err
+	}
+	cols := schemaColumns(manifestColumns(job, schema))
+	_, err = checkSchema(job, current, cols, job.Layout.Schema())
+	return err
+}
+
+// outputSchemaNow is the output schema an export of job would have now,
+// read from the database as an export reads it (types with their
+// modifiers, nullability), reading no rows.
+func (r *Runner) outputSchemaNow(ctx context.Context, job *Job) (*arrow.Schema, error) {
+	snap, err := r.Source.Snapshot(ctx)
+	if err != nil {
+		return nil, err
 	}
 	defer snap.Close(context.WithoutCancel(ctx))
 	rd, err := snap.Sellers(ctx, sources.Query{Columns: job.SourceColumns(), RunID: noRun}, sources.ReadOptions{Allocator: r.allocator()})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer rd.Close()
-	cols := schemaColumns(manifestColumns(job, outputSchema(job, rd.Schema())))
-	_, err = checkSchema(job, current, cols, job.Layout.Schema())
-	return err
+	return outputSchema(job, rd.Schema()), nil
 }
 
 // readSchema returns the job's schema.json, or nil if there is none.

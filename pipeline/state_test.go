@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/sellersnap/sellersnap/internal/pgtest"
 	"github.com/sellersnap/sellersnap/internal/pipelinetest"
 	"github.com/sellersnap/sellersnap/pipeline"
@@ -369,20 +367,16 @@ func lateRun(t *testing.T, dbURL, table, org string, n int) string {
 func lateRunUncounted(t *testing.T, dbURL, org string) string {
 	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var id string
+	conn := pgtest.Connect(t, dbURL)
 	if _, err := conn.Exec(ctx, `SET track_counts = off`); err != nil {
 		t.Fatal(err)
 	}
-	err = conn.QueryRow(ctx, `INSERT INTO collection_runs VALUES (gen_random_uuid(), $1, 'completed', now() - interval '3 hours', now() - interval '3 hours') RETURNING id::text`, org).Scan(&id)
-	if err == nil {
-		_, err = conn.Exec(ctx, `INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
-			VALUES (gen_random_uuid(), $1, 'Late', 'late', 'ebay', 1, false, $2, now())`, org, id)
-	}
+	// The run and its seller in one statement: committed together.
+	var id string
+	err := conn.QueryRow(ctx, `WITH r AS (INSERT INTO collection_runs VALUES (gen_random_uuid(), $1, 'completed', now() - interval '3 hours', now() - interval '3 hours') RETURNING id),
+		s AS (INSERT INTO sellers (id, org_id, display_name, normalized_name, platform, times_seen, flagged, first_seen_run_id, created_at)
+			SELECT gen_random_uuid(), $1, 'Late', 'late', 'ebay', 1, false, r.id, now() FROM r)
+		SELECT id::text FROM r`, org).Scan(&id)
 	if err != nil {
 		t.Fatal(err)
 	}

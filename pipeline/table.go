@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"path"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -19,7 +18,6 @@ import (
 	"github.com/sellersnap/sellersnap/internal/failpoint"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sinks/iceberg"
-	"github.com/sellersnap/sellersnap/sources"
 )
 
 // HasTable reports whether the job commits to an Iceberg table.
@@ -108,10 +106,12 @@ func (ts *tableSpec) values(u unit) ([]iceberg.Value, error) {
 	return vs, nil
 }
 
-// tableLocation is where readers find the table at key prefix of the
-// bucket at dest: the same storage named as Iceberg readers name it.
-func tableLocation(dest, prefix string) (string, error) {
-	u, err := url.Parse(dest)
+// tableLocation is where readers find the table at key prefix of a
+// bucket whose URL (sinks.Bucket.URL: file:// made absolute, credentials
+// hidden, prefix= and storage_account= kept) is bucketURL: the same
+// storage named as Iceberg readers name it.
+func tableLocation(bucketURL, prefix string) (string, error) {
+	u, err := url.Parse(bucketURL)
 	if err != nil {
 		return "", err
 	}
@@ -138,21 +138,7 @@ func tableLocation(dest, prefix string) (string, error) {
 		}
 		return "abfss://" + u.Host + "@" + account + ".dfs.core.windows.net/" + prefix, nil
 	case "file":
-		fu, err := url.Parse(dest)
-		if err != nil {
-			return "", err
-		}
-		p := fu.Path
-		if fu.Host == "." {
-			p = strings.TrimPrefix(p, "/")
-		} else if fu.Opaque != "" {
-			p = fu.Opaque
-		}
-		abs, err := filepath.Abs(p)
-		if err != nil {
-			return "", err
-		}
-		return "file://" + strings.TrimRight(filepath.ToSlash(abs), "/") + "/" + prefix, nil
+		return "file://" + strings.TrimRight(u.Path, "/") + "/" + prefix, nil
 	case "mem":
 		return "mem://" + prefix, nil
 	}
@@ -174,7 +160,7 @@ func (r *Runner) table(ctx context.Context, job *Job) (*iceberg.Table, error) {
 		return nil, err
 	}
 	prefix := path.Join(cfg.Warehouse, cfg.Namespace, cfg.Table)
-	loc, err := tableLocation(job.Destination, prefix)
+	loc, err := tableLocation(bucket.URL(), prefix)
 	if err != nil {
 		return nil, fmt.Errorf("job %s: iceberg: %w", job.Name, err)
 	}
@@ -223,7 +209,6 @@ func (e *TableError) Unwrap() error { return e.Err }
 // tableWrite is a unit's data file of the job's table, written by the
 // stages beside the formats and committed by the publisher.
 type tableWrite struct {
-	tb        *iceberg.Table
 	plan      *iceberg.Plan
 	obj       *sinks.Object
 	enc       *iceberg.Encoder
@@ -263,7 +248,7 @@ func (r *Runner) openTableWrite(ctx context.Context, bucket *sinks.Bucket, u uni
 		obj.Abort()
 		return nil, fmt.Errorf("iceberg: start %s: %w", obj.Key(), err)
 	}
-	return &tableWrite{tb: tb, plan: plan, obj: obj, enc: enc, values: values}, nil
+	return &tableWrite{plan: plan, obj: obj, enc: enc, values: values}, nil
 }
 
 // Write encodes a record of the unit into the table's data file.
@@ -323,14 +308,10 @@ func (w *tableWrite) commit(ctx context.Context, p *publisher, m *Manifest) erro
 	cfg := u.job.table.cfg
 	m.Table = &ManifestTable{Catalog: cfg.Name, Namespace: cfg.Namespace, Name: cfg.Table, SnapshotID: c.SnapshotID,
 		Operation: c.Operation, Rows: w.rows}
-	if w.committed {
-		m.Table.DataFile, m.Table.Bytes = w.tb.Location()+"/"+strings.TrimPrefix(w.obj.Key(), tablePrefix(cfg)+"/"), w.obj.Size()
+	if c.DataFile != "" {
+		m.Table.DataFile, m.Table.Bytes = c.DataFile, w.obj.Size()
 	}
 	return nil
-}
-
-func tablePrefix(cfg config.Iceberg) string {
-	return path.Join(cfg.Warehouse, cfg.Namespace, cfg.Table)
 }
 
 // commitFailure is the reason label of a failed table commit.
@@ -407,17 +388,10 @@ func (r *Runner) CheckTable(ctx context.Context, job *Job) (*TableStatus, error)
 	if err != nil {
 		return nil, err
 	}
-	snap, err := r.Source.Snapshot(ctx)
+	schema, err := r.outputSchemaNow(ctx, job)
 	if err != nil {
 		return nil, err
 	}
-	defer snap.Close(context.WithoutCancel(ctx))
-	rd, err := snap.Sellers(ctx, sources.Query{Columns: job.SourceColumns(), RunID: noRun}, sources.ReadOptions{Allocator: r.allocator()})
-	if err != nil {
-		return nil, err
-	}
-	schema := outputSchema(job, rd.Schema())
-	rd.Close()
 	plan, err := tb.Prepare(ctx, job.table.layout(job, schema))
 	if err != nil {
 		return nil, err
@@ -426,11 +400,10 @@ func (r *Runner) CheckTable(ctx context.Context, job *Job) (*TableStatus, error)
 	if err != nil {
 		return nil, err
 	}
-	st, err := tb.Status(ctx)
+	ts, err := r.TableStatus(ctx, job)
 	if err != nil {
 		return nil, err
 	}
-	ts := tableStatus(job, st)
 	ts.Created = created
 	return ts, nil
 }

@@ -13,12 +13,10 @@ import (
 	"github.com/apache/arrow/go/v17/arrow/memory"
 	"github.com/apache/arrow/go/v17/parquet/file"
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/sellersnap/sellersnap/internal/pgtest"
 	"github.com/sellersnap/sellersnap/internal/pipelinetest"
 	"github.com/sellersnap/sellersnap/pipeline"
-	"github.com/sellersnap/sellersnap/sinks/iceberg"
 )
 
 // icebergYAML is the new-sellers job's table, its catalog in dbURL.
@@ -31,33 +29,12 @@ func icebergYAML(dbURL string) string {
 `, dbURL)
 }
 
-// tableFiles lists the data files of the table's current snapshot, read
-// from the metadata the catalog points at, with their row counts.
+// tableFiles lists the data files of the table's current snapshot, with
+// their row counts, and the snapshot's summary.
 func tableFiles(t *testing.T, dbURL string) (map[string]int64, map[string]string) {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var loc string
-	if err := conn.QueryRow(ctx, `SELECT metadata_location FROM iceberg_tables WHERE catalog_name = 'sellersnap' AND table_namespace = 'snap' AND table_name = 'new_sellers'`).Scan(&loc); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(strings.TrimPrefix(loc, "file://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	md, err := iceberg.ParseMetadata(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := iceberg.LiveFiles(md, func(l string) ([]byte, error) { return os.ReadFile(strings.TrimPrefix(l, "file://")) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return files, md.Current().Summary
+	tb := pipelinetest.ReadTable(t, dbURL, "snap", "new_sellers", nil)
+	return tb.Live, tb.Metadata.Current().Summary
 }
 
 func TestIcebergTableFollowsEveryExport(t *testing.T) {
@@ -182,20 +159,6 @@ func TestIcebergOverEveryBucket(t *testing.T) {
 				t.Fatal(err)
 			}
 			files := f.Files()
-			ctx := context.Background()
-			conn, err := pgx.Connect(ctx, dbURL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close(ctx)
-			var loc string
-			if err := conn.QueryRow(ctx, `SELECT metadata_location FROM iceberg_tables`).Scan(&loc); err != nil {
-				t.Fatal(err)
-			}
-			wantScheme := map[string]string{"mem": "mem://", "file": "file://", "s3": "s3://snap/", "azure": "abfss://snap", "gcs": "gs://snap/", "s3-external": "s3://"}[d.name]
-			if !strings.HasPrefix(loc, wantScheme) {
-				t.Errorf("metadata location %s, want it under %s", loc, wantScheme)
-			}
 			read := func(l string) ([]byte, error) {
 				i := strings.Index(l, "iceberg/snap/new_sellers/")
 				if i < 0 {
@@ -207,39 +170,20 @@ func TestIcebergOverEveryBucket(t *testing.T) {
 				}
 				return b, nil
 			}
-			b, err := read(loc)
-			if err != nil {
-				t.Fatal(err)
+			tb := pipelinetest.ReadTable(t, dbURL, "snap", "new_sellers", read)
+			wantScheme := map[string]string{"mem": "mem://", "file": "file://", "s3": "s3://snap/", "azure": "abfss://snap", "gcs": "gs://snap/", "s3-external": "s3://"}[d.name]
+			if !strings.HasPrefix(tb.Location, wantScheme) {
+				t.Errorf("metadata location %s, want it under %s", tb.Location, wantScheme)
 			}
-			md, err := iceberg.ParseMetadata(b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			live, err := iceberg.LiveFiles(md, read)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := 0
-			for k, b := range files {
-				if !strings.HasSuffix(k, "/"+pipeline.ManifestName) {
-					continue
-				}
-				var m pipeline.Manifest
-				if err := json.Unmarshal(b, &m); err != nil {
-					t.Fatal(err)
-				}
-				if m.Rows == 0 {
-					continue
-				}
-				want++
-				if m.Table == nil || live[m.Table.DataFile] != m.Rows {
-					t.Errorf("%s: table %+v; %d rows live in that file", k, m.Table, live[m.Table.DataFile])
-				} else if _, err := read(m.Table.DataFile); err != nil {
+			// Every data file the table reads is in the bucket.
+			for file := range tb.Live {
+				if _, err := read(file); err != nil {
 					t.Error(err)
 				}
 			}
-			if len(live) != want || md.Current().Summary["operation"] != "overwrite" {
-				t.Errorf("%d files live, %d runs with rows; last operation %s", len(live), want, md.Current().Summary["operation"])
+			pipelinetest.CheckTableHolds(t, tb, pipelinetest.ManifestsIn(t, files))
+			if op := tb.Metadata.Current().Summary["operation"]; op != "overwrite" {
+				t.Errorf("the rerun's commit is an %s, want overwrite", op)
 			}
 		})
 	}

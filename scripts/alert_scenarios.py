@@ -73,25 +73,22 @@ s = replace(s, 'sellersnap_oldest_pending_run_age_seconds', '0+60x200', 'new-sel
 s = replace(s, 'sellersnap_backlog_runs', '1x200', 'new-sellers')
 tests.append({'name': 'per_run backlog stuck: pages when a run has waited over an hour (+15 min)', 'interval': '1m', 'input_series': s,
   'alert_rule_test': quiet(['70m'], ['SellersnapBacklogStuck']) + [{'eval_time': '80m', 'alertname': 'SellersnapBacklogStuck', 'exp_alerts': [firing('SellersnapBacklogStuck', job='new-sellers')]}]})
-# 4. A bucket that cannot be written: every replica's check fails, passes fail.
+# 4. A job's dependency failing on every replica (its exports fail with it): a bucket that
+# cannot be written, an Iceberg catalog that does not answer.
+def job_dependency_down(name, dependency, series):
+    s = series
+    s = replace(s, 'sellersnap_failing_since_timestamp_seconds', '0x9 600x191', 'new-sellers')
+    s = replace(s, 'sellersnap_last_success_timestamp_seconds', '60+60x9 600x191', 'new-sellers')
+    tests.append({'name': name, 'interval': '1m', 'input_series': s,
+      'alert_rule_test': quiet(['13m'], ['SellersnapDependencyDown']) + [
+        {'eval_time': '17m', 'alertname': 'SellersnapDependencyDown', 'exp_alerts': [firing('SellersnapDependencyDown', dependency=dependency, job='new-sellers')]},
+        {'eval_time': '45m', 'alertname': 'SellersnapJobFailing', 'exp_alerts': [firing('SellersnapJobFailing', job='new-sellers')]}]})
 s = infra() + healthy('new-sellers', 'per_run', 900)
-s = replace(s, 'sellersnap_dependency_up{dependency="bucket"', '1x9 0x191', None)
-s = replace(s, 'sellersnap_failing_since_timestamp_seconds', '0x9 600x191', 'new-sellers')
-s = replace(s, 'sellersnap_last_success_timestamp_seconds', '60+60x9 600x191', 'new-sellers')
-tests.append({'name': 'bucket not writable: pages within 5 minutes of the check, then the job too', 'interval': '1m', 'input_series': s,
-  'alert_rule_test': quiet(['13m'], ['SellersnapDependencyDown']) + [
-    {'eval_time': '17m', 'alertname': 'SellersnapDependencyDown', 'exp_alerts': [firing('SellersnapDependencyDown', dependency='bucket', job='new-sellers')]},
-    {'eval_time': '45m', 'alertname': 'SellersnapJobFailing', 'exp_alerts': [firing('SellersnapJobFailing', job='new-sellers')]}]})
-# 4b. A job's Iceberg catalog unreachable: its commits fail, the exports with them.
+job_dependency_down('bucket not writable: pages within 5 minutes of the check, then the job too', 'bucket',
+    replace(s, 'sellersnap_dependency_up{dependency="bucket"', '1x9 0x191', None))
 s = infra() + healthy('new-sellers', 'per_run', 900)
-for p in PODS:
-    s.append({'series': f'sellersnap_dependency_up{{dependency="iceberg_catalog", job="new-sellers", instance="{p}"}}', 'values': '1x9 0x191'})
-s = replace(s, 'sellersnap_failing_since_timestamp_seconds', '0x9 600x191', 'new-sellers')
-s = replace(s, 'sellersnap_last_success_timestamp_seconds', '60+60x9 600x191', 'new-sellers')
-tests.append({'name': 'Iceberg catalog unreachable: pages within 5 minutes, then the job too', 'interval': '1m', 'input_series': s,
-  'alert_rule_test': quiet(['13m'], ['SellersnapDependencyDown']) + [
-    {'eval_time': '17m', 'alertname': 'SellersnapDependencyDown', 'exp_alerts': [firing('SellersnapDependencyDown', dependency='iceberg_catalog', job='new-sellers')]},
-    {'eval_time': '45m', 'alertname': 'SellersnapJobFailing', 'exp_alerts': [firing('SellersnapJobFailing', job='new-sellers')]}]})
+job_dependency_down('Iceberg catalog unreachable: pages within 5 minutes, then the job too', 'iceberg_catalog',
+    s + [{'series': f'sellersnap_dependency_up{{dependency="iceberg_catalog", job="new-sellers", instance="{p}"}}', 'values': '1x9 0x191'} for p in PODS])
 # 5. The database down for more than 5 minutes.
 s = infra() + healthy('new-sellers', 'per_run', 900)
 s = replace(s, 'sellersnap_dependency_up{dependency="postgres"', '1x9 0x191', None)

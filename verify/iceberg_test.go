@@ -45,14 +45,7 @@ func icebergRead(t *testing.T, bin string, args ...string) (head map[string]any,
 			if err := json.Unmarshal(sc.Bytes(), &vals); err != nil {
 				t.Fatal(err)
 			}
-			row := make([]string, len(vals))
-			for j, v := range vals {
-				row[j] = "NULL"
-				if v != nil {
-					row[j] = *v
-				}
-			}
-			rows = append(rows, row)
+			rows = append(rows, nullText(vals))
 		}
 	}
 	return head, cols, rows
@@ -93,33 +86,13 @@ func TestIcebergGoReadsTheTableExactly(t *testing.T) {
 	// org) is counted in units.
 	pgRows := func(query string) (rows [][]string, units map[string]int64) {
 		t.Helper()
-		units = map[string]int64{}
 		r, err := e.pg.Query(context.Background(), query)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer r.Close()
-		for r.Next() {
-			vals := make([]*string, len(r.FieldDescriptions()))
-			ptrs := make([]any, len(vals))
-			for i := range vals {
-				ptrs[i] = &vals[i]
-			}
-			if err := r.Scan(ptrs...); err != nil {
-				t.Fatal(err)
-			}
-			row := make([]string, len(vals))
-			for i, v := range vals {
-				row[i] = "NULL"
-				if v != nil {
-					row[i] = *v
-				}
-			}
+		rows, units = pgStrings(t, r), map[string]int64{}
+		for _, row := range rows {
 			units[row[len(row)-1]]++
-			rows = append(rows, row)
-		}
-		if err := r.Err(); err != nil {
-			t.Fatal(err)
 		}
 		return rows, units
 	}

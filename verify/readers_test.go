@@ -193,29 +193,42 @@ func (e *export) pgRows(t *testing.T, m manifest) [][]string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return pgStrings(t, r)
+}
+
+// pgStrings returns every row of a query whose columns are all text
+// ("NULL" for NULL).
+func pgStrings(t *testing.T, r pgx.Rows) [][]string {
+	t.Helper()
+	defer r.Close()
 	var out [][]string
 	for r.Next() {
-		vals := make([]*string, 14)
-		ptrs := make([]any, 14)
+		vals := make([]*string, len(r.FieldDescriptions()))
+		ptrs := make([]any, len(vals))
 		for i := range vals {
 			ptrs[i] = &vals[i]
 		}
 		if err := r.Scan(ptrs...); err != nil {
 			t.Fatal(err)
 		}
-		row := make([]string, 14)
-		for i, v := range vals {
-			row[i] = "NULL"
-			if v != nil {
-				row[i] = *v
-			}
-		}
-		out = append(out, row)
+		out = append(out, nullText(vals))
 	}
 	if err := r.Err(); err != nil {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// nullText is vals with "NULL" for nil.
+func nullText(vals []*string) []string {
+	row := make([]string, len(vals))
+	for i, v := range vals {
+		row[i] = "NULL"
+		if v != nil {
+			row[i] = *v
+		}
+	}
+	return row
 }
 
 // duckSelect is the same projection in DuckDB over a relation.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
@@ -13,54 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/sellersnap/sellersnap/sinks/iceberg"
+	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/internal/pipelinetest"
 )
-
-// icebergView is a table as the checks see it: its live data files (and
-// their rows) in the current snapshot the catalog points at.
-type icebergView struct {
-	live     map[string]int64
-	records  string
-	snapshot int64
-}
-
-func readTable(t *testing.T, dbURL, ns string) *icebergView {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var loc string
-	err = conn.QueryRow(ctx, `SELECT metadata_location FROM iceberg_tables WHERE table_namespace = $1 AND table_name = 'new_sellers'`, ns).Scan(&loc)
-	if err == pgx.ErrNoRows {
-		return &icebergView{live: map[string]int64{}}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	read := func(l string) ([]byte, error) { return os.ReadFile(strings.TrimPrefix(l, "file://")) }
-	b, err := read(loc)
-	if err != nil {
-		t.Fatalf("the catalog names metadata that is not there: %v", err)
-	}
-	md, err := iceberg.ParseMetadata(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	live, err := iceberg.LiveFiles(md, read) // fails on a file live twice
-	if err != nil {
-		t.Fatalf("the table cannot be read: %v", err)
-	}
-	v := &icebergView{live: live}
-	if cur := md.Current(); cur != nil {
-		v.records, v.snapshot = cur.Summary["total-records"], cur.ID
-	}
-	return v
-}
 
 // unitOf is the run partition folder of a table data file.
 func unitOf(loc string) string {
@@ -96,12 +50,7 @@ jobs:
 		t.Fatal(err)
 	}
 	var runs int
-	conn, err := pgx.Connect(context.Background(), dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = conn.QueryRow(context.Background(), `SELECT count(*) FROM collection_runs WHERE status = 'completed'`).Scan(&runs)
-	conn.Close(context.Background())
+	err := pgtest.Connect(t, dbURL).QueryRow(context.Background(), `SELECT count(*) FROM collection_runs WHERE status = 'completed'`).Scan(&runs)
 	if err != nil || runs < 4 {
 		t.Fatalf("%d completed runs (%v)", runs, err)
 	}
@@ -139,9 +88,9 @@ jobs:
 			if !killed {
 				t.Fatalf("the failpoint %s was never reached", fp)
 			}
-			after := readTable(t, dbURL, ns)
+			after := pipelinetest.ReadTable(t, dbURL, ns, "new_sellers", nil) // fails on a file live twice
 			seen := map[string]bool{}
-			for f := range after.live {
+			for f := range after.Live {
 				if u := unitOf(f); seen[u] {
 					t.Errorf("after the kill: %s is in the table twice", u)
 				} else {
@@ -152,52 +101,18 @@ jobs:
 			if err := cmd.Wait(); err != nil {
 				t.Fatalf("once after the kill: %v\n%s", err, log)
 			}
-			final := readTable(t, dbURL, ns)
-			manifests := map[string]int64{}
-			var total int64
+			manifests := map[string][]byte{}
 			filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-				if err != nil || d.Name() != "manifest.json" {
-					return err
+				if err == nil && d.Name() == "manifest.json" {
+					manifests[p], err = os.ReadFile(p)
 				}
-				b, _ := os.ReadFile(p)
-				var m struct {
-					Rows  int64
-					Table *struct {
-						DataFile   string `json:"data_file"`
-						SnapshotID int64  `json:"snapshot_id"`
-					}
-				}
-				json.Unmarshal(b, &m)
-				if m.Table == nil {
-					t.Errorf("%s names no table commit", p)
-					return nil
-				}
-				manifests[unitOf(p)] = m.Rows
-				total += m.Rows
-				return nil
+				return err
 			})
-			if len(manifests) != runs {
-				t.Errorf("%d runs exported, want %d", len(manifests), runs)
+			ms := pipelinetest.ManifestsIn(t, manifests)
+			if len(ms) != runs {
+				t.Errorf("%d runs exported, want %d", len(ms), runs)
 			}
-			byUnit := map[string]int64{}
-			for f, n := range final.live {
-				u := unitOf(f)
-				if _, dup := byUnit[u]; dup {
-					t.Errorf("%s is in the table twice", u)
-				}
-				byUnit[u] = n
-				if n, ok := manifests[u]; !ok || n == 0 {
-					t.Errorf("%s is in the table without a manifest (or with an empty one)", u)
-				}
-			}
-			for u, n := range manifests {
-				if got, ok := byUnit[u]; n > 0 && (!ok || got != n) || n == 0 && ok {
-					t.Errorf("%s: %d rows in the table (present: %v), its manifest says %d", u, got, ok, n)
-				}
-			}
-			if final.records != fmt.Sprint(total) {
-				t.Errorf("the table has %s records, the manifests %d", final.records, total)
-			}
+			pipelinetest.CheckTableHolds(t, pipelinetest.ReadTable(t, dbURL, ns, "new_sellers", nil), ms)
 		})
 	}
 }

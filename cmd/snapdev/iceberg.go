@@ -168,10 +168,6 @@ func report(dir string, i int, walls []time.Duration, reqs []int64, c *iceberg.C
 	rs := slices.Clone(reqs)
 	slices.Sort(rs)
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-	md, err := os.Stat(strings.TrimPrefix(c.Metadata, "file://"))
-	if err != nil {
-		return err
-	}
 	b, err := os.ReadFile(strings.TrimPrefix(c.Metadata, "file://"))
 	if err != nil {
 		return err
@@ -184,13 +180,9 @@ func report(dir string, i int, walls []time.Duration, reqs []int64, c *iceberg.C
 	if err != nil {
 		return err
 	}
-	live, err := iceberg.LiveFiles(m, func(l string) ([]byte, error) { return os.ReadFile(strings.TrimPrefix(l, "file://")) })
+	contents, err := iceberg.ReadContents(m, func(l string) ([]byte, error) { return os.ReadFile(strings.TrimPrefix(l, "file://")) })
 	if err != nil {
 		return err
-	}
-	entries := 0
-	if lb, err := os.ReadFile(strings.TrimPrefix(m.Current().ManifestList, "file://")); err == nil {
-		entries = iceberg.ManifestCount(lb)
 	}
 	var metaFiles, dataFiles int
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -205,6 +197,6 @@ func report(dir string, i int, walls []time.Duration, reqs []int64, c *iceberg.C
 	})
 	fmt.Printf("| %d | %.1f (%.1f, %.1f) | %d (%d) | %d KiB | %.1f KiB (%d) | %d | %d | %d (%d live) |\n",
 		i, ms(ws[len(ws)/2]), ms(ws[len(ws)*9/10]), ms(ws[len(ws)-1]), rs[len(rs)/2], rs[len(rs)-1],
-		md.Size()>>10, float64(list.Size())/1024, entries, len(m.Snapshots), metaFiles, dataFiles, len(live))
+		len(b)>>10, float64(list.Size())/1024, contents.Manifests, len(m.Snapshots), metaFiles, dataFiles, len(contents.Live))
 	return nil
 }

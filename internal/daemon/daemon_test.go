@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path"
 	"slices"
@@ -171,6 +172,9 @@ func TestDaemonScheduleExportsRunsAsTheyComplete(t *testing.T) {
 
 func TestThreeDaemonsExportEachRunOnce(t *testing.T) {
 	f := newFixture(t, "")
+	// Each export is committed to an Iceberg table too: the replicas'
+	// commits queue on the catalog.
+	f.Load(fmt.Sprintf("    iceberg: {catalog: sql, uri: %q, table: new_sellers}\n", f.DBURL))
 	var recs []*records
 	var stops []func()
 	for i := 0; i < 3; i++ {
@@ -210,6 +214,16 @@ func TestThreeDaemonsExportEachRunOnce(t *testing.T) {
 	}
 	if busy < 2 {
 		t.Errorf("only %d of 3 replicas exported anything: the backlog was not shared", busy)
+	}
+	// The table holds every run once, and no commit was lost: each
+	// snapshot's parent is the one before it.
+	tb := pipelinetest.ReadTable(t, f.DBURL, "sellersnap", "new_sellers", nil)
+	pipelinetest.CheckTableHolds(t, tb, pipelinetest.ManifestsIn(t, f.Files()))
+	snaps := tb.Metadata.Snapshots
+	for i := 1; i < len(snaps); i++ {
+		if snaps[i].ParentID == nil || *snaps[i].ParentID != snaps[i-1].ID {
+			t.Errorf("snapshot %d's parent is not the one before it: a commit was lost", snaps[i].ID)
+		}
 	}
 }
 

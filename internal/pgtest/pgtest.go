@@ -125,6 +125,18 @@ func newDatabase(t testing.TB, from string, options ...string) string {
 	return withDatabase(adminURL, name)
 }
 
+// Connect connects to the database at dbURL for the rest of the test.
+func Connect(t testing.TB, dbURL string) *pgx.Conn {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatalf("pgtest: connect: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
 // Exec runs SQL statements against the database at url.
 func Exec(t testing.TB, dbURL, sql string, args ...any) {
 	t.Helper()

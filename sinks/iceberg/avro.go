@@ -167,6 +167,47 @@ var codec = ocf.WithCodec(ocf.Deflate)
 // default (canonical) form drops.
 var fullSchema = ocf.WithSchemaMarshaler(ocf.FullSchemaMarshaler)
 
+// listSchema is manifestListSchema, parsed once.
+var listSchema = avro.MustParse(manifestListSchema)
+
+// encodeOCF writes items as an Avro object container file with schema s
+// (written whole into the header) and the header's metadata; name says
+// which item failed.
+func encodeOCF[T any](s avro.Schema, meta map[string][]byte, items []T, name func(*T) string) ([]byte, error) {
+	var buf bytes.Buffer
+	enc, err := ocf.NewEncoderWithSchema(s, &buf, codec, fullSchema, ocf.WithMetadata(meta))
+	if err != nil {
+		return nil, err
+	}
+	for i := range items {
+		if err := enc.Encode(&items[i]); err != nil {
+			return nil, fmt.Errorf("%s: %w", name(&items[i]), err)
+		}
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// decodeOCF reads the items of an Avro object container file, whatever
+// schema its writer used (fields are matched by name).
+func decodeOCF[T any](b []byte) ([]T, error) {
+	dec, err := ocf.NewDecoder(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	var out []T
+	for dec.HasNext() {
+		var v T
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, dec.Error()
+}
+
 // encodeManifest writes the entries of one manifest for spec and schema.
 func encodeManifest(spec Spec, partTypes []string, schema *Schema, entries []entry) ([]byte, error) {
 	s, err := avro.Parse(manifestEntrySchema(spec, partTypes))
@@ -181,49 +222,18 @@ func encodeManifest(spec Spec, partTypes []string, schema *Schema, entries []ent
 	if err != nil {
 		return nil, err
 	}
-	var buf bytes.Buffer
-	enc, err := ocf.NewEncoderWithSchema(s, &buf, codec, fullSchema, ocf.WithMetadata(map[string][]byte{
+	return encodeOCF(s, map[string][]byte{
 		"schema": sj, "schema-id": []byte(strconv.Itoa(schema.ID)),
 		"partition-spec": pj, "partition-spec-id": []byte(strconv.Itoa(spec.ID)),
 		"format-version": []byte("2"), "content": []byte("data"),
-	}))
-	if err != nil {
-		return nil, err
-	}
-	for i := range entries {
-		if err := enc.Encode(&entries[i]); err != nil {
-			return nil, fmt.Errorf("manifest entry %s: %w", entries[i].DataFile.FilePath, err)
-		}
-	}
-	if err := enc.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	}, entries, func(e *entry) string { return "manifest entry " + e.DataFile.FilePath })
 }
 
 // decodeManifest reads a manifest's entries.
-func decodeManifest(b []byte) ([]entry, error) {
-	dec, err := ocf.NewDecoder(bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
-	var out []entry
-	for dec.HasNext() {
-		var e entry
-		if err := dec.Decode(&e); err != nil {
-			return nil, err
-		}
-		out = append(out, e)
-	}
-	return out, dec.Error()
-}
+func decodeManifest(b []byte) ([]entry, error) { return decodeOCF[entry](b) }
 
 // encodeManifestList writes a snapshot's manifest list.
 func encodeManifestList(snap *Snapshot, files []manifestFile) ([]byte, error) {
-	s, err := avro.Parse(manifestListSchema)
-	if err != nil {
-		return nil, err
-	}
 	meta := map[string][]byte{
 		"snapshot-id": []byte(strconv.FormatInt(snap.ID, 10)), "sequence-number": []byte(strconv.FormatInt(snap.Sequence, 10)),
 		"format-version": []byte("2"), "parent-snapshot-id": []byte("null"),
@@ -231,38 +241,11 @@ func encodeManifestList(snap *Snapshot, files []manifestFile) ([]byte, error) {
 	if snap.ParentID != nil {
 		meta["parent-snapshot-id"] = []byte(strconv.FormatInt(*snap.ParentID, 10))
 	}
-	var buf bytes.Buffer
-	enc, err := ocf.NewEncoderWithSchema(s, &buf, codec, fullSchema, ocf.WithMetadata(meta))
-	if err != nil {
-		return nil, err
-	}
-	for i := range files {
-		if err := enc.Encode(&files[i]); err != nil {
-			return nil, fmt.Errorf("manifest list entry %s: %w", files[i].Path, err)
-		}
-	}
-	if err := enc.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return encodeOCF(listSchema, meta, files, func(m *manifestFile) string { return "manifest list entry " + m.Path })
 }
 
 // decodeManifestList reads a manifest list.
-func decodeManifestList(b []byte) ([]manifestFile, error) {
-	dec, err := ocf.NewDecoder(bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
-	var out []manifestFile
-	for dec.HasNext() {
-		var m manifestFile
-		if err := dec.Decode(&m); err != nil {
-			return nil, err
-		}
-		out = append(out, m)
-	}
-	return out, dec.Error()
-}
+func decodeManifestList(b []byte) ([]manifestFile, error) { return decodeOCF[manifestFile](b) }
 
 // Value is a partition value: a string, a date (time.Time at UTC
 // midnight) or nil.

@@ -23,6 +23,9 @@ type Encoder struct {
 	ncols  int
 	values []Value
 	mem    memory.Allocator
+	// consts are the partition columns for the largest record so far: each
+	// record gets a slice of them, not arrays built row by row again.
+	consts []arrow.Array
 }
 
 // NewEncoder returns the encoder of a data file of p's table with
@@ -60,11 +63,18 @@ func (e *Encoder) Write(rec arrow.Record) error {
 		}
 		arrs = append(arrs, a)
 	}
-	for i, v := range e.values {
-		a, err := constant(e.mem, e.schema.Field(e.ncols+i).Type, v, n)
-		if err != nil {
-			return err
+	if len(e.consts) == 0 || e.consts[0].Len() < n {
+		e.releaseConsts()
+		for i, v := range e.values {
+			a, err := constant(e.mem, e.schema.Field(e.ncols+i).Type, v, n)
+			if err != nil {
+				return err
+			}
+			e.consts = append(e.consts, a)
 		}
+	}
+	for _, c := range e.consts {
+		a := array.NewSlice(c, 0, int64(n))
 		release = append(release, a)
 		arrs = append(arrs, a)
 	}
@@ -74,7 +84,17 @@ func (e *Encoder) Write(rec arrow.Record) error {
 }
 
 // Close writes the footer; it does not close the writer under it.
-func (e *Encoder) Close() error { return e.pq.Close() }
+func (e *Encoder) Close() error {
+	e.releaseConsts()
+	return e.pq.Close()
+}
+
+func (e *Encoder) releaseConsts() {
+	for _, c := range e.consts {
+		c.Release()
+	}
+	e.consts = nil
+}
 
 func widen(mem memory.Allocator, a *array.Int16) arrow.Array {
 	b := array.NewInt32Builder(mem)

@@ -209,14 +209,19 @@ func newMetadata(uuid, location string, s *Schema, lastColumnID int, spec Spec, 
 	}
 }
 
-// LiveFiles lists the data files of md's current snapshot with their
-// record counts, reading the manifest list and manifests with read (by
-// location).
-func LiveFiles(md *Metadata, read func(loc string) ([]byte, error)) (map[string]int64, error) {
-	out := map[string]int64{}
+// Contents is what md's current snapshot reads.
+type Contents struct {
+	Manifests int              // in its manifest list (data and delete)
+	Live      map[string]int64 // its data files, with their record counts
+}
+
+// ReadContents reads the manifest list and manifests of md's current
+// snapshot with read (by location). A data file live twice is an error.
+func ReadContents(md *Metadata, read func(loc string) ([]byte, error)) (*Contents, error) {
+	c := &Contents{Live: map[string]int64{}}
 	cur := md.Current()
 	if cur == nil {
-		return out, nil
+		return c, nil
 	}
 	b, err := read(cur.ManifestList)
 	if err != nil {
@@ -226,6 +231,7 @@ func LiveFiles(md *Metadata, read func(loc string) ([]byte, error)) (map[string]
 	if err != nil {
 		return nil, fmt.Errorf("manifest list %s: %w", cur.ManifestList, err)
 	}
+	c.Manifests = len(list)
 	for _, mf := range list {
 		if mf.Content != 0 {
 			continue
@@ -239,23 +245,14 @@ func LiveFiles(md *Metadata, read func(loc string) ([]byte, error)) (map[string]
 			return nil, fmt.Errorf("manifest %s: %w", mf.Path, err)
 		}
 		for _, e := range entries {
-			if e.Status != statusDeleted {
-				if _, dup := out[e.DataFile.FilePath]; dup {
-					return nil, fmt.Errorf("data file %s is live twice", e.DataFile.FilePath)
-				}
-				out[e.DataFile.FilePath] = e.DataFile.RecordCount
+			if e.Status == statusDeleted {
+				continue
 			}
+			if _, dup := c.Live[e.DataFile.FilePath]; dup {
+				return nil, fmt.Errorf("data file %s is live twice", e.DataFile.FilePath)
+			}
+			c.Live[e.DataFile.FilePath] = e.DataFile.RecordCount
 		}
 	}
-	return out, nil
-}
-
-// ManifestCount is how many manifests a manifest list names (-1 if it
-// cannot be read).
-func ManifestCount(list []byte) int {
-	l, err := decodeManifestList(list)
-	if err != nil {
-		return -1
-	}
-	return len(l)
+	return c, nil
 }

@@ -94,6 +94,11 @@ func (t *Table) key(loc string) (string, error) {
 
 func (t *Table) loc(rel string) string { return t.o.Location + "/" + rel }
 
+// dataFileLoc is the location of the table's file at bucket key key.
+func (t *Table) dataFileLoc(key string) string {
+	return t.loc(strings.TrimPrefix(strings.TrimPrefix(key, t.o.KeyPrefix), "/"))
+}
+
 // Layout is what the data files of a commit hold: the exported columns,
 // then the partition columns, whose value is the same in a whole file.
 type Layout struct {
@@ -230,26 +235,41 @@ func (t *Table) head(ctx context.Context) (*Metadata, string, error) {
 }
 
 func (t *Table) readMetadata(ctx context.Context, loc string) (*Metadata, error) {
+	return readCached(ctx, t, loc, "metadata", func(b []byte) (*Metadata, error) {
+		md, err := ParseMetadata(b)
+		if err != nil {
+			return nil, err
+		}
+		if strings.TrimRight(md.Location, "/") != t.o.Location {
+			return nil, fmt.Errorf("the table is at %s, the job writes it at %s", md.Location, t.o.Location)
+		}
+		return md, nil
+	})
+}
+
+// readCached reads the table's file at loc (metadata, manifest list or
+// manifest: files never rewritten) through the table's cache, decoding it
+// with decode; what names the file in errors. Files outside the table's
+// location are refused, whatever names them.
+func readCached[T any](ctx context.Context, t *Table, loc, what string, decode func([]byte) (T, error)) (T, error) {
+	var zero T
 	if v, ok := t.cache.get(loc); ok {
-		return v.(*Metadata), nil
+		return v.(T), nil
 	}
 	key, err := t.key(loc)
 	if err != nil {
-		return nil, fmt.Errorf("iceberg table %s: catalog: %w", t.o.Ident, err)
+		return zero, fmt.Errorf("iceberg table %s: %w", t.o.Ident, err)
 	}
 	b, err := t.o.Bucket.ReadAll(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("iceberg table %s: read metadata: %w", t.o.Ident, err)
+		return zero, fmt.Errorf("iceberg table %s: read %s: %w", t.o.Ident, what, err)
 	}
-	md, err := ParseMetadata(b)
+	v, err := decode(b)
 	if err != nil {
-		return nil, fmt.Errorf("iceberg table %s: %s: %w", t.o.Ident, loc, err)
+		return zero, fmt.Errorf("iceberg table %s: %s %s: %w", t.o.Ident, what, loc, err)
 	}
-	if strings.TrimRight(md.Location, "/") != t.o.Location {
-		return nil, fmt.Errorf("iceberg table %s is at %s, the job writes it at %s", t.o.Ident, md.Location, t.o.Location)
-	}
-	t.cache.putSized(loc, md, len(b))
-	return md, nil
+	t.cache.putSized(loc, v, len(b))
+	return v, nil
 }
 
 // DataKey is a new, unique key for a data file with partition values
@@ -289,6 +309,7 @@ type Commit struct {
 	// partition the table does not hold: no snapshot; SnapshotID is the
 	// current one).
 	Operation string
+	DataFile  string // the added data file's location; "" when none was added
 	Replaced  int    // data files of the partition it replaced
 	Metadata  string // the new metadata file
 	Attempts  int
@@ -422,6 +443,9 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 	t.writeHint(ctx, version, data)
 	c := &Commit{SnapshotID: snap.ID, Sequence: snap.Sequence, Operation: snap.Summary["operation"],
 		Replaced: replaced, Metadata: t.loc(rel)}
+	if f.Rows > 0 {
+		c.DataFile = t.dataFileLoc(f.Key)
+	}
 	if ex != nil || len(dropped) > 0 {
 		t.remove(ctx, ex, dropped)
 		c.Removed = len(dropped)
@@ -593,7 +617,7 @@ func (p *Plan) snapshot(ctx context.Context, md *Metadata, f DataFile, props map
 	op := "delete" // an empty unit: no file is added, its partition's go
 	sum := map[string]string{"changed-partition-count": "1"}
 	if f.Rows > 0 {
-		fileLoc := t.loc(strings.TrimPrefix(strings.TrimPrefix(f.Key, t.o.KeyPrefix), "/"))
+		fileLoc := t.dataFileLoc(f.Key)
 		added := entry{Status: statusAdded, SnapshotID: &snap.ID, DataFile: dataFile{
 			FilePath: fileLoc, FileFormat: "PARQUET", Partition: part, RecordCount: f.Rows, FileSize: f.Bytes}}
 		amf, err := p.writeManifest(ctx, md, snap, []entry{added}, written)
@@ -798,49 +822,22 @@ func (p *Plan) merge(ctx context.Context, md *Metadata, snap *Snapshot, files []
 	return out, nil
 }
 
-// manifestList reads a manifest list (cached: the files never change).
+// manifestList reads a manifest list.
 func (t *Table) manifestList(ctx context.Context, loc string) ([]manifestFile, error) {
-	if v, ok := t.cache.get(loc); ok {
-		return v.([]manifestFile), nil
-	}
-	key, err := t.key(loc)
-	if err != nil {
-		return nil, fmt.Errorf("iceberg table %s: %w", t.o.Ident, err)
-	}
-	b, err := t.o.Bucket.ReadAll(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("iceberg table %s: read manifest list: %w", t.o.Ident, err)
-	}
-	list, err := decodeManifestList(b)
-	if err != nil {
-		return nil, fmt.Errorf("iceberg table %s: manifest list %s: %w", t.o.Ident, loc, err)
-	}
-	t.cache.putSized(loc, list, len(b))
-	return list, nil
+	return readCached(ctx, t, loc, "manifest list", decodeManifestList)
 }
 
 // manifest reads a manifest's entries, with the sequence numbers and
 // snapshot ids they inherit made explicit.
 func (t *Table) manifest(ctx context.Context, mf manifestFile) ([]entry, error) {
-	var entries []entry
-	if v, ok := t.cache.get(mf.Path); ok {
-		entries = v.([]entry)
-	} else {
-		key, err := t.key(mf.Path)
-		if err != nil {
-			return nil, fmt.Errorf("iceberg table %s: %w", t.o.Ident, err)
-		}
-		b, err := t.o.Bucket.ReadAll(ctx, key)
-		if err != nil {
-			return nil, fmt.Errorf("iceberg table %s: read manifest: %w", t.o.Ident, err)
-		}
+	entries, err := readCached(ctx, t, mf.Path, "manifest", func(b []byte) ([]entry, error) {
 		if int64(len(b)) != mf.Length {
-			return nil, fmt.Errorf("iceberg table %s: manifest %s has %d bytes, its list says %d", t.o.Ident, mf.Path, len(b), mf.Length)
+			return nil, fmt.Errorf("%d bytes, its list says %d", len(b), mf.Length)
 		}
-		if entries, err = decodeManifest(b); err != nil {
-			return nil, fmt.Errorf("iceberg table %s: manifest %s: %w", t.o.Ident, mf.Path, err)
-		}
-		t.cache.putSized(mf.Path, entries, len(b))
+		return decodeManifest(b)
+	})
+	if err != nil {
+		return nil, err
 	}
 	out := slices.Clone(entries)
 	for i := range out {
