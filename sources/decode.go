@@ -129,45 +129,59 @@ func (c *column) special(b array.Builder, reason string) error {
 }
 
 func (c *column) bind(b array.Builder) {
-	be := binary.BigEndian
 	c.builder = b
 	c.str, _ = b.(*array.StringBuilder)
 	switch c.kind {
 	case kindText, kindJSONB, kindUUID, kindNumericText:
-		sb := b.(*array.StringBuilder)
-		var buf []byte
-		var ubuf [36]byte
-		c.appendValue = func(v []byte) error {
-			if v == nil {
-				sb.AppendNull()
-				return nil
-			}
-			switch c.kind {
-			case kindJSONB:
-				if len(v) == 0 || v[0] != 1 {
-					return errors.New("unknown jsonb binary version")
-				}
-				v = v[1:]
-			case kindUUID:
-				if len(v) != 16 {
-					return errLength
-				}
-				encodeUUID(ubuf[:], v)
-				v = ubuf[:]
-			case kindNumericText:
-				n, err := parseNumeric(v)
-				if err != nil {
-					return err
-				}
-				buf = n.appendText(buf[:0])
-				v = buf
-			}
-			if !utf8.Valid(v) {
-				return errors.New("text is not valid UTF-8")
-			}
-			sb.BinaryBuilder.Append(v)
+		c.bindText(b.(*array.StringBuilder))
+	case kindInt16, kindInt32, kindInt64, kindBool, kindFloat32, kindFloat64:
+		c.bindFixed(b)
+	case kindDecimal, kindTimestamp, kindDate:
+		c.bindTemporal(b)
+	}
+}
+
+// bindText decodes the kinds Arrow holds as strings.
+func (c *column) bindText(sb *array.StringBuilder) {
+	var buf []byte
+	var ubuf [36]byte
+	c.appendValue = func(v []byte) error {
+		if v == nil {
+			sb.AppendNull()
 			return nil
 		}
+		switch c.kind {
+		case kindJSONB:
+			if len(v) == 0 || v[0] != 1 {
+				return errors.New("unknown jsonb binary version")
+			}
+			v = v[1:]
+		case kindUUID:
+			if len(v) != 16 {
+				return errLength
+			}
+			encodeUUID(ubuf[:], v)
+			v = ubuf[:]
+		case kindNumericText:
+			n, err := parseNumeric(v)
+			if err != nil {
+				return err
+			}
+			buf = n.appendText(buf[:0])
+			v = buf
+		}
+		if !utf8.Valid(v) {
+			return errors.New("text is not valid UTF-8")
+		}
+		sb.BinaryBuilder.Append(v)
+		return nil
+	}
+}
+
+// bindFixed decodes the fixed-width numbers and booleans.
+func (c *column) bindFixed(b array.Builder) {
+	be := binary.BigEndian
+	switch c.kind {
 	case kindInt16:
 		ib := b.(*array.Int16Builder)
 		c.appendValue = func(v []byte) error {
@@ -246,6 +260,14 @@ func (c *column) bind(b array.Builder) {
 			fb.Append(math.Float64frombits(be.Uint64(v)))
 			return nil
 		}
+	}
+}
+
+// bindTemporal decodes decimals, timestamps and dates, which have values
+// (NaN, infinities) Arrow cannot hold.
+func (c *column) bindTemporal(b array.Builder) {
+	be := binary.BigEndian
+	switch c.kind {
 	case kindDecimal:
 		db := b.(*array.Decimal128Builder)
 		c.appendValue = func(v []byte) error {

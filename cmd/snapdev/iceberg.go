@@ -64,60 +64,14 @@ func icebergScale(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	layout := iceberg.Layout{
-		Columns: []iceberg.Column{{Name: "display_name", Type: arrow.BinaryTypes.String}, {Name: "times_seen", Type: arrow.PrimitiveTypes.Int32},
-			{Name: "created_at", Type: &arrow.TimestampType{Unit: arrow.Microsecond, TimeZone: "UTC"}}},
-		Partition: []iceberg.Column{{Name: "org", Type: arrow.BinaryTypes.String}, {Name: "date", Type: arrow.FixedWidthTypes.Date32}, {Name: "run", Type: arrow.BinaryTypes.String}},
+	rig := newScaleRig(bucket, &now)
+	var units [][]iceberg.Value
+	commit := func(tb *iceberg.Table, values []iceberg.Value) (time.Duration, int64, *iceberg.Commit, error) {
+		return rig.commit(ctx, tb, values)
 	}
-	schema := arrow.NewSchema([]arrow.Field{{Name: "display_name", Type: arrow.BinaryTypes.String, Nullable: true},
-		{Name: "times_seen", Type: arrow.PrimitiveTypes.Int32, Nullable: true},
-		{Name: "created_at", Type: &arrow.TimestampType{Unit: arrow.Microsecond, TimeZone: "UTC"}, Nullable: true}}, nil)
 	orgs := make([]string, 10)
 	for i := range orgs {
 		orgs[i] = uuid.NewString()
-	}
-	type unit struct {
-		values []iceberg.Value
-	}
-	var units []unit
-	// commit writes u's data file, then prepares and commits it: the
-	// time and requests reported are the prepare (a catalog read, the
-	// head's metadata) and the commit, not the data file.
-	commit := func(tb *iceberg.Table, u unit) (time.Duration, int64, *iceberg.Commit, error) {
-		var buf bytes.Buffer
-		mem := memory.NewGoAllocator()
-		nb, tbd, cb := array.NewStringBuilder(mem), array.NewInt32Builder(mem), array.NewTimestampBuilder(mem, schema.Field(2).Type.(*arrow.TimestampType))
-		for i := 0; i < 10; i++ {
-			nb.Append(fmt.Sprintf("seller %d", i))
-			tbd.Append(int32(i))
-			cb.Append(arrow.Timestamp(now.UnixMicro()))
-		}
-		rec := array.NewRecord(schema, []arrow.Array{nb.NewArray(), tbd.NewArray(), cb.NewArray()}, 10)
-		defer rec.Release()
-		before := bucket.Requests()
-		start := time.Now()
-		p, err := tb.Prepare(ctx, layout)
-		if err != nil {
-			return 0, 0, nil, err
-		}
-		prepared := time.Since(start)
-		enc, err := p.NewEncoder(&buf, u.values, sinks.ParquetOptions{})
-		if err != nil {
-			return 0, 0, nil, err
-		}
-		if err := enc.Write(rec); err != nil {
-			return 0, 0, nil, err
-		}
-		if err := enc.Close(); err != nil {
-			return 0, 0, nil, err
-		}
-		key := p.DataKey(u.values)
-		if err := bucket.Put(ctx, key, buf.Bytes(), "application/vnd.apache.parquet", nil); err != nil {
-			return 0, 0, nil, err
-		}
-		start = time.Now()
-		c, err := p.Commit(ctx, iceberg.DataFile{Key: key, Bytes: int64(buf.Len()), Rows: 10, Values: u.values}, nil)
-		return prepared + time.Since(start), bucket.Requests() - before - 1, c, err
 	}
 	checkpoints := map[int]bool{100: true, 1000: true, 2000: true, 5000: true, n: true}
 	fmt.Printf("\n%d commits, a run a minute (clock from 2026-01-01), every 50th an overwrite; retention 24h, 10 kept; file:// bucket, catalog in a local PostgreSQL\n\n", n)
@@ -128,7 +82,7 @@ func icebergScale(ctx context.Context, n int) error {
 	var last *iceberg.Commit
 	for i := 1; i <= n; i++ {
 		now = now.Add(time.Minute)
-		u := unit{values: []iceberg.Value{orgs[i%len(orgs)], now.Truncate(24 * time.Hour), uuid.NewString()}}
+		u := []iceberg.Value{orgs[i%len(orgs)], now.Truncate(24 * time.Hour), uuid.NewString()}
 		if i%50 == 0 && len(units) > 10 {
 			u = units[len(units)-10] // a rerun of a run ten minutes old
 		} else {
@@ -154,7 +108,7 @@ func icebergScale(ctx context.Context, n int) error {
 		return err
 	}
 	now = now.Add(time.Minute)
-	w, r, _, err := commit(cold, unit{values: []iceberg.Value{orgs[0], now.Truncate(24 * time.Hour), uuid.NewString()}})
+	w, r, _, err := commit(cold, []iceberg.Value{orgs[0], now.Truncate(24 * time.Hour), uuid.NewString()})
 	if err != nil {
 		return err
 	}
@@ -199,4 +153,66 @@ func report(dir string, i int, walls []time.Duration, reqs []int64, c *iceberg.C
 		i, ms(ws[len(ws)/2]), ms(ws[len(ws)*9/10]), ms(ws[len(ws)-1]), rs[len(rs)/2], rs[len(rs)-1],
 		len(b)>>10, float64(list.Size())/1024, contents.Manifests, len(m.Snapshots), metaFiles, dataFiles, len(contents.Live))
 	return nil
+}
+
+// scaleRig writes the scale test's data files: ten rows of three columns
+// per commit, timestamped by the test's clock.
+type scaleRig struct {
+	bucket *sinks.Bucket
+	now    *time.Time
+	layout iceberg.Layout
+	schema *arrow.Schema
+}
+
+func newScaleRig(bucket *sinks.Bucket, now *time.Time) *scaleRig {
+	ts := &arrow.TimestampType{Unit: arrow.Microsecond, TimeZone: "UTC"}
+	return &scaleRig{bucket: bucket, now: now,
+		layout: iceberg.Layout{
+			Columns:   []iceberg.Column{{Name: "display_name", Type: arrow.BinaryTypes.String}, {Name: "times_seen", Type: arrow.PrimitiveTypes.Int32}, {Name: "created_at", Type: ts}},
+			Partition: []iceberg.Column{{Name: "org", Type: arrow.BinaryTypes.String}, {Name: "date", Type: arrow.FixedWidthTypes.Date32}, {Name: "run", Type: arrow.BinaryTypes.String}},
+		},
+		schema: arrow.NewSchema([]arrow.Field{{Name: "display_name", Type: arrow.BinaryTypes.String, Nullable: true},
+			{Name: "times_seen", Type: arrow.PrimitiveTypes.Int32, Nullable: true},
+			{Name: "created_at", Type: ts, Nullable: true}}, nil),
+	}
+}
+
+// commit writes a data file of the partition values, then prepares and
+// commits it: the time and requests reported are the prepare (a catalog
+// read, the head's metadata) and the commit, not the data file.
+func (s *scaleRig) commit(ctx context.Context, tb *iceberg.Table, values []iceberg.Value) (time.Duration, int64, *iceberg.Commit, error) {
+	var buf bytes.Buffer
+	mem := memory.NewGoAllocator()
+	nb, tbd, cb := array.NewStringBuilder(mem), array.NewInt32Builder(mem), array.NewTimestampBuilder(mem, s.schema.Field(2).Type.(*arrow.TimestampType))
+	for i := 0; i < 10; i++ {
+		nb.Append(fmt.Sprintf("seller %d", i))
+		tbd.Append(int32(i))
+		cb.Append(arrow.Timestamp(s.now.UnixMicro()))
+	}
+	rec := array.NewRecord(s.schema, []arrow.Array{nb.NewArray(), tbd.NewArray(), cb.NewArray()}, 10)
+	defer rec.Release()
+	before := s.bucket.Requests()
+	start := time.Now()
+	p, err := tb.Prepare(ctx, s.layout)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	prepared := time.Since(start)
+	enc, err := p.NewEncoder(&buf, values, sinks.ParquetOptions{})
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	if err := enc.Write(rec); err != nil {
+		return 0, 0, nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return 0, 0, nil, err
+	}
+	key := p.DataKey(values)
+	if err := s.bucket.Put(ctx, key, buf.Bytes(), "application/vnd.apache.parquet", nil); err != nil {
+		return 0, 0, nil, err
+	}
+	start = time.Now()
+	c, err := p.Commit(ctx, iceberg.DataFile{Key: key, Bytes: int64(buf.Len()), Rows: 10, Values: values}, nil)
+	return prepared + time.Since(start), s.bucket.Requests() - before - 1, c, err
 }

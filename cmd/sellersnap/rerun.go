@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/sellersnap/sellersnap/config"
+	"github.com/sellersnap/sellersnap/pipeline"
+	"github.com/sellersnap/sellersnap/sinks"
+	"github.com/sellersnap/sellersnap/sources"
+)
+
+// repairLatest prints each manifest it would not follow, and why, and each
+// latest.json it rewrote (or would have).
+func repairLatest(ctx context.Context, r *pipeline.Runner, jobs []*pipeline.Job, stdout io.Writer, dryRun bool) error {
+	verb := "repaired"
+	if dryRun {
+		verb = "would repair"
+	}
+	for _, job := range jobs {
+		repairs, rejections, err := r.RepairLatest(ctx, job, dryRun)
+		for _, rej := range rejections {
+			fmt.Fprintf(stdout, "%s: rejected %s\n  %s\n", job.Name, rej.Manifest, rej.Why)
+		}
+		for _, rep := range repairs {
+			was := rep.Was
+			if was == "" {
+				was = "(none)"
+			}
+			fmt.Fprintf(stdout, "%s: %s %s\n  was %s\n  now %s (%s)\n", job.Name, verb, rep.Key, was, rep.Now, rep.Date)
+		}
+		if err != nil {
+			return fmt.Errorf("job %s: %w", job.Name, err)
+		}
+		if len(repairs) == 0 {
+			fmt.Fprintf(stdout, "%s: every latest.json names the newest export\n", job.Name)
+		}
+	}
+	return nil
+}
+
+// rerunIDPattern is config's rule for rerun ids.
+var rerunIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+
+// selectorFlag names the rerun flag of a config.CheckSelectors field.
+func selectorFlag(field string) string {
+	switch {
+	case strings.HasPrefix(field, "runs"):
+		return "run"
+	case strings.HasPrefix(field, "orgs"):
+		return "org"
+	case field == "allow_past":
+		return "allow-past"
+	}
+	return field
+}
+
+// rerun rewrites the units the flags select (or, with -dry-run, prints
+// them), with progress on stderr when it takes more than a few seconds.
+func rerun(ctx context.Context, r *pipeline.Runner, job *pipeline.Job, o options, stdout, stderr io.Writer) error {
+	sel := pipeline.Selection{Runs: o.runs, From: o.from, To: o.to, Orgs: o.orgs, AllowPast: o.allowPast}
+	if o.dryRun {
+		p, err := r.PlanRerun(ctx, job, sel)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "job %s (%s) → %s: rerun %s would rewrite\n", job.Name, job.Mode, sinks.Redact(job.Destination), sel)
+		printPlan(stdout, job, p, o.verbose, "units")
+		return nil
+	}
+	start, last := time.Now(), time.Time{}
+	res, err := r.RerunSelection(ctx, job, sel, pipeline.RerunOptions{ID: o.rerunID, Progress: func(p pipeline.RerunProgress) {
+		if time.Since(start) < 3*time.Second || time.Since(last) < 2*time.Second && p.Done < p.Total {
+			return
+		}
+		last = time.Now()
+		fmt.Fprintf(stderr, "rerun %s: %s\n", job.Name, pipeline.ProgressLine(p))
+	}})
+	if err == nil && res.Busy > 0 {
+		err = fmt.Errorf("%d of %d units were being exported by another process and were not rewritten; run the rerun again (with -id, it skips the units it rewrote)", res.Busy, res.Total)
+	}
+	if res.Total == 0 && err == nil {
+		fmt.Fprintf(stderr, "rerun %s: nothing selected (%s)\n", job.Name, sel)
+	}
+	if res.Total == 0 && errors.Is(err, sources.ErrRunNotFound) {
+		// A -run that names no run: a usage error, found before anything
+		// was rewritten.
+		return &usageError{fmt.Sprintf("-run: %v", err)}
+	}
+	return err
+}
+
+// rerunField is the config field of the reruns: entry with id.
+func rerunField(cfg *config.File, id string) string {
+	for i, r := range cfg.Reruns {
+		if r.ID == id {
+			return fmt.Sprintf("reruns[%d]", i)
+		}
+	}
+	return "reruns"
+}

@@ -1,0 +1,159 @@
+package iceberg
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/sellersnap/sellersnap/internal/keys"
+)
+
+// Layout is what the data files of a commit hold: the exported columns,
+// then the partition columns, whose value is the same in a whole file.
+type Layout struct {
+	Columns   []Column
+	Partition []Column // string or date32 columns, in the spec's order
+	// Evolve accepts a table schema that differs from Columns (the job's
+	// on_schema_change: evolve); otherwise a difference fails Prepare.
+	Evolve bool
+}
+
+// Plan is a prepared commit: the table schema and field ids the data
+// file is written with.
+type Plan struct {
+	t      *Table
+	layout Layout
+	cols   []Column
+	schema *Schema
+	spec   Spec
+	ptypes []string // Avro types of the spec's fields
+}
+
+// SchemaChangeError is a table schema that differs from the export's
+// while the job does not accept schema changes.
+type SchemaChangeError struct {
+	Table  Ident
+	Change string
+}
+
+func (e *SchemaChangeError) Error() string {
+	return fmt.Sprintf("iceberg table %s: its schema differs from the export's (%s); on_schema_change: fail", e.Table, e.Change)
+}
+
+// Prepare reads the table's current metadata (if the table exists) and
+// returns the plan of a commit of files laid out as l.
+func (t *Table) Prepare(ctx context.Context, l Layout) (*Plan, error) {
+	md, _, err := t.head(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return t.plan(md, l)
+}
+
+func (t *Table) plan(md *Metadata, l Layout) (*Plan, error) {
+	cols := append(slices.Clone(l.Columns), l.Partition...)
+	var cur *Schema
+	last := 0
+	if md != nil {
+		cur, last = md.Schema(), md.LastColumnID
+	}
+	s, _, changed, err := evolve(cur, last, cols)
+	if err != nil {
+		return nil, fmt.Errorf("iceberg table %s: %w", t.o.Ident, err)
+	}
+	if changed && cur != nil && !l.Evolve {
+		return nil, &SchemaChangeError{Table: t.o.Ident, Change: describeChange(cur, s)}
+	}
+	p := &Plan{t: t, layout: l, cols: cols, schema: s}
+	p.spec = Spec{ID: 0}
+	for i, c := range l.Partition {
+		f := s.Fields[len(l.Columns)+i]
+		at, err := avroPartitionType(f.TypeName())
+		if err != nil {
+			return nil, fmt.Errorf("iceberg table %s: %w", t.o.Ident, err)
+		}
+		p.ptypes = append(p.ptypes, at)
+		p.spec.Fields = append(p.spec.Fields, PartitionField{Name: c.Name, Transform: "identity", SourceID: f.ID, FieldID: 1000 + i})
+	}
+	if md != nil {
+		have := md.Spec()
+		if have == nil || !sameSpec(*have, p.spec) {
+			return nil, fmt.Errorf("iceberg table %s is partitioned by %s, the job's files by %s", t.o.Ident, describeSpec(have, md.Schema()), describeSpec(&p.spec, s))
+		}
+		p.spec = *have
+	}
+	return p, nil
+}
+
+func sameSpec(a, b Spec) bool {
+	return slices.EqualFunc(a.Fields, b.Fields, func(x, y PartitionField) bool {
+		return x.Name == y.Name && x.Transform == y.Transform && x.SourceID == y.SourceID
+	})
+}
+
+func describeSpec(s *Spec, schema *Schema) string {
+	if s == nil || len(s.Fields) == 0 {
+		return "nothing"
+	}
+	var parts []string
+	for _, f := range s.Fields {
+		src := strconv.Itoa(f.SourceID)
+		if schema != nil {
+			for _, c := range schema.Fields {
+				if c.ID == f.SourceID {
+					src = c.Name
+				}
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%s(%s)", f.Transform, src))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func describeChange(old, s *Schema) string {
+	var d []string
+	for _, f := range s.Fields {
+		o, ok := old.field(f.Name)
+		switch {
+		case !ok:
+			d = append(d, "+ "+f.Name+" "+f.TypeName())
+		case o.ID != f.ID || o.TypeName() != f.TypeName():
+			d = append(d, "~ "+f.Name+": "+o.TypeName()+" → "+f.TypeName())
+		}
+	}
+	for _, f := range old.Fields {
+		if _, ok := s.field(f.Name); !ok {
+			d = append(d, "- "+f.Name)
+		}
+	}
+	if len(d) == 0 {
+		return "column order"
+	}
+	return strings.Join(d, "; ")
+}
+
+// DataKey is a new, unique key for a data file with partition values
+// (in the layout's order): data/<col>=<value>/…/<uuid>.parquet.
+func (p *Plan) DataKey(values []Value) string {
+	segs := []string{p.t.o.KeyPrefix, "data"}
+	for i, c := range p.layout.Partition {
+		segs = append(segs, c.Name+"="+keys.Escape(partitionText(values[i])))
+	}
+	return path.Join(append(segs, uuid.NewString()+".parquet")...)
+}
+
+func partitionText(v Value) string {
+	switch v := v.(type) {
+	case nil:
+		return "null"
+	case time.Time:
+		return v.UTC().Format(time.DateOnly)
+	}
+	return fmt.Sprint(v)
+}
