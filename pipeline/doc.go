@@ -12,8 +12,9 @@
 //
 //	extract (sources.Reader) → transform (rename, mask, redact) → one encoder per format → blob upload
 //
-// The first error anywhere cancels the whole unit. Then the unit is
-// published (publish.go, a publisher): data files are committed only after
+// The first error anywhere cancels the whole unit. One attempt
+// (attempt.go) carries a unit through its protocol and owns its order:
+// open the outputs (output.go), run the stages, then publish: data files are committed only after
 // every stage finished; a job with an Iceberg table (table.go) has written
 // the table's own data file beside the formats, and commits it to the
 // table next; the manifest is written last, so a unit is exported if and
@@ -26,10 +27,11 @@
 // export published, and the Observer.
 //
 // The data's way, file by file: state.go (find what is pending: a discovery) →
-// runner.go (lock and export each unit) → export.go and stages.go (read,
-// transform, encode) → publish.go (commit, table.go's table commit,
-// manifest, after-publish steps) → latest.go (the pointer) and observer.go
-// (metrics).
+// pass.go (a Runner's pass: lock and export each unit; runner.go holds the
+// Runner, rerun.go its reruns, inspect.go what it reports) → attempt.go
+// (one unit's life: unit.go and stages.go read, transform, encode;
+// table.go's table commit, the manifest, the after-publish steps) →
+// latest.go (the pointer) and observer.go (metrics).
 //
 // pipeline starts the goroutines of an export (its stages); sources starts
 // the two that open an export's connections side by side, and the daemon

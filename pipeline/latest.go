@@ -6,16 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"path"
 	"slices"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
 	"github.com/sellersnap/sellersnap/sources"
+	"golang.org/x/sync/errgroup"
 )
 
 // SuccessName is the empty marker written beside a manifest, for tools
@@ -59,6 +59,13 @@ func (l *Latest) newer(old *Latest) bool {
 	return !l.ExportedAt.Before(old.ExportedAt)
 }
 
+// latestWriter writes and checks latest.json pointers against the
+// database.
+type latestWriter struct {
+	src    *sources.Postgres
+	logger *slog.Logger
+}
+
 // updateLatest points the unit's latest.json at m unless it already names
 // a newer export that is still true. It runs after the manifest exists, so
 // the pointer never names an incomplete export. An export dated in the
@@ -67,13 +74,13 @@ func (l *Latest) newer(old *Latest) bool {
 // the database does not have as it says, or a manifest that is gone, is
 // replaced. Two processes finishing exports of the same org at once may
 // leave the older of the two; the next export corrects it.
-func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit, mkey string, m *Manifest) error {
+func (p latestWriter) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit, mkey string, m *Manifest) error {
 	key := u.latestKey(mkey)
 	// The database's clock when the rows were read, give or take a
 	// collector whose clock is a little ahead of it.
 	now := m.Snapshot.ReadAt.Add(clockSlack)
 	if why := future(u.job, m.Date, m.Snapshot.RunCompletedAt, now); why != "" {
-		r.logger().Info("latest.json stays where it is: the export is dated in the future", append(u.logAttrs(), "why", why)...)
+		p.logger.Info("latest.json stays where it is: the export is dated in the future", append(u.logAttrs(), "why", why)...)
 		return nil
 	}
 	l := latestOf(m, mkey)
@@ -95,18 +102,18 @@ func (r *Runner) updateLatest(ctx context.Context, bucket *sinks.Bucket, u unit,
 		if json.Unmarshal(old, &prev) == nil && prev.Manifest != mkey && !l.newer(&prev) {
 			// Judged by the clock as it is now: the pointer may name a run
 			// that completed after this export's snapshot began.
-			dbNow, err := r.Source.Now(ctx)
+			dbNow, err := p.src.Now(ctx)
 			if err != nil {
 				return err
 			}
-			why, err := r.untrue(ctx, bucket, u.job, &prev, dbNow.Add(clockSlack))
+			why, err := p.untrue(ctx, bucket, u.job, &prev, dbNow.Add(clockSlack))
 			if err != nil {
 				return fmt.Errorf("check %s: %w", key, err)
 			}
 			if why == "" {
 				return nil
 			}
-			r.logger().Warn("latest.json named an export that is not true; moving it", append(u.logAttrs(), "key", key, "was", prev.Manifest, "why", why)...)
+			p.logger.Warn("latest.json named an export that is not true; moving it", append(u.logAttrs(), "key", key, "was", prev.Manifest, "why", why)...)
 		}
 	}
 	if err := bucket.Put(ctx, key, append(data, '\n'), "application/json", nil); err != nil {
@@ -141,7 +148,7 @@ func future(job *Job, date string, completed *time.Time, now time.Time) string {
 // untrue says why the export a latest.json names cannot stay there, or "":
 // it is dated in the future, its run is not in the database as the
 // pointer says, or its manifest is gone.
-func (r *Runner) untrue(ctx context.Context, bucket *sinks.Bucket, job *Job, l *Latest, now time.Time) (string, error) {
+func (p latestWriter) untrue(ctx context.Context, bucket *sinks.Bucket, job *Job, l *Latest, now time.Time) (string, error) {
 	if why := future(job, l.Date, l.RunCompletedAt, now); why != "" {
 		return why, nil
 	}
@@ -149,7 +156,7 @@ func (r *Runner) untrue(ctx context.Context, bucket *sinks.Bucket, job *Job, l *
 		return "it names no manifest", nil
 	}
 	if job.Mode == config.ModePerRun {
-		run, err := r.Source.RunByID(ctx, l.RunID)
+		run, err := p.src.RunByID(ctx, l.RunID)
 		if errors.Is(err, sources.ErrRunNotFound) || errors.As(err, new(*sources.RunNotCompletedError)) {
 			return fmt.Sprintf("run %q: %v", l.RunID, err), nil
 		}
@@ -173,7 +180,7 @@ func (r *Runner) untrue(ctx context.Context, bucket *sinks.Bucket, job *Job, l *
 // writes, whose files lie in its own folder and exist with the listed
 // sizes. runs holds the completed runs by id (per_run jobs), orgs the orgs
 // with sellers (full jobs); now is the database's clock.
-func (r *Runner) rejected(ctx context.Context, bucket *sinks.Bucket, job *Job, mkey string, m *Manifest, runs map[string]sources.Run, orgs map[string]bool, now time.Time) (string, error) {
+func (p latestWriter) rejected(ctx context.Context, bucket *sinks.Bucket, job *Job, mkey string, m *Manifest, runs map[string]sources.Run, orgs map[string]bool, now time.Time) (string, error) {
 	if m.Job != job.Name || m.Mode != string(job.Mode) {
 		return fmt.Sprintf("it is job %q's (%s), not this %s job's", m.Job, m.Mode, job.Mode), nil
 	}
@@ -245,25 +252,86 @@ type LatestRejection struct {
 	Why      string
 }
 
-// RepairLatest recomputes every latest.json of job from its manifests and
-// rewrites those that name anything else: a manifest dated after today (a
-// rerun of a future date by an older version), one that is gone, one that
-// is not true, or an older export. A manifest is a candidate only if the
-// database has its run (or org) as it says and its files are where and as
-// large as it says (see rejected); the newest candidate of each pointer
-// that passes is chosen, and the newer ones that did not are returned as
-// rejected. It reads every manifest of the job once (one listing, then the
-// reads, 8 at a time), and checks the files of the candidates it tries.
-// With dryRun it only reports.
-func (r *Runner) RepairLatest(ctx context.Context, job *Job, dryRun bool) ([]LatestRepair, []LatestRejection, error) {
-	bucket, err := r.Bucket(ctx, job.Destination)
+// latestFacts reads, in one snapshot, what a candidate for latest.json is
+// checked against: the completed runs by id (per_run), the orgs with
+// sellers (full), and the database's clock.
+func (p latestWriter) latestFacts(ctx context.Context, job *Job) (map[string]sources.Run, map[string]bool, time.Time, error) {
+	snap, err := p.src.Snapshot(ctx)
+	if err != nil {
+		return nil, nil, time.Time{}, err
+	}
+	defer snap.Close(context.WithoutCancel(ctx))
+	runs, orgs := map[string]sources.Run{}, map[string]bool{}
+	if job.Mode == config.ModePerRun {
+		list, err := snap.CompletedRuns(ctx)
+		if err != nil {
+			return nil, nil, time.Time{}, err
+		}
+		for _, run := range list {
+			runs[run.ID] = run
+		}
+	} else {
+		list, err := snap.Orgs(ctx, job.filter)
+		if err != nil {
+			return nil, nil, time.Time{}, err
+		}
+		for _, o := range list {
+			orgs[o] = true
+		}
+	}
+	return runs, orgs, snap.Time().Add(clockSlack), nil
+}
+
+// repair is RepairLatest of job in bucket.
+func (p latestWriter) repair(ctx context.Context, bucket *sinks.Bucket, job *Job, dryRun bool) ([]LatestRepair, []LatestRejection, error) {
+	runs, orgs, now, err := p.latestFacts(ctx, job)
 	if err != nil {
 		return nil, nil, err
 	}
-	runs, orgs, now, err := r.latestFacts(ctx, job)
+	byKey, manifests, err := latestCandidates(ctx, bucket, job)
 	if err != nil {
 		return nil, nil, err
 	}
+	var repairs []LatestRepair
+	var rejections []LatestRejection
+	for _, key := range slices.Sorted(maps.Keys(byKey)) {
+		cands := byKey[key]
+		slices.SortFunc(cands, func(a, b *Latest) int {
+			if a.newer(b) {
+				return -1
+			}
+			return 1
+		})
+		var l *Latest
+		for _, c := range cands {
+			why, err := p.rejected(ctx, bucket, job, c.Manifest, manifests[c.Manifest], runs, orgs, now)
+			if err != nil {
+				return repairs, rejections, err
+			}
+			if why == "" {
+				l = c
+				break
+			}
+			rejections = append(rejections, LatestRejection{Manifest: c.Manifest, Why: why})
+		}
+		if l == nil {
+			continue // nothing true to name; a pointer already there stays
+		}
+		rep, changed, err := pointAt(ctx, bucket, key, l, dryRun)
+		if err != nil {
+			return repairs, rejections, err
+		}
+		if changed {
+			repairs = append(repairs, rep)
+		}
+	}
+	return repairs, rejections, nil
+}
+
+// latestCandidates reads every manifest of job (one listing, then the
+// reads, 8 at a time) and returns them by the latest.json that may name
+// them, with the manifests by key.
+func latestCandidates(ctx context.Context, bucket *sinks.Bucket, job *Job) (map[string][]*Latest, map[string]*Manifest, error) {
 	objs, err := bucket.List(ctx, job.Layout.Prefix(), "/"+ManifestName)
 	if err != nil {
 		return nil, nil, err
@@ -294,7 +362,6 @@ func (r *Runner) RepairLatest(ctx context.Context, job *Job, dryRun bool) ([]Lat
 	if err := g.Wait(); err != nil {
 		return nil, nil, err
 	}
-	// The candidates of each pointer, newest first.
 	byKey := map[string][]*Latest{}
 	manifests := map[string]*Manifest{}
 	for i, m := range ms {
@@ -306,87 +373,35 @@ func (r *Runner) RepairLatest(ctx context.Context, job *Job, dryRun bool) ([]Lat
 		key := job.Layout.Latest(mkey, m.OrgID)
 		byKey[key] = append(byKey[key], latestOf(m, mkey))
 	}
-	keys := slices.Sorted(maps.Keys(byKey))
-	var repairs []LatestRepair
-	var rejections []LatestRejection
-	for _, key := range keys {
-		cands := byKey[key]
-		slices.SortFunc(cands, func(a, b *Latest) int {
-			if a.newer(b) {
-				return -1
-			}
-			return 1
-		})
-		var l *Latest
-		for _, c := range cands {
-			why, err := r.rejected(ctx, bucket, job, c.Manifest, manifests[c.Manifest], runs, orgs, now)
-			if err != nil {
-				return repairs, rejections, err
-			}
-			if why == "" {
-				l = c
-				break
-			}
-			rejections = append(rejections, LatestRejection{Manifest: c.Manifest, Why: why})
-		}
-		if l == nil {
-			continue // nothing true to name; a pointer already there stays
-		}
-		data, err := json.MarshalIndent(l, "", "  ")
-		if err != nil {
-			return repairs, rejections, err
-		}
-		rep := LatestRepair{Key: key, Now: l.Manifest, Date: l.Date}
-		old, err := bucket.ReadAll(ctx, key)
-		switch {
-		case sinks.IsNotFound(err):
-		case err != nil:
-			return repairs, rejections, fmt.Errorf("read %s: %w", key, err)
-		default:
-			var prev Latest
-			if json.Unmarshal(old, &prev) == nil {
-				rep.Was = prev.Manifest
-			}
-			if bytes.Equal(bytes.TrimSpace(old), data) {
-				continue
-			}
-		}
-		if !dryRun {
-			if err := bucket.Put(ctx, key, append(data, '\n'), "application/json", nil); err != nil {
-				return repairs, rejections, fmt.Errorf("write %s: %w", key, err)
-			}
-		}
-		repairs = append(repairs, rep)
-	}
-	return repairs, rejections, nil
+	return byKey, manifests, nil
 }
 
-// latestFacts reads, in one snapshot, what a candidate for latest.json is
-// checked against: the completed runs by id (per_run), the orgs with
-// sellers (full), and the database's clock.
-func (r *Runner) latestFacts(ctx context.Context, job *Job) (map[string]sources.Run, map[string]bool, time.Time, error) {
-	snap, err := r.Source.Snapshot(ctx)
+// pointAt writes l at key unless it says so already (changed false);
+// with dryRun it only says what it would do.
+func pointAt(ctx context.Context, bucket *sinks.Bucket, key string, l *Latest, dryRun bool) (rep LatestRepair, changed bool, err error) {
+	data, err := json.MarshalIndent(l, "", "  ")
 	if err != nil {
-		return nil, nil, time.Time{}, err
+		return rep, false, err
 	}
-	defer snap.Close(context.WithoutCancel(ctx))
-	runs, orgs := map[string]sources.Run{}, map[string]bool{}
-	if job.Mode == config.ModePerRun {
-		list, err := snap.CompletedRuns(ctx)
-		if err != nil {
-			return nil, nil, time.Time{}, err
+	rep = LatestRepair{Key: key, Now: l.Manifest, Date: l.Date}
+	old, err := bucket.ReadAll(ctx, key)
+	switch {
+	case sinks.IsNotFound(err):
+	case err != nil:
+		return rep, false, fmt.Errorf("read %s: %w", key, err)
+	default:
+		var prev Latest
+		if json.Unmarshal(old, &prev) == nil {
+			rep.Was = prev.Manifest
 		}
-		for _, run := range list {
-			runs[run.ID] = run
-		}
-	} else {
-		list, err := snap.Orgs(ctx, job.filter)
-		if err != nil {
-			return nil, nil, time.Time{}, err
-		}
-		for _, o := range list {
-			orgs[o] = true
+		if bytes.Equal(bytes.TrimSpace(old), data) {
+			return rep, false, nil
 		}
 	}
-	return runs, orgs, snap.Time().Add(clockSlack), nil
+	if !dryRun {
+		if err := bucket.Put(ctx, key, append(data, '\n'), "application/json", nil); err != nil {
+			return rep, false, fmt.Errorf("write %s: %w", key, err)
+		}
+	}
+	return rep, true, nil
 }

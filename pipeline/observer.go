@@ -120,19 +120,3 @@ func (nopObserver) RerunApplied(string, string)        {}
 func (nopObserver) StateCorrected(string, string)      {}
 func (nopObserver) TableCommitted(string, string)      {}
 func (nopObserver) Backlog(string, int, time.Duration) {}
-
-func (r *Runner) observer() Observer {
-	if r.Observer == nil {
-		return nopObserver{}
-	}
-	return r.Observer
-}
-
-// failed reports u's failure to the Observer.
-func (r *Runner) failed(u unit, err error) {
-	e := Export{Job: u.job.Name, OrgID: u.orgID, Date: u.date, Outcome: "failure", Error: err.Error(), At: r.now()}
-	if u.run != nil {
-		e.RunID = u.run.ID
-	}
-	r.observer().ExportFailed(e)
-}

@@ -165,7 +165,8 @@ func (o *output) committedKeys() []string {
 	return keys
 }
 
-func (r *Runner) openOutput(ctx context.Context, bucket *sinks.Bucket, u unit, f *sinks.Format, schema *arrow.Schema) (*output, error) {
+func (a *attempt) openOutput(ctx context.Context, f *sinks.Format, schema *arrow.Schema) (*output, error) {
+	bucket, u := a.bucket, a.u
 	job := u.job
 	o := &output{format: f, split: job.Split(), maxRow: job.maxRows, maxLen: job.maxBytes,
 		held: func() error { return u.stillHeld(ctx) }}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/sellersnap/sellersnap/sinks"
 )
@@ -28,26 +29,34 @@ func isConflict(err error) bool {
 	return ok
 }
 
+// ownership remembers the manifests read and found to be a job's, for
+// the process: a unit's manifest once read costs a HEAD per pass, not a
+// GET.
+type ownership struct {
+	mu   sync.Mutex
+	keys map[string]struct{} // job, bucket URL and key
+}
+
 // exported reports whether key, a unit's manifest, exists and was written
 // by job. A manifest of another job is a *ConflictError; one that is not a
 // manifest at all is an error too. A manifest once read is remembered, so a
 // pass costs one HEAD per unit, as before, and one GET per unit and process.
-func (r *Runner) exported(ctx context.Context, bucket *sinks.Bucket, job *Job, key string) (bool, error) {
+func (ow *ownership) exported(ctx context.Context, bucket *sinks.Bucket, job *Job, key string) (bool, error) {
 	ok, err := bucket.Exists(ctx, key)
 	if err != nil || !ok {
 		return false, err
 	}
-	return r.owned(ctx, bucket, job, key, true)
+	return ow.owned(ctx, bucket, job, key, true)
 }
 
 // owned reports whether the manifest at key names job (false if it is
 // gone); see exported. remember keeps the answer for the process (a
 // reconciliation records it in the export state instead).
-func (r *Runner) owned(ctx context.Context, bucket *sinks.Bucket, job *Job, key string, remember bool) (bool, error) {
+func (ow *ownership) owned(ctx context.Context, bucket *sinks.Bucket, job *Job, key string, remember bool) (bool, error) {
 	own := job.Name + "\x00" + bucket.URL() + "\x00" + key
-	r.mu.Lock()
-	_, seen := r.ownedKeys[own]
-	r.mu.Unlock()
+	ow.mu.Lock()
+	_, seen := ow.keys[own]
+	ow.mu.Unlock()
 	if seen {
 		return true, nil
 	}
@@ -70,11 +79,11 @@ func (r *Runner) owned(ctx context.Context, bucket *sinks.Bucket, job *Job, key 
 	if !remember {
 		return true, nil
 	}
-	r.mu.Lock()
-	if r.ownedKeys == nil {
-		r.ownedKeys = map[string]struct{}{}
+	ow.mu.Lock()
+	if ow.keys == nil {
+		ow.keys = map[string]struct{}{}
 	}
-	r.ownedKeys[own] = struct{}{}
-	r.mu.Unlock()
+	ow.keys[own] = struct{}{}
+	ow.mu.Unlock()
 	return true, nil
 }

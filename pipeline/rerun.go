@@ -3,9 +3,11 @@ package pipeline
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -266,4 +268,142 @@ func (r *Runner) rerunUnits(ctx context.Context, job *Job, sel Selection) ([]uni
 		units[i] = newRunUnit(job, run)
 	}
 	return units, nil
+}
+
+// RerunHeld reports whether a process is applying d now (holds its lock):
+// a record that says running is true only then.
+func (r *Runner) RerunHeld(ctx context.Context, job *Job, d DeclaredRerun) (bool, error) {
+	release, _, ok, err := r.lock(ctx, "rerun/"+job.Name+"/"+d.ID)
+	if err != nil {
+		return false, err
+	}
+	if ok {
+		release()
+	}
+	return !ok, nil
+}
+
+// ReadRerunRecord returns the record of declared rerun d of job (nil if
+// there is none yet), and a RerunChangedError when the entry no longer
+// selects what the record says.
+func (r *Runner) ReadRerunRecord(ctx context.Context, job *Job, d DeclaredRerun) (*RerunRecord, error) {
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return nil, err
+	}
+	key := RerunRecordKey(job, d.ID)
+	data, err := bucket.ReadAll(ctx, key)
+	if sinks.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rec RerunRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("%s: %w", key, err)
+	}
+	if rec.Selectors != d.Selectors {
+		return &rec, &RerunChangedError{Job: job.Name, ID: d.ID, Was: rec.Selectors, Now: d.Selectors, RecordKey: key}
+	}
+	return &rec, nil
+}
+
+// ApplyReruns applies job's declared reruns that are not applied yet, each
+// under a lock of its own (replicas skip one another's) and resumable (a
+// unit already rewritten by the entry is skipped), and records each in
+// the bucket. A changed entry fails with a RerunChangedError.
+func (r *Runner) ApplyReruns(ctx context.Context, job *Job) error {
+	var errs []error
+	for _, d := range job.Reruns {
+		if ctx.Err() != nil {
+			break
+		}
+		if err := r.applyRerun(ctx, job, d); err != nil {
+			errs = append(errs, fmt.Errorf("rerun %s: %w", d.ID, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Runner) applyRerun(ctx context.Context, job *Job, d DeclaredRerun) error {
+	rec, err := r.ReadRerunRecord(ctx, job, d)
+	if err != nil || rec.done() {
+		return err
+	}
+	release, _, ok, err := r.lock(ctx, "rerun/"+job.Name+"/"+d.ID)
+	if err != nil || !ok {
+		return err // another process is applying it
+	}
+	defer release()
+	// Read again under the lock: another process may have finished it.
+	if rec, err = r.ReadRerunRecord(ctx, job, d); err != nil || rec.done() {
+		return err
+	}
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return err
+	}
+	now := r.now().UTC()
+	if rec == nil {
+		rec = &RerunRecord{RecordVersion: 1, ID: d.ID, Job: job.Name, Selectors: d.Selectors, Selection: d.Selection.String(),
+			Reason: d.Reason, StartedAt: now}
+	}
+	host, _ := os.Hostname()
+	rec.Status, rec.Attempts, rec.By, rec.Version, rec.UpdatedAt = RerunRunning, rec.Attempts+1, fmt.Sprintf("%s pid %d", host, os.Getpid()), r.Version, now
+	if err := r.putRerunRecord(ctx, bucket, job, rec); err != nil {
+		return err
+	}
+	r.logger().Info("applying a declared rerun", "job", job.Name, "rerun", d.ID, "selection", d.Selection.String(), "reason", d.Reason, "attempt", rec.Attempts)
+	lastLog := time.Now()
+	sel := d.Judged(job, rec)
+	res, runErr := r.RerunSelection(ctx, job, sel, RerunOptions{ID: d.ID, Progress: func(p RerunProgress) {
+		if time.Since(lastLog) < 10*time.Second && p.Done < p.Total {
+			return
+		}
+		lastLog = time.Now()
+		r.logger().Info("rerun progress", append([]any{"job", job.Name, "rerun", d.ID}, progressAttrs(p)...)...)
+	}})
+	rec.Units, rec.Failed, rec.Busy, rec.UpdatedAt = res.Total, res.Failed, res.Busy, r.now().UTC()
+	// Counted from the units, so that an attempt killed before it could
+	// write the record is counted by the next.
+	rec.Rewritten, rec.Rows = res.Resumed+len(res.Exported), res.ResumedRows
+	for _, m := range res.Exported {
+		rec.Rows += m.Rows
+	}
+	rec.LastError = ""
+	switch {
+	case runErr == nil && res.Complete():
+		rec.Status, rec.FinishedAt = RerunApplied, rec.UpdatedAt
+	case ctx.Err() != nil:
+		rec.Status = RerunIncomplete // stopped: the next start resumes it
+		rec.LastError = fmt.Sprintf("stopped before it finished (%v): the process was asked to stop; the next start resumes it", context.Cause(ctx))
+	case res.Total == 0 && errors.Is(runErr, sources.ErrRunNotFound):
+		rec.Status, rec.LastError = RerunRefused, runErr.Error()
+		r.logger().Error("declared rerun refused: it selects a run the database does not have; it will not be tried again (declare a new entry)",
+			"job", job.Name, "rerun", d.ID, "err", runErr)
+	default:
+		rec.Status = RerunIncomplete
+		if runErr != nil {
+			rec.LastError = runErr.Error()
+		}
+	}
+	if err := r.putRerunRecord(context.WithoutCancel(ctx), bucket, job, rec); err != nil {
+		return err
+	}
+	r.observer().RerunApplied(job.Name, rec.Status)
+	if rec.Status == RerunRefused {
+		runErr = nil // said once, above and in the record
+	}
+	r.logger().Info("declared rerun "+rec.Status, "job", job.Name, "rerun", d.ID, "units", res.Total, "rewritten", len(res.Exported),
+		"resumed", res.Resumed, "failed", res.Failed, "busy", res.Busy)
+	return runErr
+}
+
+func (r *Runner) putRerunRecord(ctx context.Context, bucket *sinks.Bucket, job *Job, rec *RerunRecord) error {
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	return bucket.Put(ctx, RerunRecordKey(job, rec.ID), append(data, '\n'), "application/json", nil)
 }

@@ -18,26 +18,6 @@ type Backoff struct {
 	Max      time.Duration
 }
 
-// retry calls f until it succeeds, fails permanently, or the attempts are
-// used up. It returns f's last error.
-func (r *Runner) retry(ctx context.Context, job string, what []any, f func() error) error {
-	b := r.Retry
-	wait := b.Initial
-	for attempt := 1; ; attempt++ {
-		err := f()
-		if err == nil || attempt >= b.Attempts || !transient(err) || ctx.Err() != nil {
-			return err
-		}
-		d := jitter(max(wait, time.Millisecond))
-		r.observer().Retried(job)
-		r.logger().Warn("transient error; retrying", append(what, "attempt", attempt, "in", d.Round(time.Millisecond), "err", err)...)
-		if !sleep(ctx, d) {
-			return err
-		}
-		wait = min(wait*2, b.Max)
-	}
-}
-
 // transient reports whether err may go away on its own. The layer that
 // knows the dependency decides: sources for database errors, sinks for
 // bucket errors; a broken network connection is transient for both.

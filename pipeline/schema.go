@@ -9,11 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/apache/arrow/go/v17/arrow"
-
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/sinks"
-	"github.com/sellersnap/sellersnap/sources"
 )
 
 // SchemaName is the job's schema file, at the path's static prefix
@@ -122,44 +119,6 @@ func (e *SchemaChangeError) Error() string {
 // noRun matches no collection run: a query for it returns the columns an
 // export would read, and no rows.
 const noRun = "00000000-0000-0000-0000-000000000000"
-
-// checkSchemaDrift returns the *SchemaChangeError an export of job would
-// fail with now, reading the output schema from the database as an export
-// does (types with their modifiers, nullability) and writing nothing.
-func (r *Runner) checkSchemaDrift(ctx context.Context, job *Job) error {
-	bucket, err := r.Bucket(ctx, job.Destination)
-	if err != nil {
-		return err
-	}
-	current, err := readSchema(ctx, bucket, job)
-	if err != nil || current == nil {
-		return err
-	}
-	schema, err := r.outputSchemaNow(ctx, job)
-	if err != nil {
-		return err
-	}
-	cols := schemaColumns(manifestColumns(job, schema))
-	_, err = checkSchema(job, current, cols, job.Layout.Schema())
-	return err
-}
-
-// outputSchemaNow is the output schema an export of job would have now,
-// read from the database as an export reads it (types with their
-// modifiers, nullability), reading no rows.
-func (r *Runner) outputSchemaNow(ctx context.Context, job *Job) (*arrow.Schema, error) {
-	snap, err := r.Source.Snapshot(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer snap.Close(context.WithoutCancel(ctx))
-	rd, err := snap.Sellers(ctx, sources.Query{Columns: job.SourceColumns(), RunID: noRun}, sources.ReadOptions{Allocator: r.allocator()})
-	if err != nil {
-		return nil, err
-	}
-	defer rd.Close()
-	return outputSchema(job, rd.Schema()), nil
-}
 
 // readSchema returns the job's schema.json, or nil if there is none.
 func readSchema(ctx context.Context, bucket *sinks.Bucket, job *Job) (*JobSchema, error) {

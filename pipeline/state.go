@@ -114,47 +114,6 @@ func stateDir(job *Job) string {
 	return path.Join(job.Layout.Prefix(), "_sellersnap", job.Name, "state") + "/"
 }
 
-// discover finds the pending runs of a per_run job: from the state when
-// there is a recent one, else from every completed run and every manifest.
-// The database is read in one snapshot.
-func (r *Runner) discover(ctx context.Context, job *Job) (*discovery, error) {
-	bucket, err := r.Bucket(ctx, job.Destination)
-	if err != nil {
-		return nil, err
-	}
-	d := &discovery{r: r, job: job, bucket: bucket, now: r.now(), done: map[string]bool{}}
-	if err := d.readState(ctx); err != nil {
-		return nil, err
-	}
-	snap, err := r.Source.Snapshot(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer snap.Close(context.WithoutCancel(ctx))
-	d.watermark = snap.Time().Add(-watermarkLag).UTC()
-	reconcile := d.prev == nil || d.now.Sub(d.prev.ReconciledAt) >= reconcileEvery
-	if !reconcile {
-		if why := d.prev.contradiction(d.watermark, d.now); why != "" {
-			d.corrected("clock", "the export state contradicts the clock; rebuilding it from the manifests", "key", stateKey(job, d.seq), "why", why)
-			reconcile = true
-		}
-	}
-	if reconcile {
-		err = d.reconcile(ctx, snap)
-	} else {
-		err = d.incremental(ctx, snap)
-	}
-	if err != nil {
-		return nil, err
-	}
-	for _, run := range d.runs {
-		if !d.done[run.ID] {
-			d.pending = append(d.pending, newRunUnit(job, run))
-		}
-	}
-	return d, nil
-}
-
 // contradiction says why st cannot describe the runs up to watermark (the
 // database's clock less watermarkLag) at wall-clock time now, or "".
 func (st *runState) contradiction(watermark, now time.Time) string {
@@ -268,7 +227,7 @@ func (d *discovery) reconcile(ctx context.Context, snap *sources.Snapshot) error
 		default:
 			g.Go(func() error {
 				var err error
-				done[i], err = r.owned(gctx, d.bucket, d.job, key, false)
+				done[i], err = r.owners.owned(gctx, d.bucket, d.job, key, false)
 				found[i] = done[i]
 				if isConflict(err) {
 					return nil // pending: the export fails it under its lock, alone
@@ -383,7 +342,7 @@ func (d *discovery) incremental(ctx context.Context, snap *sources.Snapshot) err
 				}
 				return err
 			}
-			done[i], err = r.exported(gctx, d.bucket, d.job, key)
+			done[i], err = r.owners.exported(gctx, d.bucket, d.job, key)
 			if isConflict(err) {
 				return nil // pending: the export fails it under its lock, alone
 			}
@@ -494,32 +453,6 @@ func putVersion(ctx context.Context, bucket *sinks.Bucket, job *Job, seq int64, 
 // stateKey is the key of version seq of job's state.
 func stateKey(job *Job, seq int64) string { return fmt.Sprintf("%s%020d.json", stateDir(job), seq) }
 
-// forgetExported puts run back among the pending runs of the state: its
-// manifest was removed (a failed rerun), so it must be exported again
-// however far the watermark is past it.
-func (r *Runner) forgetExported(ctx context.Context, job *Job, run sources.Run) error {
-	bucket, err := r.Bucket(ctx, job.Destination)
-	if err != nil {
-		return err
-	}
-	for attempt := 0; attempt < 5; attempt++ {
-		d := &discovery{r: r, job: job, bucket: bucket, now: r.now(), done: map[string]bool{}}
-		if err := d.readState(ctx); err != nil || d.prev == nil {
-			return err // none: the next pass rebuilds it
-		}
-		st := *d.prev
-		st.Exported = slices.DeleteFunc(slices.Clone(st.Exported), func(id string) bool { return id == run.ID })
-		if !run.CompletedAt.After(st.Watermark) && !slices.Contains(st.Pending, run.ID) {
-			st.Pending = append(slices.Clone(st.Pending), run.ID)
-		}
-		st.UpdatedAt = d.now.UTC()
-		if err := putVersion(ctx, bucket, job, d.seq+1, &st); !errors.Is(err, sinks.ErrExists) {
-			return err
-		}
-	}
-	return fmt.Errorf("export state of job %s: could not record run %s as pending (other replicas kept writing)", job.Name, run.ID)
-}
-
 // repairLatest points each org's latest.json at the newest of the runs the
 // pass found exported without the state saying so, where it names an older
 // export: a process killed between a manifest and latest.json leaves the
@@ -550,13 +483,13 @@ func (d *discovery) repairLatest(ctx context.Context, res Result) {
 			if m, err = readManifest(ctx, d.bucket, mkey); err == nil {
 				// Found, not written by this process: followed only if true.
 				var why string
-				why, err = r.rejected(ctx, d.bucket, d.job, mkey, m, map[string]sources.Run{run.ID: run}, nil, d.watermark.Add(watermarkLag+clockSlack))
+				why, err = r.latest().rejected(ctx, d.bucket, d.job, mkey, m, map[string]sources.Run{run.ID: run}, nil, d.watermark.Add(watermarkLag+clockSlack))
 				switch {
 				case err != nil:
 				case why != "":
 					r.logger().Warn("not pointing latest.json at a manifest found in the bucket", append(u.logAttrs(), "manifest", mkey, "why", why)...)
 				default:
-					err = r.updateLatest(ctx, d.bucket, u, mkey, m)
+					err = r.latest().updateLatest(ctx, d.bucket, u, mkey, m)
 				}
 			}
 		}

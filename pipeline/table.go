@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"path"
 	"regexp"
 	"strings"
 	"time"
@@ -145,56 +144,6 @@ func tableLocation(bucketURL, prefix string) (string, error) {
 	return "", fmt.Errorf("no Iceberg location for %s:// buckets", u.Scheme)
 }
 
-// table returns the job's Iceberg table, opening its catalog (and
-// creating the catalog's tables and the namespace) on first use.
-func (r *Runner) table(ctx context.Context, job *Job) (*iceberg.Table, error) {
-	r.mu.Lock()
-	tb := r.tables[job.Name]
-	r.mu.Unlock()
-	if tb != nil {
-		return tb, nil
-	}
-	cfg := job.table.cfg
-	bucket, err := r.Bucket(ctx, job.Destination)
-	if err != nil {
-		return nil, err
-	}
-	prefix := path.Join(cfg.Warehouse, cfg.Namespace, cfg.Table)
-	loc, err := tableLocation(bucket.URL(), prefix)
-	if err != nil {
-		return nil, fmt.Errorf("job %s: iceberg: %w", job.Name, err)
-	}
-	cat, err := iceberg.OpenCatalog(ctx, cfg.URI, cfg.Name)
-	if err != nil {
-		return nil, fmt.Errorf("job %s: %w", job.Name, err)
-	}
-	if err := cat.Ensure(ctx, cfg.Namespace); err != nil {
-		cat.Close()
-		return nil, fmt.Errorf("job %s: %w", job.Name, err)
-	}
-	tb, err = iceberg.Open(iceberg.Options{Catalog: cat, Ident: iceberg.Ident{Namespace: cfg.Namespace, Table: cfg.Table},
-		Bucket: bucket, KeyPrefix: prefix, Location: loc, Logger: r.logger(), Now: r.Now, // nil: the catalog's clock
-		Properties: map[string]string{"write.format.default": "parquet", "sellersnap.job": job.Name},
-		Retention:  iceberg.Retention{MaxAge: cfg.Retention, Keep: cfg.KeepSnapshots, Off: cfg.Retention == 0}})
-	if err != nil {
-		cat.Close()
-		return nil, err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if old := r.tables[job.Name]; old != nil {
-		cat.Close()
-		return old, nil
-	}
-	if r.tables == nil {
-		r.tables = map[string]*iceberg.Table{}
-		r.catalogs = nil
-	}
-	r.tables[job.Name] = tb
-	r.catalogs = append(r.catalogs, cat)
-	return tb, nil
-}
-
 // TableError is a failure of the job's Iceberg table: its catalog, its
 // metadata, a commit. The export fails with it (no manifest) and is done
 // again.
@@ -220,7 +169,8 @@ type tableWrite struct {
 	tried bool
 }
 
-func (r *Runner) openTableWrite(ctx context.Context, bucket *sinks.Bucket, u unit, schema *arrow.Schema) (*tableWrite, error) {
+func (a *attempt) openTable(ctx context.Context, schema *arrow.Schema) (*tableWrite, error) {
+	r, bucket, u := a.r, a.bucket, a.u
 	job := u.job
 	tb, err := r.table(ctx, job)
 	if err != nil {
@@ -274,8 +224,8 @@ func (w *tableWrite) Close() error {
 // m. It is the publisher's last step before the manifest: a kill between
 // the two leaves the unit without a manifest, and its next export
 // replaces this commit's partition.
-func (w *tableWrite) commit(ctx context.Context, p *publisher, m *Manifest) error {
-	u := p.u
+func (a *attempt) commitTable(ctx context.Context, m *Manifest) error {
+	w, u, p := a.table, a.u, a
 	if err := u.stillHeld(ctx); err != nil {
 		return err
 	}
@@ -330,82 +280,12 @@ func commitFailure(err error) string {
 
 // abort cancels the data file, or removes it once committed to the bucket
 // unless the table commit was attempted.
-func (w *tableWrite) abort(ctx context.Context, p *publisher) {
+func (a *attempt) abortTable(ctx context.Context) {
+	w := a.table
 	w.obj.Abort()
 	if w.committed && !w.tried {
-		p.unpublish(ctx, []string{w.obj.Key()})
+		a.unpublish(ctx, []string{w.obj.Key()})
 	}
-}
-
-// TableStatus is a job's Iceberg table as status and validate show it.
-type TableStatus struct {
-	Name      string // catalog.namespace.table
-	Location  string
-	Metadata  string // "" before the first commit (or validate) created it
-	Created   bool   // validate created it just now
-	Snapshots int
-	Retention string
-	// Current is the current snapshot: its id, time and summary.
-	Current *iceberg.Snapshot
-}
-
-// TableStatus reads the job's table through its catalog; nil for a job
-// without one.
-func (r *Runner) TableStatus(ctx context.Context, job *Job) (*TableStatus, error) {
-	if job.table == nil {
-		return nil, nil
-	}
-	tb, err := r.table(ctx, job)
-	if err != nil {
-		return nil, err
-	}
-	st, err := tb.Status(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return tableStatus(job, st), nil
-}
-
-func tableStatus(job *Job, st *iceberg.Status) *TableStatus {
-	cfg := job.table.cfg
-	ts := &TableStatus{Name: cfg.Name + "." + cfg.Namespace + "." + cfg.Table, Location: st.Location, Metadata: st.Metadata,
-		Snapshots: st.Snapshots, Current: st.Snapshot, Retention: "forever"}
-	if cfg.Retention > 0 {
-		ts.Retention = fmt.Sprintf("%s, keeping at least %d snapshots", cfg.Retention, cfg.KeepSnapshots)
-	}
-	return ts
-}
-
-// CheckTable connects to the job's catalog, creates its tables, the
-// namespace and the table where missing, and checks that the table's
-// schema and partitioning are the job's (reading the output schema from
-// the database as an export does). It writes no snapshot.
-func (r *Runner) CheckTable(ctx context.Context, job *Job) (*TableStatus, error) {
-	if job.table == nil {
-		return nil, nil
-	}
-	tb, err := r.table(ctx, job)
-	if err != nil {
-		return nil, err
-	}
-	schema, err := r.outputSchemaNow(ctx, job)
-	if err != nil {
-		return nil, err
-	}
-	plan, err := tb.Prepare(ctx, job.table.layout(job, schema))
-	if err != nil {
-		return nil, err
-	}
-	created, err := plan.Create(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ts, err := r.TableStatus(ctx, job)
-	if err != nil {
-		return nil, err
-	}
-	ts.Created = created
-	return ts, nil
 }
 
 // describe is the commit an export of u makes, for plan.

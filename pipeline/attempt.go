@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/sellersnap/sellersnap/internal/failpoint"
@@ -12,18 +13,156 @@ import (
 	"github.com/sellersnap/sellersnap/sources"
 )
 
-// publisher publishes one exported unit, the step after exporting it:
-// it commits the unit's files, writes _SUCCESS and the manifest (create-
-// only unless a rerun), or takes back what it committed; then it runs the
-// after-publish steps (afterSteps). It checks the unit's lock before every
-// change it makes to the bucket.
-type publisher struct {
+// attempt carries one unit through one export, in order: it reads the
+// unit in its snapshot and streams it into its files (the formats' and the
+// table's data file), commits the files, commits the table, writes the
+// manifest, then runs the after-steps; on a failure it takes back what it
+// did. It checks the unit's lock before every change it makes to the
+// bucket.
+type attempt struct {
 	r      *Runner // logger, Observer, clock
+	snap   *sources.Snapshot
 	bucket *sinks.Bucket
 	u      unit
-	mkey   string      // the unit's manifest key
 	force  bool        // a rerun: the manifest replaces the unit's
+	mkey   string      // the unit's manifest key
 	table  *tableWrite // the job's Iceberg table's data file, nil without a table
+}
+
+// run streams one unit out of the snapshot into its files, commits
+// them, then writes the manifest. On any error nothing is left at a final
+// key by this attempt: uploads in flight are cancelled before they could
+// commit, and files already committed are deleted again.
+//
+// Unless force (a rerun), the manifest is written create-only: if another
+// process published the unit meanwhile (which the locks should prevent),
+// errExportedElsewhere is returned and its manifest stays.
+func (a *attempt) run(ctx context.Context) (*Manifest, error) {
+	r, snap, bucket, u, force := a.r, a.snap, a.bucket, a.u, a.force
+	start := time.Now()
+	job := u.job
+	defer r.observer().ExportStarted(job.Name)()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	rd, err := snap.Sellers(ctx, u.query(), sources.ReadOptions{BatchRows: job.batchRows, Allocator: r.allocator()})
+	if err != nil {
+		return nil, err
+	}
+	defer rd.Close()
+	schema := outputSchema(job, rd.Schema())
+	tfs, err := transforms(job, rd.Schema(), r.allocator())
+	if err != nil {
+		return nil, err
+	}
+	mcols := manifestColumns(job, schema)
+	current, err := readSchema(ctx, bucket, job)
+	if err != nil {
+		return nil, err
+	}
+	schemaChange, err := checkSchema(job, current, schemaColumns(mcols), job.Layout.Schema())
+	if err != nil {
+		return nil, err
+	}
+
+	var outs []*output
+	published := false
+	defer func() {
+		for _, o := range outs {
+			o.abort()
+			if !published {
+				// Parts committed early (split output) go again.
+				a.unpublish(ctx, o.committedKeys())
+			}
+		}
+	}()
+	st := &stages{rd: rd, schema: schema, tfs: tfs, every: r.ProgressEvery}
+	if st.every <= 0 {
+		st.every = 10 * time.Second
+	}
+	for _, format := range job.Formats {
+		o, err := a.openOutput(ctx, format, schema)
+		if err != nil {
+			return nil, err
+		}
+		outs = append(outs, o)
+		st.sinks = append(st.sinks, &sink{name: format.Name(), enc: o, finish: o.Close})
+	}
+	if job.table != nil {
+		tw, err := a.openTable(ctx, schema)
+		if err != nil {
+			return nil, err
+		}
+		a.table = tw
+		defer func() {
+			if !published {
+				a.abortTable(ctx)
+			}
+		}()
+		st.sinks = append(st.sinks, &sink{name: "iceberg", enc: tw, finish: tw.Close})
+	}
+	st.progress = func(rows int64) {
+		el := time.Since(start)
+		r.logger().Info("exporting", append(u.logAttrs(), "rows", rows, "elapsed", el.Round(time.Second),
+			"rows_per_sec", int64(float64(rows)/max(el.Seconds(), 1e-9)))...)
+	}
+	if err := st.run(ctx, cancel); err != nil {
+		return nil, err
+	}
+	r.logger().Debug("stages", append(u.logAttrs(), st.timings()...)...)
+
+	m := a.manifest(rd, mcols)
+	m.SchemaChange, m.Rerun, m.RerunID, m.ConfigFingerprint = schemaChange, force, u.rerunID, u.job.configFingerprint
+	if asOf := snap.Time().In(u.job.Location).Format(time.DateOnly); u.run == nil && asOf != u.date {
+		m.DataAsOf = asOf
+	}
+	if schemaChange != nil {
+		r.logger().Warn("the output schema changed (on_schema_change: evolve)", append(u.logAttrs(), "change", strings.Join(schemaChange, "; "))...)
+	}
+	if a.mkey, err = u.manifestKey(); err != nil {
+		return nil, err
+	}
+	data, err := a.publish(ctx, outs, m)
+	if errors.Is(err, sinks.ErrExists) {
+		published = true
+		return a.afterLostRace(ctx, m, data)
+	}
+	if err != nil {
+		return nil, err
+	}
+	published = true
+	a.after(ctx, m, current, time.Since(start))
+	return m, nil
+}
+
+// newManifest describes the unit read from snap by rd; its files are
+// added as they are committed.
+func (a *attempt) manifest(rd *sources.Reader, cols []ManifestColumn) *Manifest {
+	r, u, snap := a.r, a.u, a.snap
+	job := u.job
+	m := &Manifest{
+		ManifestVersion: ManifestVersion, Job: job.Name, Mode: job.Mode, OrgID: u.orgID, Date: u.date,
+		Rows: rd.Rows(), NulledValues: rd.Nulled(),
+		Snapshot:   ManifestSnapshot{ReadAt: snap.Time().UTC(), Isolation: "repeatable read, read only"},
+		Tool:       ManifestTool{Name: "sellersnap", Version: r.Version},
+		Options:    job.options,
+		ExportedAt: r.now().UTC(),
+		Columns:    cols,
+	}
+	m.SchemaFingerprint = fingerprint(schemaColumns(cols))
+	if m.NulledValues == nil {
+		m.NulledValues = []sources.Nulled{}
+	}
+	if u.run != nil {
+		m.RunID = u.run.ID
+		c := u.run.CompletedAt.UTC()
+		m.Snapshot.RunCompletedAt = &c
+		if !u.run.StartedAt.IsZero() {
+			s := u.run.StartedAt.UTC()
+			m.Snapshot.RunStartedAt = &s
+		}
+	}
+	return m
 }
 
 // publish commits every data file of outs (adding each to m), writes
@@ -32,8 +171,8 @@ type publisher struct {
 // On failure it removes what it committed (for a rerun, the old manifest
 // too, which no longer matches the files). An error wrapping
 // sinks.ErrExists says another process's manifest is at mkey.
-func (p *publisher) publish(ctx context.Context, outs []*output, m *Manifest) ([]byte, error) {
-	r, bucket, u, mkey, force := p.r, p.bucket, p.u, p.mkey, p.force
+func (a *attempt) publish(ctx context.Context, outs []*output, m *Manifest) ([]byte, error) {
+	r, bucket, u, mkey, force := a.r, a.bucket, a.u, a.mkey, a.force
 	var committed []string
 	stale := func() []string {
 		if force {
@@ -56,7 +195,7 @@ func (p *publisher) publish(ctx context.Context, outs []*output, m *Manifest) ([
 					err = part.obj.Commit()
 				}
 				if err != nil {
-					p.unpublish(ctx, stale())
+					a.unpublish(ctx, stale())
 					return nil, err
 				}
 				part.committed = true
@@ -81,16 +220,16 @@ func (p *publisher) publish(ctx context.Context, outs []*output, m *Manifest) ([
 		err = bucket.Put(ctx, skey, nil, "application/octet-stream", nil)
 	}
 	if err != nil {
-		p.unpublish(ctx, stale())
+		a.unpublish(ctx, stale())
 		return nil, err
 	}
 	// The table commit is the last step before the manifest: the unit is
 	// in the table before it is exported, never after without it. A kill
 	// between the two leaves no manifest; the unit's next export replaces
 	// this commit's partition, so the table holds it once.
-	if p.table != nil {
-		if err := p.table.commit(ctx, p, m); err != nil {
-			p.unpublish(ctx, stale())
+	if a.table != nil {
+		if err := a.commitTable(ctx, m); err != nil {
+			a.unpublish(ctx, stale())
 			return nil, err
 		}
 		if data, err = m.encode(); err != nil {
@@ -99,14 +238,14 @@ func (p *publisher) publish(ctx context.Context, outs []*output, m *Manifest) ([
 	}
 	failpoint.Hit("before-manifest")
 	if err := u.stillHeld(ctx); err != nil {
-		p.unpublish(ctx, stale())
+		a.unpublish(ctx, stale())
 		return nil, err
 	}
 	if err := bucket.Put(ctx, mkey, data, "application/json", &sinks.PutOptions{IfNotExist: !force}); err != nil {
 		if !errors.Is(err, sinks.ErrExists) {
 			// An older manifest (a rerun) would now describe files that
 			// were replaced: remove it, so the unit shows as pending.
-			p.unpublish(ctx, []string{skey, mkey})
+			a.unpublish(ctx, []string{skey, mkey})
 		}
 		return data, err
 	}
@@ -118,8 +257,8 @@ func (p *publisher) publish(ctx context.Context, outs []*output, m *Manifest) ([
 // next export of the job (or the next pass) does it again.
 type afterStep struct {
 	name   string
-	run    func(ctx context.Context, p *publisher, m *Manifest, current *JobSchema) error
-	failed func(p *publisher, err error)
+	run    func(ctx context.Context, a *attempt, m *Manifest, current *JobSchema) error
+	failed func(a *attempt, err error)
 }
 
 // afterSteps are what follows every published export, before the
@@ -129,40 +268,40 @@ type afterStep struct {
 var afterSteps = []afterStep{
 	{
 		name: "schema.json",
-		run: func(ctx context.Context, p *publisher, m *Manifest, current *JobSchema) error {
-			return recordSchema(ctx, p.bucket, p.u.job, current, m, p.mkey)
+		run: func(ctx context.Context, a *attempt, m *Manifest, current *JobSchema) error {
+			return recordSchema(ctx, a.bucket, a.u.job, current, m, a.mkey)
 		},
-		failed: func(p *publisher, err error) {
-			p.r.logger().Error("could not write schema.json; the next export retries", append(p.u.logAttrs(), "err", err)...)
+		failed: func(a *attempt, err error) {
+			a.r.logger().Error("could not write schema.json; the next export retries", append(a.u.logAttrs(), "err", err)...)
 		},
 	},
 	{
 		name: "latest.json",
-		run: func(ctx context.Context, p *publisher, m *Manifest, _ *JobSchema) error {
-			return p.r.updateLatest(ctx, p.bucket, p.u, p.mkey, m)
+		run: func(ctx context.Context, a *attempt, m *Manifest, _ *JobSchema) error {
+			return a.r.latest().updateLatest(ctx, a.bucket, a.u, a.mkey, m)
 		},
-		failed: func(p *publisher, err error) {
-			p.r.observer().LatestFailed(p.u.job.Name)
-			p.r.logger().Error("could not update latest.json", append(p.u.logAttrs(), "err", err)...)
+		failed: func(a *attempt, err error) {
+			a.r.observer().LatestFailed(a.u.job.Name)
+			a.r.logger().Error("could not update latest.json", append(a.u.logAttrs(), "err", err)...)
 		},
 	},
 }
 
 // after runs the after-publish steps of the published manifest m, then
 // tells the Observer and the log.
-func (p *publisher) after(ctx context.Context, m *Manifest, current *JobSchema, took time.Duration) {
+func (a *attempt) after(ctx context.Context, m *Manifest, current *JobSchema, took time.Duration) {
 	for _, step := range afterSteps {
-		if err := step.run(ctx, p, m, current); err != nil {
-			step.failed(p, err)
+		if err := step.run(ctx, a, m, current); err != nil {
+			step.failed(a, err)
 		}
 	}
-	r, u := p.r, p.u
-	e := ExportOf(m, p.mkey)
+	r, u := a.r, a.u
+	e := ExportOf(m, a.mkey)
 	e.Duration, e.At = took, r.now()
 	r.observer().Exported(e, m)
 	r.logger().Info("exported", append(u.logAttrs(),
 		"rows", m.Rows, "files", len(m.Files), "duration", took.Round(time.Millisecond),
-		"rows_per_sec", int64(float64(m.Rows)/max(took.Seconds(), 1e-9)), "manifest", p.mkey)...)
+		"rows_per_sec", int64(float64(m.Rows)/max(took.Seconds(), 1e-9)), "manifest", a.mkey)...)
 }
 
 // afterLostRace handles a manifest that appeared at mkey although this
@@ -171,8 +310,8 @@ func (p *publisher) after(ctx context.Context, m *Manifest, current *JobSchema, 
 // check and its commit. This export's files are at the keys now. If the
 // manifest there lists other bytes it no longer matches the files, and it
 // is replaced by this export's manifest, which does.
-func (p *publisher) afterLostRace(ctx context.Context, m *Manifest, data []byte) (*Manifest, error) {
-	r, bucket, u, mkey := p.r, p.bucket, p.u, p.mkey
+func (a *attempt) afterLostRace(ctx context.Context, m *Manifest, data []byte) (*Manifest, error) {
+	r, bucket, u, mkey := a.r, a.bucket, a.u, a.mkey
 	theirs, err := readManifest(ctx, bucket, mkey)
 	if err == nil && sameFiles(theirs.Files, m.Files) {
 		r.logger().Warn("another process published this export first, with the same bytes; its manifest stands",
@@ -199,8 +338,8 @@ func sameFiles(a, b []ManifestFile) bool {
 // the old manifest, which no longer matches the files at its keys). The
 // next export of the unit writes them anew. An exporter that lost its lock
 // removes nothing: the keys may hold what the new holder published.
-func (p *publisher) unpublish(ctx context.Context, keys []string) {
-	r, bucket, u := p.r, p.bucket, p.u
+func (a *attempt) unpublish(ctx context.Context, keys []string) {
+	r, bucket, u := a.r, a.bucket, a.u
 	stopped := context.Cause(ctx) // the export was cancelled (a shutdown)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
