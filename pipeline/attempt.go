@@ -27,6 +27,13 @@ type attempt struct {
 	force  bool        // a rerun: the manifest replaces the unit's
 	mkey   string      // the unit's manifest key
 	table  *tableWrite // the job's Iceberg table's data file, nil without a table
+	id     string      // the attempt's, in its table snapshot (and staging folder)
+	// A replacing attempt (a rerun of a published unit, intent.go): in is
+	// its intent, old the manifest it replaces. left: the intent stays for
+	// the next attempt to settle, and so do the staged files.
+	in   *intent
+	old  *Manifest
+	left bool
 }
 
 // run streams one unit out of the snapshot into its files, commits
@@ -64,16 +71,41 @@ func (a *attempt) run(ctx context.Context) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
+	if a.mkey, err = u.manifestKey(); err != nil {
+		return nil, err
+	}
+	a.id = newAttemptID()
+	if force {
+		if err := a.replacing(ctx); err != nil {
+			return nil, err
+		}
+		if a.in != nil {
+			// Before the first staged file: whatever a kill leaves of
+			// them is under the intent's staging folder.
+			if err := a.putIntent(ctx); err != nil {
+				return nil, err
+			}
+		}
+	}
 
 	var outs []*output
 	published := false
 	defer func() {
 		for _, o := range outs {
 			o.abort()
-			if !published {
-				// Parts committed early (split output) go again.
-				a.unpublish(ctx, o.committedKeys())
-			}
+		}
+		if published || a.left {
+			return
+		}
+		for _, o := range outs {
+			// Parts committed early (split output) go again.
+			a.unpublish(ctx, o.committedKeys())
+		}
+		if a.table != nil {
+			a.abortTable(ctx)
+		}
+		if a.in != nil {
+			a.rollBack(ctx)
 		}
 	}()
 	st := &stages{rd: rd, schema: schema, tfs: tfs, every: r.ProgressEvery}
@@ -94,11 +126,6 @@ func (a *attempt) run(ctx context.Context) (*Manifest, error) {
 			return nil, err
 		}
 		a.table = tw
-		defer func() {
-			if !published {
-				a.abortTable(ctx)
-			}
-		}()
 		st.sinks = append(st.sinks, &sink{name: "iceberg", enc: tw, finish: tw.Close})
 	}
 	st.progress = func(rows int64) {
@@ -118,9 +145,6 @@ func (a *attempt) run(ctx context.Context) (*Manifest, error) {
 	}
 	if schemaChange != nil {
 		r.logger().Warn("the output schema changed (on_schema_change: evolve)", append(u.logAttrs(), "change", strings.Join(schemaChange, "; "))...)
-	}
-	if a.mkey, err = u.manifestKey(); err != nil {
-		return nil, err
 	}
 	data, err := a.publish(ctx, outs, m)
 	if errors.Is(err, sinks.ErrExists) {
@@ -165,21 +189,17 @@ func (a *attempt) manifest(rd *sources.Reader, cols []ManifestColumn) *Manifest 
 	return m
 }
 
-// publish commits every data file of outs (adding each to m), writes
-// _SUCCESS, then the manifest at mkey, last; it returns the manifest's
-// bytes. Before each change it checks that the unit's lock is still held.
-// On failure it removes what it committed (for a rerun, the old manifest
-// too, which no longer matches the files). An error wrapping
-// sinks.ErrExists says another process's manifest is at mkey.
+// publish commits every data file of outs (adding each to m), commits
+// the table, then writes the manifest at mkey, then _SUCCESS; it returns
+// the manifest's bytes. Before each change it checks that the unit's lock
+// is still held. A replacing attempt commits its files to their staged
+// keys and moves them into place only once the table holds its commit
+// (intent.go). On failure it removes what it committed; the manifest
+// replaced, if any, stays. An error wrapping sinks.ErrExists says another
+// process's manifest is at mkey.
 func (a *attempt) publish(ctx context.Context, outs []*output, m *Manifest) ([]byte, error) {
 	r, bucket, u, mkey, force := a.r, a.bucket, a.u, a.mkey, a.force
 	var committed []string
-	stale := func() []string {
-		if force {
-			return append(committed, mkey)
-		}
-		return committed
-	}
 	failpoint.Hit("before-commit")
 	if r.beforeCommit != nil {
 		r.beforeCommit()
@@ -195,7 +215,7 @@ func (a *attempt) publish(ctx context.Context, outs []*output, m *Manifest) ([]b
 					err = part.obj.Commit()
 				}
 				if err != nil {
-					a.unpublish(ctx, stale())
+					a.unpublish(ctx, committed)
 					return nil, err
 				}
 				part.committed = true
@@ -204,24 +224,15 @@ func (a *attempt) publish(ctx context.Context, outs []*output, m *Manifest) ([]b
 			m.Files = append(m.Files, o.manifestFile(part, k))
 		}
 	}
-	data, err := m.encode()
-	if err != nil {
-		return nil, fmt.Errorf("encode manifest: %w", err)
-	}
-	// _SUCCESS: the data files are whole (Hadoop/Spark convention).
+	// Only the lock's holder writes these keys: temporary files of
+	// theirs are a killed holder's.
 	skey := u.job.Layout.Success(mkey)
-	err = u.stillHeld(ctx)
-	if err == nil {
-		// Only the lock's holder writes these keys: temporary files of
-		// theirs are a killed holder's.
-		err = errors.Join(bucket.RemoveStaleTemp(ctx, skey), bucket.RemoveStaleTemp(ctx, mkey))
-	}
-	if err == nil {
-		err = bucket.Put(ctx, skey, nil, "application/octet-stream", nil)
-	}
-	if err != nil {
-		a.unpublish(ctx, stale())
+	if err := errors.Join(bucket.RemoveStaleTemp(ctx, skey), bucket.RemoveStaleTemp(ctx, mkey)); err != nil {
+		a.unpublish(ctx, committed)
 		return nil, err
+	}
+	if a.in != nil {
+		return a.publishReplacing(ctx, m)
 	}
 	// The table commit is the last step before the manifest: the unit is
 	// in the table before it is exported, never after without it. A kill
@@ -229,25 +240,53 @@ func (a *attempt) publish(ctx context.Context, outs []*output, m *Manifest) ([]b
 	// this commit's partition, so the table holds it once.
 	if a.table != nil {
 		if err := a.commitTable(ctx, m); err != nil {
-			a.unpublish(ctx, stale())
+			a.unpublish(ctx, committed)
 			return nil, err
 		}
-		if data, err = m.encode(); err != nil {
-			return nil, fmt.Errorf("encode manifest: %w", err)
-		}
+	}
+	data, err := m.encode()
+	if err != nil {
+		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
 	failpoint.Hit("before-manifest")
 	if err := u.stillHeld(ctx); err != nil {
-		a.unpublish(ctx, stale())
+		a.unpublish(ctx, committed)
 		return nil, err
 	}
 	if err := bucket.Put(ctx, mkey, data, "application/json", &sinks.PutOptions{IfNotExist: !force}); err != nil {
 		if !errors.Is(err, sinks.ErrExists) {
-			// An older manifest (a rerun) would now describe files that
-			// were replaced: remove it, so the unit shows as pending.
-			a.unpublish(ctx, []string{skey, mkey})
+			a.unpublish(ctx, committed)
 		}
 		return data, err
+	}
+	a.success(ctx)
+	return data, nil
+}
+
+// publishReplacing is publish's second half for a replacing attempt, its
+// files staged: the intent (staged), the table commit, then the roll
+// forward. A table commit that fails takes the attempt back and keeps the
+// published export; one whose outcome stays unknown leaves the intent to
+// the next attempt.
+func (a *attempt) publishReplacing(ctx context.Context, m *Manifest) ([]byte, error) {
+	// The intent names the table's data file before it is uploaded: a
+	// kill between the two leaves nothing the intent does not name.
+	if err := a.staged(ctx, m); err != nil {
+		return nil, err
+	}
+	if a.table != nil {
+		if err := a.commitTable(ctx, m); err != nil {
+			if a.table.tried {
+				a.left = true
+				return nil, a.errBetween(err)
+			}
+			return nil, fmt.Errorf("%w; the published export is kept (%s)", err, a.mkey)
+		}
+	}
+	data, err := a.rollForward(ctx, m)
+	if err != nil {
+		a.left = true
+		return nil, err
 	}
 	return data, nil
 }

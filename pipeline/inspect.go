@@ -420,3 +420,36 @@ func (r *Runner) RepairLatest(ctx context.Context, job *Job, dryRun bool) ([]Lat
 	}
 	return r.latest().repair(ctx, bucket, job, dryRun)
 }
+
+// Unsettled is a unit a replacing attempt (a rerun) left between its two
+// exports: killed, or stopped after its table commit. The next pass (or
+// export of the unit) settles it: forward if the table holds the
+// attempt's commit (or the job has no table), else back to the published
+// export.
+type Unsettled struct {
+	RunID   string    `json:"run_id,omitempty"`
+	OrgID   string    `json:"org_id"`
+	Date    string    `json:"date"`
+	State   string    `json:"state"` // staging (goes back), staged (goes forward if the table holds it)
+	Attempt string    `json:"attempt"`
+	Intent  string    `json:"intent"` // the intent record's key
+	Since   time.Time `json:"since"`
+}
+
+// Unsettled lists job's units between two exports (intent.go).
+func (r *Runner) Unsettled(ctx context.Context, job *Job) ([]Unsettled, error) {
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return nil, err
+	}
+	ins, err := pendingIntents(ctx, bucket, job)
+	var out []Unsettled
+	for _, in := range ins {
+		u := Unsettled{OrgID: in.OrgID, Date: in.Date, State: in.State, Attempt: in.Attempt, Intent: intentKey(in.unit(job)), Since: in.At}
+		if in.Run != nil {
+			u.RunID = in.Run.ID
+		}
+		out = append(out, u)
+	}
+	return out, err
+}

@@ -29,9 +29,10 @@ type output struct {
 
 // part is one file being written.
 type part struct {
-	obj  *sinks.Object
-	enc  sinks.Encoder // its Close flushes a compressed stream too, and does not close obj
-	rows int64
+	obj   *sinks.Object // at final, or its staged key (a replacing attempt)
+	final string
+	enc   sinks.Encoder // its Close flushes a compressed stream too, and does not close obj
+	rows  int64
 	// committed: parts that were full were committed as soon as they
 	// ended, so that no more than one part per format is held open.
 	committed bool
@@ -70,7 +71,7 @@ func (o *output) Write(rec arrow.Record) error {
 		// is full) fails the export naming the file, like an error.
 		err := guard(func() error { return p.enc.Write(piece) })
 		if _, ok := err.(*PanicError); ok {
-			err = fmt.Errorf("%s: write %s: %w", o.format.Name(), p.obj.Key(), err)
+			err = fmt.Errorf("%s: %w", o.format.Name(), cause(err, p.obj))
 		}
 		if piece != rec {
 			piece.Release()
@@ -144,7 +145,7 @@ func (o *output) columnNames() []string {
 // manifestFile describes part p, the k-th (from 0), for the manifest.
 func (o *output) manifestFile(p *part, k int) ManifestFile {
 	mf := ManifestFile{
-		Format: o.format.Name(), Key: p.obj.Key(), Rows: p.rows, Bytes: p.obj.Size(),
+		Format: o.format.Name(), Key: p.final, Rows: p.rows, Bytes: p.obj.Size(),
 		SHA256: p.obj.SHA256(), ContentType: o.format.ContentType(), Compression: o.format.Compression(),
 		Columns: o.columnNames(),
 	}
@@ -183,10 +184,11 @@ func (a *attempt) openOutput(ctx context.Context, f *sinks.Format, schema *arrow
 		if err != nil {
 			return nil, err
 		}
-		if err := bucket.RemoveStaleTemp(ctx, key); err != nil {
+		okey := a.objectKey(key)
+		if err := bucket.RemoveStaleTemp(ctx, okey); err != nil {
 			return nil, err
 		}
-		obj, err := bucket.NewObject(ctx, key, f.ContentType())
+		obj, err := bucket.NewObject(ctx, okey, f.ContentType())
 		if err != nil {
 			return nil, err
 		}
@@ -200,9 +202,9 @@ func (a *attempt) openOutput(ctx context.Context, f *sinks.Format, schema *arrow
 		})
 		if err != nil {
 			obj.Abort()
-			return nil, fmt.Errorf("%s: start %s: %w", f.Name(), key, err)
+			return nil, fmt.Errorf("%s: start %s: %w", f.Name(), okey, cause(err, obj))
 		}
-		return &part{obj: obj, enc: enc}, nil
+		return &part{obj: obj, final: key, enc: enc}, nil
 	}
 	p, err := o.open(1)
 	if err != nil {

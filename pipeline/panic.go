@@ -3,6 +3,8 @@ package pipeline
 import (
 	"fmt"
 	"runtime/debug"
+
+	"github.com/sellersnap/sellersnap/sinks"
 )
 
 // PanicError is a panic recovered in a goroutine an export started (a
@@ -23,4 +25,18 @@ func guard(f func() error) (err error) {
 		}
 	}()
 	return f()
+}
+
+// cause is err, or the write error of obj that a writer panicked over
+// instead of returning it: Arrow's Parquet writer panics ("failed to
+// write magic number") when the disk is full, and the error it dropped
+// (write …: no space left on device) is what the operator must read.
+func cause(err error, obj *sinks.Object) error {
+	if _, ok := err.(*PanicError); ok && obj.Err() != nil {
+		return obj.Err()
+	}
+	if _, ok := err.(*PanicError); ok {
+		return fmt.Errorf("write %s: %w", obj.Key(), err)
+	}
+	return err
 }

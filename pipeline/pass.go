@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"time"
 
 	"github.com/sellersnap/sellersnap/config"
@@ -30,7 +29,18 @@ func (r *Runner) Once(ctx context.Context, job *Job) (Result, error) {
 // Pass is Once without the declared reruns: what job has pending now. The
 // daemon applies the reruns beside its passes, so that a backfill never
 // holds a new run.
+//
+// It first settles what replacing attempts (reruns) left between two
+// exports (settleIntents).
 func (r *Runner) Pass(ctx context.Context, job *Job) (Result, error) {
+	settled, serr := r.settleIntents(ctx, job)
+	res, err := r.pass(ctx, job)
+	res.Exported = append(settled.Exported, res.Exported...)
+	res.Failed += settled.Failed
+	return res, errors.Join(serr, err)
+}
+
+func (r *Runner) pass(ctx context.Context, job *Job) (Result, error) {
 	if job.Mode == config.ModeFull {
 		date, ok := r.slotDate(job)
 		if !ok {
@@ -177,13 +187,6 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 			failed = append(failed, u)
 			r.failed(u, err)
 			r.logFailure(u, err)
-			if force {
-				// A failed rerun removed the run's manifest: the state
-				// must not keep counting it as exported.
-				if ferr := r.forgetExported(context.WithoutCancel(ctx), job, *u.run); ferr != nil {
-					r.logger().Warn("could not record the run as pending in the export state; the next reconciliation finds it", append(u.logAttrs(), "err", ferr)...)
-				}
-			}
 			err = unitError(u, err)
 			errs = append(errs, err)
 			continue
@@ -220,34 +223,6 @@ func (r *Runner) RefreshBacklog(ctx context.Context, job *Job) error {
 	}
 	r.observer().Backlog(job.Name, len(d.pending), oldest)
 	return nil
-}
-
-// exportLocked reads one unit (a run, or an org's snapshot for a date) in
-// its own snapshot, under the unit's lock: with PostgresLocker a lock of
-// the snapshot's own transaction, else the Locker's.
-func (r *Runner) exportLocked(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
-	if _, ok := r.Locker.(pgLocker); ok {
-		return r.exportInSnapshotLock(ctx, bucket, u, force)
-	}
-	release, held, ok, err := r.lock(ctx, u.lockKey())
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		r.logger().Debug("unit is being exported by another process", u.logAttrs()...)
-		return nil, errExportedElsewhere
-	}
-	defer release()
-	u.held = held
-	if err := r.recheck(ctx, bucket, u, force); err != nil {
-		return nil, err
-	}
-	snap, err := r.Source.Snapshot(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer snap.Close(context.WithoutCancel(ctx))
-	return (&attempt{r: r, snap: snap, bucket: bucket, u: u, force: force}).run(ctx)
 }
 
 // full exports one date's snapshot of every org: each org under its own
@@ -320,17 +295,51 @@ func (r *Runner) full(ctx context.Context, job *Job, date string, force bool) (R
 	return res, errors.Join(errs...)
 }
 
-// exportInSnapshotLock is exportLocked with the lock taken inside the
-// snapshot (pg_try_advisory_xact_lock): one connection per export, held
-// until the snapshot closes, and a unit another process holds costs one
-// short transaction.
-func (r *Runner) exportInSnapshotLock(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
-	snap, err := r.Source.Snapshot(ctx)
-	if err != nil {
-		return nil, err
+// exportLocked reads one unit (a run, or an org's snapshot for a date) in
+// its own snapshot, under the unit's lock (withLock), after settling what
+// an earlier attempt left.
+func (r *Runner) exportLocked(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
+	return r.withLock(ctx, u, func(u unit, snap *sources.Snapshot) (*Manifest, error) {
+		if m, err := r.settle(ctx, bucket, u, force); m != nil || err != nil {
+			return m, err
+		}
+		if snap == nil {
+			s, err := r.Source.Snapshot(ctx)
+			if err != nil {
+				return nil, err
+			}
+			defer s.Close(context.WithoutCancel(ctx))
+			snap = s
+		}
+		return (&attempt{r: r, snap: snap, bucket: bucket, u: u, force: force}).run(ctx)
+	})
+}
+
+// withLock runs fn with u's lock held (u.held set): with PostgresLocker a
+// lock of a snapshot's own transaction (pg_try_advisory_xact_lock: one
+// connection per export, held until the snapshot closes, and a unit
+// another process holds costs one short transaction), which fn gets;
+// else the Locker's, and fn gets no snapshot. A unit another process
+// holds is errExportedElsewhere.
+func (r *Runner) withLock(ctx context.Context, u unit, fn func(u unit, snap *sources.Snapshot) (*Manifest, error)) (*Manifest, error) {
+	if _, ok := r.Locker.(pgLocker); ok {
+		snap, err := r.Source.Snapshot(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer snap.Close(context.WithoutCancel(ctx))
+		lock, ok, err := snap.TryLock(ctx, u.lockKey())
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			r.logger().Debug("unit is being exported by another process", u.logAttrs()...)
+			return nil, errExportedElsewhere
+		}
+		u.held = lock.Held
+		return fn(u, snap)
 	}
-	defer snap.Close(context.WithoutCancel(ctx))
-	lock, ok, err := snap.TryLock(ctx, u.lockKey())
+	release, held, ok, err := r.lock(ctx, u.lockKey())
 	if err != nil {
 		return nil, err
 	}
@@ -338,16 +347,57 @@ func (r *Runner) exportInSnapshotLock(ctx context.Context, bucket *sinks.Bucket,
 		r.logger().Debug("unit is being exported by another process", u.logAttrs()...)
 		return nil, errExportedElsewhere
 	}
-	u.held = lock.Held
-	if err := r.recheck(ctx, bucket, u, force); err != nil {
-		return nil, err
-	}
-	return (&attempt{r: r, snap: snap, bucket: bucket, u: u, force: force}).run(ctx)
+	defer release()
+	u.held = held
+	return fn(u, nil)
 }
 
-// recheck runs once the unit's lock is held: another process may have
-// finished the unit between listing and locking (errExportedElsewhere),
-// and a rerun must not overwrite another job's unit (a ConflictError).
+// settleIntents settles, each under its unit's lock, the intents that
+// replacing attempts of job left (killed, or stopped between their two
+// exports): units nothing else would export again. Those rolled forward
+// are in the result.
+func (r *Runner) settleIntents(ctx context.Context, job *Job) (Result, error) {
+	var res Result
+	bucket, err := r.Bucket(ctx, job.Destination)
+	if err != nil {
+		return res, err
+	}
+	ins, err := pendingIntents(ctx, bucket, job)
+	errs := []error{err}
+	for _, in := range ins {
+		u := in.unit(job)
+		m, err := r.withLock(ctx, u, func(u unit, _ *sources.Snapshot) (*Manifest, error) {
+			return (&attempt{r: r, bucket: bucket, u: u}).settle(ctx)
+		})
+		switch {
+		case errors.Is(err, errExportedElsewhere):
+		case err != nil:
+			res.Failed++
+			r.failed(u, err)
+			r.logFailure(u, err)
+			errs = append(errs, unitError(u, err))
+		case m != nil:
+			res.Exported = append(res.Exported, m)
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+// settle runs once the unit's lock is held, before anything else: it
+// settles the intent a replacing attempt of the unit left (intent.go),
+// then rechecks. A rolled-forward unit is exported: its manifest is
+// returned unless force (a rerun goes on to export it again).
+func (r *Runner) settle(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
+	m, err := (&attempt{r: r, bucket: bucket, u: u}).settle(ctx)
+	if err != nil || m != nil && !force {
+		return m, err
+	}
+	return nil, r.recheck(ctx, bucket, u, force)
+}
+
+// recheck: another process may have finished the unit between listing
+// and locking (errExportedElsewhere), and a rerun must not overwrite
+// another job's unit (a ConflictError).
 func (r *Runner) recheck(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) error {
 	key, err := u.manifestKey()
 	if err != nil {
@@ -410,30 +460,4 @@ func (r *Runner) discover(ctx context.Context, job *Job) (*discovery, error) {
 		}
 	}
 	return d, nil
-}
-
-// forgetExported puts run back among the pending runs of the state: its
-// manifest was removed (a failed rerun), so it must be exported again
-// however far the watermark is past it.
-func (r *Runner) forgetExported(ctx context.Context, job *Job, run sources.Run) error {
-	bucket, err := r.Bucket(ctx, job.Destination)
-	if err != nil {
-		return err
-	}
-	for attempt := 0; attempt < 5; attempt++ {
-		d := &discovery{r: r, job: job, bucket: bucket, now: r.now(), done: map[string]bool{}}
-		if err := d.readState(ctx); err != nil || d.prev == nil {
-			return err // none: the next pass rebuilds it
-		}
-		st := *d.prev
-		st.Exported = slices.DeleteFunc(slices.Clone(st.Exported), func(id string) bool { return id == run.ID })
-		if !run.CompletedAt.After(st.Watermark) && !slices.Contains(st.Pending, run.ID) {
-			st.Pending = append(slices.Clone(st.Pending), run.ID)
-		}
-		st.UpdatedAt = d.now.UTC()
-		if err := putVersion(ctx, bucket, job, d.seq+1, &st); !errors.Is(err, sinks.ErrExists) {
-			return err
-		}
-	}
-	return fmt.Errorf("export state of job %s: could not record run %s as pending (other replicas kept writing)", job.Name, run.ID)
 }

@@ -154,13 +154,6 @@ func (r *Runner) RerunSelection(ctx context.Context, job *Job, sel Selection, op
 			res.Failed++
 			r.failed(u, err)
 			r.logger().Error("rerun failed", append(u.logAttrs(), "err", err)...)
-			if u.run != nil {
-				// The failed rerun removed the run's manifest: the state
-				// must not keep counting it as exported.
-				if ferr := r.forgetExported(context.WithoutCancel(ctx), job, *u.run); ferr != nil {
-					r.logger().Warn("could not record the run as pending in the export state; the next reconciliation finds it", append(u.logAttrs(), "err", ferr)...)
-				}
-			}
 			errs = append(errs, unitError(u, err))
 		default:
 			res.Exported = append(res.Exported, m)

@@ -83,8 +83,8 @@ func TestIdlePassCostsWhatIsNew(t *testing.T) {
 	if err != nil || len(res.Exported) != 0 {
 		t.Fatalf("idle pass: %+v, %v", res, err)
 	}
-	if n := f.requests() - before; n > 2 {
-		t.Errorf("an idle pass sent %d bucket requests, want at most 2 (list the state, read it)", n)
+	if n := f.requests() - before; n > 3 {
+		t.Errorf("an idle pass sent %d bucket requests, want at most 3 (list the intents, list the state, read it)", n)
 	}
 
 	// New runs: checked, exported, recorded; the old ones are not looked at.
@@ -103,8 +103,8 @@ func TestIdlePassCostsWhatIsNew(t *testing.T) {
 	if res, err := f.Runner.Once(ctx, job); err != nil || len(res.Exported) != 0 {
 		t.Fatalf("idle pass after the new runs: %+v, %v", res, err)
 	}
-	if n := f.requests() - before; n > 2+int64(len(ids)) {
-		t.Errorf("an idle pass after new runs sent %d bucket requests, want at most %d (list and read the state, a HEAD for each run of the last hour)", n, 2+len(ids))
+	if n := f.requests() - before; n > 3+int64(len(ids)) {
+		t.Errorf("an idle pass after new runs sent %d bucket requests, want at most %d (list the intents, list and read the state, a HEAD for each run of the last hour)", n, 3+len(ids))
 	}
 
 	// The status page's and `sellersnap status`'s recent exports: the
@@ -264,8 +264,8 @@ func TestLatestIsRepairedAfterAKillBeforeIt(t *testing.T) {
 	if _, err := f.Runner.Once(ctx, job); err != nil {
 		t.Fatal(err)
 	}
-	if n := f.requests() - before; n > 2+2 {
-		t.Errorf("an idle pass after the repair sent %d bucket requests, want at most 4 (list and read the state, a HEAD for each run of the last hour)", n)
+	if n := f.requests() - before; n > 3+2 {
+		t.Errorf("an idle pass after the repair sent %d bucket requests, want at most 5 (list the intents, list and read the state, a HEAD for each run of the last hour)", n)
 	}
 }
 

@@ -196,7 +196,7 @@ func (a *attempt) openTable(ctx context.Context, schema *arrow.Schema) (*tableWr
 	})
 	if err != nil {
 		obj.Abort()
-		return nil, fmt.Errorf("iceberg: start %s: %w", obj.Key(), err)
+		return nil, fmt.Errorf("iceberg: start %s: %w", obj.Key(), cause(err, obj))
 	}
 	return &tableWrite{plan: plan, obj: obj, enc: enc, values: values}, nil
 }
@@ -204,6 +204,9 @@ func (a *attempt) openTable(ctx context.Context, schema *arrow.Schema) (*tableWr
 // Write encodes a record of the unit into the table's data file.
 func (w *tableWrite) Write(rec arrow.Record) error {
 	err := guard(func() error { return w.enc.Write(rec) })
+	if _, ok := err.(*PanicError); ok {
+		return fmt.Errorf("iceberg: %w", cause(err, w.obj))
+	}
 	if err != nil {
 		return fmt.Errorf("iceberg: write %s: %w", w.obj.Key(), err)
 	}
@@ -214,47 +217,73 @@ func (w *tableWrite) Write(rec arrow.Record) error {
 // Close finishes the data file and makes its bytes durable.
 func (w *tableWrite) Close() error {
 	if err := guard(w.enc.Close); err != nil {
-		return fmt.Errorf("iceberg: finish %s: %w", w.obj.Key(), err)
+		return fmt.Errorf("iceberg: finish %s: %w", w.obj.Key(), cause(err, w.obj))
 	}
 	return w.obj.Sync()
 }
 
-// commit commits the data file to the bucket, then to the table (a new
-// snapshot replacing the unit's partition), and records the snapshot in
-// m. It is the publisher's last step before the manifest: a kill between
-// the two leaves the unit without a manifest, and its next export
-// replaces this commit's partition.
+// upload commits the data file to the bucket (at its own new key: no
+// reader sees it before the table commit names it). An empty unit adds no
+// file to the table (readers plan none); its commit only removes what its
+// partition held.
+func (w *tableWrite) upload(ctx context.Context) error {
+	if w.committed || w.rows == 0 {
+		w.obj.Abort()
+		return nil
+	}
+	if err := w.obj.Commit(); err != nil {
+		return err
+	}
+	w.committed = true
+	return nil
+}
+
+// commitTable commits the data file to the bucket, then to the table (a
+// new snapshot replacing the unit's partition, its summary naming the
+// attempt), and records the snapshot in m. A commit whose outcome is
+// unknown (the catalog's COMMIT unanswered) is looked for in the table: if
+// it is there it succeeded; if the table cannot be read either, w.tried
+// stays set and the data file is kept, as the table may name it.
 func (a *attempt) commitTable(ctx context.Context, m *Manifest) error {
-	w, u, p := a.table, a.u, a
+	w, u := a.table, a.u
 	if err := u.stillHeld(ctx); err != nil {
 		return err
 	}
-	// An empty unit adds no file to the table (readers plan none); its
-	// commit only removes what its partition held.
-	if w.rows == 0 {
-		w.obj.Abort()
-	} else {
-		if err := w.obj.Commit(); err != nil {
-			return err
-		}
-		w.committed = true
+	if err := w.upload(ctx); err != nil {
+		return err
 	}
 	failpoint.Hit("before-table-commit")
 	if err := u.stillHeld(ctx); err != nil {
 		return err
 	}
-	props := map[string]string{"sellersnap.job": u.job.Name, "sellersnap.version": cmp.Or(p.r.Version, "dev"), "sellersnap.unit": u.lockKey()}
+	props := map[string]string{"sellersnap.job": u.job.Name, "sellersnap.version": cmp.Or(a.r.Version, "dev"), "sellersnap.unit": u.lockKey(), attemptProp: a.id}
 	if u.rerunID != "" {
 		props["sellersnap.rerun-id"] = u.rerunID
 	}
 	w.tried = true
 	c, err := w.plan.Commit(ctx, iceberg.DataFile{Key: w.obj.Key(), Bytes: w.obj.Size(), Rows: w.rows, Values: w.values}, props)
+	if errors.Is(err, iceberg.ErrOutcomeUnknown) {
+		found, ferr := a.findCommit(ctx, m, w.obj.Key(), w.rows, w.obj.Size())
+		switch {
+		case ferr != nil:
+			a.r.observer().TableCommitted(u.job.Name, commitFailure(err))
+			return &TableError{Job: u.job.Name, Err: fmt.Errorf("%w; looking for it in the table: %w", err, ferr)}
+		case found:
+			a.r.logger().Warn("the table commit's answer was lost; the table holds it", append(u.logAttrs(), "err", err)...)
+			a.r.observer().TableCommitted(u.job.Name, "")
+			return nil
+		}
+		w.tried = false // not the table's: its data file may go
+	}
 	if err != nil {
-		p.r.observer().TableCommitted(u.job.Name, commitFailure(err))
+		if !errors.Is(err, iceberg.ErrOutcomeUnknown) {
+			w.tried = false
+		}
+		a.r.observer().TableCommitted(u.job.Name, commitFailure(err))
 		return &TableError{Job: u.job.Name, Err: err}
 	}
 	failpoint.Hit("after-table-commit")
-	p.r.observer().TableCommitted(u.job.Name, "")
+	a.r.observer().TableCommitted(u.job.Name, "")
 	cfg := u.job.table.cfg
 	m.Table = &ManifestTable{Catalog: cfg.Name, Namespace: cfg.Namespace, Name: cfg.Table, SnapshotID: c.SnapshotID,
 		Operation: c.Operation, Rows: w.rows}
@@ -278,8 +307,8 @@ func commitFailure(err error) string {
 	return "error"
 }
 
-// abort cancels the data file, or removes it once committed to the bucket
-// unless the table commit was attempted.
+// abortTable cancels the data file, or removes it once committed to the
+// bucket unless the table may name it (a commit whose outcome is unknown).
 func (a *attempt) abortTable(ctx context.Context) {
 	w := a.table
 	w.obj.Abort()

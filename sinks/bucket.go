@@ -348,7 +348,8 @@ type Object struct {
 	h      hash.Hash
 	n      int64
 	done   bool
-	synced bool // file:// buckets: the temporary file is on disk
+	synced bool  // file:// buckets: the temporary file is on disk
+	werr   error // the first write error
 }
 
 // Upload buffering per object (S3 and Azure): parts of PartSize, at most
@@ -400,10 +401,22 @@ func (o *Object) Write(p []byte) (int, error) {
 		o.wb.wrote(o.n)
 	}
 	if err != nil {
-		return n, o.bucket.redact(fmt.Errorf("write %s: %w", o.key, err))
+		if o.local != nil {
+			err = fsError(err) // the key, not the temporary file's path
+		}
+		err = o.bucket.redact(fmt.Errorf("write %s: %w", o.key, err))
+		if o.werr == nil {
+			o.werr = err
+		}
+		return n, err
 	}
 	return n, nil
 }
+
+// Err is the first error a Write returned: the cause of a writer that
+// failed without passing it on (Arrow's Parquet writer panics with "failed
+// to write magic number" when the disk is full, dropping the error).
+func (o *Object) Err() error { return o.werr }
 
 // Key is the object's key.
 func (o *Object) Key() string { return o.key }
@@ -523,6 +536,60 @@ func (b *Bucket) abortMultipart(key string) {
 		}
 		_, _ = client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &name, Key: u.Key, UploadId: u.UploadId})
 	}
+}
+
+// Move puts the object at src at dst and removes src: one rename in a
+// file:// bucket (synced like a commit), a server-side copy then a delete
+// elsewhere. moved is false when src does not exist (a move done before,
+// whose copy's delete went through): the caller decides from dst. A move
+// cut short elsewhere leaves src and dst both whole; doing it again is
+// safe. Only a holder of the keys' unit lock may move them.
+func (b *Bucket) Move(ctx context.Context, src, dst string) (moved bool, err error) {
+	b.requests.Add(1)
+	if b.local != nil {
+		ok, err := b.local.rename(src, dst)
+		if err != nil {
+			return false, b.redact(fmt.Errorf("move %s to %s: %w", src, dst, err))
+		}
+		return ok, nil
+	}
+	if err := b.b.Copy(ctx, dst, src, nil); err != nil {
+		if gcerrors.Code(err) == gcerrors.NotFound {
+			return false, nil
+		}
+		return false, b.redact(fmt.Errorf("move %s to %s: copy: %w", src, dst, err))
+	}
+	b.requests.Add(1)
+	if err := b.b.Delete(ctx, src); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		return true, b.redact(fmt.Errorf("move %s to %s: delete the source: %w", src, dst, err))
+	}
+	return true, nil
+}
+
+// RemoveTree deletes every object under the folder prefix (which ends
+// with "/"), temporary files of a file:// bucket and the folder itself
+// included. Only the holder of the folder's unit lock may remove it.
+func (b *Bucket) RemoveTree(ctx context.Context, prefix string) error {
+	if !strings.HasSuffix(prefix, "/") {
+		return fmt.Errorf("remove %s: not a folder (want a trailing /)", prefix)
+	}
+	if b.local != nil {
+		b.requests.Add(1)
+		if err := b.local.removeAll(strings.TrimSuffix(prefix, "/")); err != nil {
+			return b.redact(fmt.Errorf("remove %s: %w", prefix, err))
+		}
+		return nil
+	}
+	objs, err := b.List(ctx, prefix, "")
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		if err := b.Delete(ctx, o.Key); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Size returns the size in bytes of key.

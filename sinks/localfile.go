@@ -135,6 +135,47 @@ func (d *localDir) removeStaleTemp(key string, olderThan time.Duration) error {
 	return nil
 }
 
+// removeAll deletes the folder key and everything in it.
+func (d *localDir) removeAll(key string) error {
+	rel, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	return fsError(d.root.RemoveAll(rel))
+}
+
+// rename moves src to dst (creating dst's folder), then syncs dst's
+// folder so the new name survives a power cut. ok is false when src does
+// not exist.
+func (d *localDir) rename(src, dst string) (ok bool, err error) {
+	from, err := d.path(src)
+	if err != nil {
+		return false, err
+	}
+	to, err := d.path(dst)
+	if err != nil {
+		return false, err
+	}
+	if _, err := d.root.Lstat(from); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err := d.root.MkdirAll(filepath.Dir(to), 0o777); err != nil {
+		return false, fsError(err)
+	}
+	if err := d.root.Rename(from, to); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return false, fsError(err)
+	}
+	dir, err := d.root.Open(filepath.Dir(to))
+	if err != nil {
+		return true, fsError(err)
+	}
+	defer dir.Close()
+	return true, fsError(dir.Sync())
+}
+
 // fsError shortens an os error for messages that already name the key
 // (os errors repeat the path, the temporary file's too) and says who the
 // process runs as when it may not write.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/sellersnap/sellersnap/config"
 	"github.com/sellersnap/sellersnap/pipeline"
@@ -19,7 +20,10 @@ func plan(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, w 
 		Mode    string             `json:"mode"`
 		Bucket  string             `json:"bucket"`
 		Pending []pipeline.Planned `json:"pending"`
-		Reruns  []rerunStatus      `json:"reruns,omitempty"`
+		// Unsettled: units a rerun left between two exports, which the
+		// pass settles first.
+		Unsettled []pipeline.Unsettled `json:"unsettled,omitempty"`
+		Reruns    []rerunStatus        `json:"reruns,omitempty"`
 	}
 	var all []jobPlan
 	for _, j := range jobs {
@@ -34,9 +38,14 @@ func plan(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, w 
 		if err != nil {
 			return fmt.Errorf("job %s: %w", j.Name, err)
 		}
-		all = append(all, jobPlan{Job: j.Name, Mode: j.Mode, Bucket: sinks.Redact(j.Destination), Pending: p, Reruns: reruns})
+		unsettled, err := runner.Unsettled(ctx, j)
+		if err != nil {
+			return fmt.Errorf("job %s: %w", j.Name, err)
+		}
+		all = append(all, jobPlan{Job: j.Name, Mode: j.Mode, Bucket: sinks.Redact(j.Destination), Pending: p, Unsettled: unsettled, Reruns: reruns})
 		if !asJSON {
 			fmt.Fprintf(w, "job %s (%s) → %s\n", j.Name, j.Mode, sinks.Redact(j.Destination))
+			printUnsettled(w, unsettled, "")
 			printPlan(w, j, p, verbose, "")
 			printReruns(w, reruns)
 		}
@@ -47,6 +56,29 @@ func plan(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, w 
 		return enc.Encode(all)
 	}
 	return nil
+}
+
+// printUnsettled prints the units a rerun left between two exports, each
+// followed by repair when it is not "".
+func printUnsettled(w io.Writer, us []pipeline.Unsettled, repair string) {
+	if len(us) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "  between two exports (a rerun stopped; the next pass settles them first): %d\n", len(us))
+	for _, u := range us {
+		what := "run " + u.RunID
+		if u.RunID == "" {
+			what = "org " + u.OrgID + " date " + u.Date
+		}
+		next := "goes back to the published export"
+		if u.State == "staged" {
+			next = "goes forward if the table holds its commit, else back"
+		}
+		fmt.Fprintf(w, "  - %s: rerun %s stopped %s (%s), %s; intent %s\n", what, u.Attempt, u.Since.Format(time.RFC3339), u.State, next, u.Intent)
+		if repair != "" {
+			fmt.Fprintf(w, "    repair: %s\n", repair)
+		}
+	}
 }
 
 func printPlan(w io.Writer, j *pipeline.Job, plan []pipeline.Planned, verbose bool, what string) {

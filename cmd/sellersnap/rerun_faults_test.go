@@ -1,14 +1,24 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io/fs"
+	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sellersnap/sellersnap/internal/pgtest"
+	"github.com/sellersnap/sellersnap/internal/pipelinetest"
 )
 
 // rerunView is what the backfill test reads of a manifest.
@@ -157,4 +167,215 @@ func TestFaultSIGKILLDuringABackfillResumes(t *testing.T) {
 			t.Errorf("run %s rewritten after the backfill was applied", id)
 		}
 	}
+}
+
+// unitOutputs is what the kill test reads of one run's export.
+type unitOutputs struct {
+	manifest []byte
+	view     struct {
+		Files []struct {
+			Key    string `json:"key"`
+			Bytes  int64  `json:"bytes"`
+			SHA256 string `json:"sha256"`
+		} `json:"files"`
+		Rows  int64 `json:"rows"`
+		Table *struct {
+			DataFile string `json:"data_file"`
+			Rows     int64  `json:"rows"`
+		} `json:"table"`
+	}
+	intents, staged []string
+	states          []string // of the intents (check fills it)
+}
+
+// readUnit reads the export of run from dir: its manifest, and the
+// intents and staged files of the job.
+func readUnit(t *testing.T, dir, run string) unitOutputs {
+	t.Helper()
+	var u unitOutputs
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		switch {
+		case strings.Contains(rel, "/intents/") && strings.HasSuffix(rel, ".tmp"):
+			// A Put a kill cut short: no reader sees it.
+		case strings.Contains(rel, "/intents/"):
+			u.intents = append(u.intents, rel)
+		case strings.Contains(rel, "/staging/"):
+			u.staged = append(u.staged, rel)
+		case d.Name() == "manifest.json" && strings.Contains(rel, "run="+run):
+			u.manifest, err = os.ReadFile(p)
+		}
+		return err
+	})
+	if err == nil {
+		err = json.Unmarshal(u.manifest, &u.view)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// TestFaultRerunKilledAtRandomIsOldOrNew reruns one run of ~20k sellers
+// of a job with an Iceberg table again and again, one seller's name
+// changed before each rerun (so each rerun's files differ from the
+// export it replaces), and SIGKILLs the process at a random moment of its
+// whole length (half of the kills anywhere, half in its last fifth, where
+// the commits are), until 50 kills have landed. Pass, after every kill:
+// the manifest lists exactly the bytes of the files at its keys (the old
+// export or the new one, never a mix); either no intent is left, no
+// staged file either, and the table's one data file of the run is the
+// one the manifest names, with its rows; or an intent is left, `status
+// -verify` names it and exits 1, and the next `once` settles it, after
+// which the same holds.
+func TestFaultRerunKilledAtRandomIsOldOrNew(t *testing.T) {
+	skipShort(t)
+	dbURL := loadDemo(t, 60000, 3)
+	dir := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "p.yaml")
+	yaml := fmt.Sprintf(`source: {dsn: %q}
+daemon: {notify_channel: ''}
+jobs:
+  - name: new-sellers
+    mode: per_run
+    destination: 'file://%s'
+    iceberg: {catalog: sql, uri: %q, namespace: kill, table: new_sellers}
+`, dbURL, dir, dbURL)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if cmd, log := runProcess(t, nil, "once", "-config", cfg); cmd.Wait() != nil {
+		t.Fatalf("first export:\n%s", log)
+	}
+	conn := pgtest.Connect(t, dbURL)
+	ctx := context.Background()
+	var run, seller string
+	var rows int64
+	err := conn.QueryRow(ctx, `SELECT first_seen_run_id::text, count(*), min(id::text) FROM sellers
+		WHERE first_seen_run_id IS NOT NULL AND NOT flagged GROUP BY 1 ORDER BY 2 DESC LIMIT 1`).Scan(&run, &rows, &seller)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rerun := func(env ...string) (*exec.Cmd, *lockedBuffer) {
+		return runProcess(t, env, "rerun", "-config", cfg, "-job", "new-sellers", "-run", run)
+	}
+	start := time.Now()
+	if cmd, log := rerun(); cmd.Wait() != nil {
+		t.Fatalf("clean rerun:\n%s", log)
+	}
+	took := time.Since(start)
+	t.Logf("run %s: %d rows, a clean rerun takes %s", run, rows, took.Round(time.Millisecond))
+
+	// check holds after every kill, with no intent pending.
+	check := func(i int) unitOutputs {
+		t.Helper()
+		u := readUnit(t, dir, run)
+		// Between two exports (an intent left), a file may hold the
+		// bytes its intent moves there.
+		staged := map[string]string{}
+		for _, k := range u.intents {
+			var in struct {
+				State string
+				Moves []struct{ To, SHA256 string }
+			}
+			b, _ := os.ReadFile(filepath.Join(dir, k))
+			if err := json.Unmarshal(b, &in); err != nil {
+				t.Fatalf("kill %d: intent %s: %v", i, k, err)
+			}
+			for _, mv := range in.Moves {
+				staged[mv.To] = mv.SHA256
+			}
+			u.states = append(u.states, in.State)
+		}
+		for _, f := range u.view.Files {
+			b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(f.Key)))
+			sum := sha256.Sum256(b)
+			got := hex.EncodeToString(sum[:])
+			if err != nil || (int64(len(b)) != f.Bytes || got != f.SHA256) && (staged[f.Key] == "" || got != staged[f.Key]) {
+				t.Fatalf("kill %d: the manifest lists %s with %d bytes %s; the bucket has %d bytes %s (%v), intents %v: a mix of two exports",
+					i, f.Key, f.Bytes, f.SHA256[:12], len(b), got[:12], err, u.intents)
+			}
+		}
+		if len(u.intents) > 0 {
+			return u
+		}
+		if len(u.staged) > 0 {
+			t.Fatalf("kill %d: staged files without an intent: %v", i, u.staged)
+		}
+		tb := pipelinetest.ReadTable(t, dbURL, "kill", "new_sellers", nil)
+		var live []string
+		for loc, n := range tb.Live {
+			if unitOf(loc) == "run="+run {
+				live = append(live, fmt.Sprintf("%s (%d rows)", loc, n))
+			}
+		}
+		if u.view.Table == nil || len(live) != 1 || live[0] != fmt.Sprintf("%s (%d rows)", u.view.Table.DataFile, u.view.Rows) {
+			t.Fatalf("kill %d: the table holds %v of the run; its manifest names %+v with %d rows", i, live, u.view.Table, u.view.Rows)
+		}
+		return u
+	}
+	check(0)
+
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	t.Logf("seed %d", seed)
+	var kills, old, replaced, finished int
+	between := map[string]int{}
+	for i := 1; kills < 50 && i <= 120; i++ {
+		if _, err := conn.Exec(ctx, `UPDATE sellers SET display_name = $1 WHERE id = $2`, fmt.Sprintf("Renamed %d", i), seller); err != nil {
+			t.Fatal(err)
+		}
+		before := readUnit(t, dir, run)
+		frac := rng.Float64()
+		if i%2 == 0 {
+			frac = 0.8 + 0.25*rng.Float64()
+		}
+		cmd, log := rerun()
+		time.Sleep(time.Duration(frac * float64(took)))
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		err := cmd.Wait()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
+			if err != nil {
+				t.Fatalf("rerun %d failed: %v\n%s", i, err, log)
+			}
+			finished++
+			check(i)
+			continue
+		}
+		kills++
+		u := check(i)
+		switch {
+		case len(u.intents) > 0:
+			between[strings.Join(u.states, ",")]++
+			st, slog := runProcess(t, nil, "status", "-verify", "-config", cfg)
+			serr := st.Wait()
+			if serr == nil || !strings.Contains(slog.String(), "between two exports") || !strings.Contains(slog.String(), run) {
+				t.Fatalf("kill %d left %v; status -verify (%v) does not name it:\n%s", i, u.intents, serr, slog)
+			}
+			once, olog := runProcess(t, nil, "once", "-config", cfg)
+			if err := once.Wait(); err != nil {
+				t.Fatalf("once after kill %d: %v\n%s", i, err, olog)
+			}
+			if u := check(i); len(u.intents) > 0 {
+				t.Fatalf("once after kill %d left %v", i, u.intents)
+			}
+		case bytes.Equal(u.manifest, before.manifest):
+			old++
+		default:
+			replaced++
+		}
+	}
+	t.Logf("%d kills: %d left the old export, %d the new one, %v between the two by intent state (settled by the next once); %d reruns finished first",
+		kills, old, replaced, between, finished)
+	if kills < 50 {
+		t.Fatalf("only %d kills landed", kills)
+	}
+	// The run as the database has it now, once in the table.
+	if cmd, log := rerun(); cmd.Wait() != nil {
+		t.Fatalf("last rerun:\n%s", log)
+	}
+	check(-1)
 }

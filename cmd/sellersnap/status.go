@@ -17,7 +17,7 @@ import (
 type RowsChangedError struct{ N int }
 
 func (e *RowsChangedError) Error() string {
-	return fmt.Sprintf("%d exported runs differ from the database; run the reruns printed above to repair them", e.N)
+	return fmt.Sprintf("%d exported units differ from the database or from their files; run the commands printed above to repair them", e.N)
 }
 
 // verifyRows prints, for each per_run job, the exported runs (completed
@@ -45,6 +45,15 @@ func verifyRows(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.J
 	}
 	total := 0
 	for _, j := range jobs {
+		us, err := runner.Unsettled(ctx, j)
+		if err != nil {
+			return fmt.Errorf("job %s: %w", j.Name, err)
+		}
+		if len(us) > 0 {
+			fmt.Fprintf(w, "job %s: %d units between two exports\n", j.Name, len(us))
+			printUnsettled(w, us, fmt.Sprintf("sellersnap once -config %s -job %s", o.config, j.Name))
+			total += len(us)
+		}
 		if j.Mode != config.ModePerRun {
 			fmt.Fprintf(w, "job %s (%s): not verified (a full snapshot holds the rows as they were when it was taken)\n", j.Name, j.Mode)
 			continue
@@ -100,6 +109,11 @@ func status(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.Job, 
 			return fmt.Errorf("job %s: iceberg: %w", j.Name, err)
 		}
 		printTable(w, ts)
+		us, err := runner.Unsettled(ctx, j)
+		if err != nil {
+			return fmt.Errorf("job %s: %w", j.Name, err)
+		}
+		printUnsettled(w, us, "")
 		plan, err := runner.Plan(ctx, j)
 		if err != nil {
 			return err

@@ -137,6 +137,11 @@ func (c *Catalog) Location(ctx context.Context, id Ident) (string, error) {
 // metadata: another writer committed first.
 var ErrConflict = errors.New("the table's metadata changed since it was read")
 
+// ErrOutcomeUnknown is a commit whose catalog transaction was sent but
+// not answered (the connection broke in COMMIT): the table may or may not
+// hold it. Table.FindSnapshot tells, by the commit's summary properties.
+var ErrOutcomeUnknown = errors.New("the commit's outcome is unknown")
+
 // commitTx is one commit in progress: the catalog row is locked until
 // Commit or Rollback.
 type commitTx struct {
@@ -199,12 +204,11 @@ func (c *Catalog) begin(ctx context.Context, id Ident) (*commitTx, error) {
 // swap points the table at next, if its metadata is still the base, and
 // commits.
 func (t *commitTx) swap(ctx context.Context, next string) error {
-	var tag string
 	var err error
 	if t.base == "" {
 		ct, e := t.tx.Exec(ctx, `INSERT INTO iceberg_tables (catalog_name, table_namespace, table_name, metadata_location, previous_metadata_location, iceberg_type)
 			VALUES ($1, $2, $3, $4, NULL, 'TABLE') ON CONFLICT DO NOTHING`, t.c.name, t.id.Namespace, t.id.Table, next)
-		tag, err = ct.String(), e
+		err = e
 		if err == nil && ct.RowsAffected() == 0 {
 			return ErrConflict
 		}
@@ -212,16 +216,20 @@ func (t *commitTx) swap(ctx context.Context, next string) error {
 		ct, e := t.tx.Exec(ctx, `UPDATE iceberg_tables SET metadata_location = $4, previous_metadata_location = $5
 			WHERE catalog_name = $1 AND table_namespace = $2 AND table_name = $3 AND metadata_location = $5`,
 			t.c.name, t.id.Namespace, t.id.Table, next, t.base)
-		tag, err = ct.String(), e
+		err = e
 		if err == nil && ct.RowsAffected() == 0 {
 			return ErrConflict
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("iceberg catalog: %s %s: %w", tag, t.id, err)
+		op := "update"
+		if t.base == "" {
+			op = "insert"
+		}
+		return fmt.Errorf("iceberg catalog: %s %s: %w", op, t.id, err)
 	}
 	if err := t.tx.Commit(ctx); err != nil {
-		return fmt.Errorf("iceberg catalog: commit %s: %w", t.id, err)
+		return fmt.Errorf("iceberg catalog: commit %s: %w: %w", t.id, ErrOutcomeUnknown, err)
 	}
 	return nil
 }

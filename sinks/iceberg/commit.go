@@ -126,12 +126,10 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 	}
 	failpoint.Hit("iceberg-before-swap")
 	if err := tx.swap(ctx, t.loc(rel)); err != nil {
-		if errors.Is(err, ErrConflict) {
-			return nil, err
-		}
-		// The commit's outcome is unknown: its files may be the table's
-		// now, and are left alone.
-		ok = true
+		// Only an unanswered COMMIT leaves the outcome unknown: its files
+		// may be the table's now, and are left alone. A statement that
+		// failed inside the transaction committed nothing.
+		ok = !errors.Is(err, ErrConflict) && errors.Is(err, ErrOutcomeUnknown)
 		return nil, err
 	}
 	ok = true

@@ -92,6 +92,27 @@ func (t *Table) dataFileLoc(key string) string {
 	return t.loc(strings.TrimPrefix(strings.TrimPrefix(key, t.o.KeyPrefix), "/"))
 }
 
+// DataFileLocation is the location the table names its data file at
+// bucket key key by.
+func (t *Table) DataFileLocation(key string) string { return t.dataFileLoc(key) }
+
+// FindSnapshot returns the snapshot of the table's current metadata whose
+// summary has prop = value, or nil: whether a commit made with that
+// property is the table's, after its outcome was unknown or its writer
+// was killed.
+func (t *Table) FindSnapshot(ctx context.Context, prop, value string) (*Snapshot, error) {
+	md, _, err := t.head(ctx)
+	if err != nil || md == nil {
+		return nil, err
+	}
+	for _, s := range md.Snapshots {
+		if s.Summary[prop] == value {
+			return s, nil
+		}
+	}
+	return nil, nil
+}
+
 // head reads the table's current metadata through the catalog: nil when
 // the catalog has no such table.
 func (t *Table) head(ctx context.Context) (*Metadata, string, error) {
