@@ -204,6 +204,18 @@ func (a *attempt) publish(ctx context.Context, outs []*output, m *Manifest) ([]b
 	if r.beforeCommit != nil {
 		r.beforeCommit()
 	}
+	// Nothing is committed (to the bucket, to the table) while something
+	// is in the way of a key the export must write.
+	skey := u.job.Layout.Success(mkey)
+	finals := []string{mkey, skey}
+	for _, o := range outs {
+		for _, part := range o.parts {
+			finals = append(finals, part.final)
+		}
+	}
+	if err := bucket.CheckWritable(ctx, finals...); err != nil {
+		return nil, err
+	}
 	for i, o := range outs {
 		for k, part := range o.parts {
 			if i > 0 || k > 0 {
@@ -226,7 +238,6 @@ func (a *attempt) publish(ctx context.Context, outs []*output, m *Manifest) ([]b
 	}
 	// Only the lock's holder writes these keys: temporary files of
 	// theirs are a killed holder's.
-	skey := u.job.Layout.Success(mkey)
 	if err := errors.Join(bucket.RemoveStaleTemp(ctx, skey), bucket.RemoveStaleTemp(ctx, mkey)); err != nil {
 		a.unpublish(ctx, committed)
 		return nil, err

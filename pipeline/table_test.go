@@ -188,3 +188,62 @@ func TestIcebergOverEveryBucket(t *testing.T) {
 		})
 	}
 }
+
+// TestObjectsInTheWayFailTheUnitBeforeTheTable puts a folder where a
+// pending run's manifest (then its Parquet file) goes. Pass: the pass
+// fails the run naming the folder, the table holds nothing of the run,
+// the bucket nothing at its keys; once the folder is gone, the run is
+// exported and in the table once.
+func TestObjectsInTheWayFailTheUnitBeforeTheTable(t *testing.T) {
+	for _, blocked := range []string{pipeline.ManifestName, ".parquet"} {
+		t.Run(blocked, func(t *testing.T) {
+			dbURL := pgtest.NewDatabase(t)
+			dir := t.TempDir()
+			f := &fixture{pipelinetest.NewOn(t, dbURL, "file://"+dir, dir, icebergYAML(dbURL))}
+			job := f.Job("new-sellers")
+			plan, err := f.Runner.Plan(context.Background(), job)
+			if err != nil || len(plan) == 0 {
+				t.Fatalf("plan: %v, %v", plan, err)
+			}
+			var unit pipeline.Planned
+			for _, p := range plan {
+				if p.Rows > 0 {
+					unit = p
+				}
+			}
+			var key string
+			for _, k := range unit.Keys {
+				if strings.HasSuffix(k, blocked) {
+					key = k
+				}
+			}
+			folder := filepath.Join(dir, filepath.FromSlash(key))
+			if err := os.MkdirAll(filepath.Join(folder, "x"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			_, err = f.Runner.Once(context.Background(), job)
+			if err == nil || !strings.Contains(err.Error(), "a folder is in the way at "+key) || !strings.Contains(err.Error(), unit.RunID) {
+				t.Errorf("once: %v, want the run failed naming the folder at %s", err, key)
+			}
+			tb := pipelinetest.ReadTable(t, dbURL, "snap", "new_sellers", nil)
+			for loc := range tb.Live {
+				if strings.Contains(loc, "run="+unit.RunID) {
+					t.Errorf("the table holds %s of the failed run", loc)
+				}
+			}
+			for k := range f.Files() {
+				if strings.Contains(k, unit.RunID) && !strings.HasPrefix(k, key+"/") {
+					t.Errorf("left at a key of the failed run: %s", k)
+				}
+			}
+			if err := os.RemoveAll(folder); err != nil {
+				t.Fatal(err)
+			}
+			res, files := f.Once("new-sellers")
+			if len(res.Exported) != 1 || res.Exported[0].RunID != unit.RunID {
+				t.Fatalf("after the folder went: %+v", res)
+			}
+			pipelinetest.CheckTableHolds(t, pipelinetest.ReadTable(t, dbURL, "snap", "new_sellers", nil), pipelinetest.ManifestsIn(t, files))
+		})
+	}
+}

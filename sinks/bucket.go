@@ -592,6 +592,31 @@ func (b *Bucket) RemoveTree(ctx context.Context, prefix string) error {
 	return nil
 }
 
+// InTheWayError is an object that keeps a key from being written: in a
+// file:// bucket, a folder at the key.
+type InTheWayError struct{ Key, What string }
+
+func (e *InTheWayError) Error() string {
+	return fmt.Sprintf("%s is in the way at %s: nothing can be written there until it is removed or renamed", e.What, e.Key)
+}
+
+// CheckWritable returns an *InTheWayError for the first key something
+// else is in the way of. Only a file:// bucket has such things (a folder
+// named like the key); object stores keep "a/b" and "a/b/c" apart.
+func (b *Bucket) CheckWritable(ctx context.Context, keys ...string) error {
+	if b.local == nil {
+		return nil
+	}
+	for _, k := range keys {
+		if dir, err := b.local.isDir(k); err != nil {
+			return b.redact(fmt.Errorf("check %s: %w", k, err))
+		} else if dir {
+			return &InTheWayError{Key: k, What: "a folder"}
+		}
+	}
+	return nil
+}
+
 // Size returns the size in bytes of key.
 func (b *Bucket) Size(ctx context.Context, key string) (int64, error) {
 	b.requests.Add(1)

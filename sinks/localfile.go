@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -133,6 +134,22 @@ func (d *localDir) removeStaleTemp(key string, olderThan time.Duration) error {
 		}
 	}
 	return nil
+}
+
+// isDir reports whether key is a folder.
+func (d *localDir) isDir(key string) (bool, error) {
+	rel, err := d.path(key)
+	if err != nil {
+		return false, err
+	}
+	fi, err := d.root.Lstat(rel)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fsError(err)
+	}
+	return fi.IsDir(), nil
 }
 
 // removeAll deletes the folder key and everything in it.
