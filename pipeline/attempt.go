@@ -245,6 +245,18 @@ func (a *attempt) publish(ctx context.Context, outs []*output, m *Manifest) ([]b
 	if a.in != nil {
 		return a.publishReplacing(ctx, m)
 	}
+	// _SUCCESS: the data files are whole (Hadoop/Spark convention). A
+	// kill after it leaves no manifest: the unit is pending, and its next
+	// export writes both.
+	if err := u.stillHeld(ctx); err != nil {
+		a.unpublish(ctx, committed)
+		return nil, err
+	}
+	if err := bucket.Put(ctx, skey, nil, "application/octet-stream", nil); err != nil {
+		a.unpublish(ctx, committed)
+		return nil, err
+	}
+	committed = append(committed, skey)
 	// The table commit is the last step before the manifest: the unit is
 	// in the table before it is exported, never after without it. A kill
 	// between the two leaves no manifest; the unit's next export replaces
@@ -270,7 +282,6 @@ func (a *attempt) publish(ctx context.Context, outs []*output, m *Manifest) ([]b
 		}
 		return data, err
 	}
-	a.success(ctx)
 	return data, nil
 }
 

@@ -237,14 +237,18 @@ func (a *attempt) rollForward(ctx context.Context, m *Manifest) ([]byte, error) 
 	if err != nil {
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
-	failpoint.Hit("before-manifest")
 	if err := a.u.stillHeld(ctx); err != nil {
 		return nil, err
 	}
+	// _SUCCESS (the replaced export's, or anew) before the manifest, as
+	// for any export.
+	if err := bucket.Put(ctx, a.u.job.Layout.Success(a.mkey), nil, "application/octet-stream", nil); err != nil {
+		return nil, a.errBetween(err)
+	}
+	failpoint.Hit("before-manifest")
 	if err := bucket.Put(ctx, a.mkey, data, "application/json", nil); err != nil {
 		return nil, a.errBetween(err)
 	}
-	a.success(ctx)
 	for _, k := range in.Remove {
 		if err := bucket.Delete(ctx, k); err != nil {
 			return nil, a.errBetween(err)
@@ -252,19 +256,6 @@ func (a *attempt) rollForward(ctx context.Context, m *Manifest) ([]byte, error) 
 	}
 	a.dropIntent(ctx)
 	return data, nil
-}
-
-// success writes _SUCCESS beside the manifest, after it: the marker never
-// outlives its manifest. A failure is logged; the export stands.
-func (a *attempt) success(ctx context.Context) {
-	skey := a.u.job.Layout.Success(a.mkey)
-	err := a.bucket.RemoveStaleTemp(ctx, skey)
-	if err == nil {
-		err = a.bucket.Put(ctx, skey, nil, "application/octet-stream", nil)
-	}
-	if err != nil {
-		a.r.logger().Error("could not write _SUCCESS beside the manifest; the export stands", append(a.u.logAttrs(), "err", err)...)
-	}
 }
 
 // rollBack takes back a replacing attempt whose table commit is not the
