@@ -97,15 +97,16 @@ func (a *attempt) run(ctx context.Context) (*Manifest, error) {
 		if published || a.left {
 			return
 		}
-		for _, o := range outs {
-			// Parts committed early (split output) go again.
-			a.unpublish(ctx, o.committedKeys())
-		}
 		if a.table != nil {
 			a.abortTable(ctx)
 		}
 		if a.in != nil {
-			a.rollBack(ctx)
+			a.rollBack(ctx) // the staged files go with their folder
+			return
+		}
+		for _, o := range outs {
+			// Parts committed early (split output) go again.
+			a.unpublish(ctx, o.committedKeys())
 		}
 	}()
 	st := &stages{rd: rd, schema: schema, tfs: tfs, every: r.ProgressEvery}

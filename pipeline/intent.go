@@ -318,14 +318,16 @@ func (a *attempt) settle(ctx context.Context) (*Manifest, error) {
 		return nil, nil
 	}
 	start := time.Now()
+	// schema.json as it is (a read that fails leaves the intent for the
+	// next pass: recorded from nothing, its history would be lost).
+	current, err := readSchema(ctx, a.bucket, u.job)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := a.rollForward(ctx, &m); err != nil {
 		return nil, err
 	}
 	r.logger().Warn("a rerun stopped after its table commit was finished", append(u.logAttrs(), "attempt", in.Attempt, "manifest", a.mkey)...)
-	current, err := readSchema(ctx, a.bucket, u.job)
-	if err != nil {
-		current = nil
-	}
 	a.after(ctx, &m, current, time.Since(start))
 	return &m, nil
 }

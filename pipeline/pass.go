@@ -169,29 +169,10 @@ func (r *Runner) exportRuns(ctx context.Context, job *Job, units []unit, force b
 			break
 		}
 		r.observer().Backlog(job.Name, len(units)-i, r.now().Sub(u.run.CompletedAt))
-		var m *Manifest
-		err := r.retry(ctx, job.Name, u.logAttrs(), func() error {
-			return guard(func() error {
-				var err error
-				m, err = r.exportLocked(ctx, bucket, u, force)
-				return err
-			})
-		})
-		if errors.Is(err, errExportedElsewhere) {
-			res.Skipped++
-			r.observer().Skipped(job.Name)
-			continue
-		}
-		if err != nil {
-			res.Failed++
+		if err := r.exportCounted(ctx, bucket, u, force, &res); err != nil {
 			failed = append(failed, u)
-			r.failed(u, err)
-			r.logFailure(u, err)
-			err = unitError(u, err)
 			errs = append(errs, err)
-			continue
 		}
-		res.Exported = append(res.Exported, m)
 	}
 	if ctx.Err() == nil {
 		// What is left are the failed units: the oldest of them is the
@@ -265,34 +246,52 @@ func (r *Runner) full(ctx context.Context, job *Job, date string, force bool) (R
 			continue
 		}
 		r.observer().Backlog(job.Name, len(orgs)-i, 0)
-		var m *Manifest
-		if err == nil { // a conflict fails the org without an attempt
-			err = r.retry(ctx, job.Name, u.logAttrs(), func() error {
-				return guard(func() error {
-					var err error
-					m, err = r.exportLocked(ctx, bucket, u, force)
-					return err
-				})
-			})
-		}
-		if errors.Is(err, errExportedElsewhere) {
-			res.Skipped++
-			r.observer().Skipped(job.Name)
-			continue
+		if err != nil { // a conflict fails the org without an attempt
+			err = r.count(&res, u, nil, err)
+		} else {
+			err = r.exportCounted(ctx, bucket, u, force, &res)
 		}
 		if err != nil {
-			res.Failed++
-			r.failed(u, err)
-			r.logFailure(u, err)
-			errs = append(errs, unitError(u, err))
-			continue
+			errs = append(errs, err)
 		}
-		res.Exported = append(res.Exported, m)
 	}
 	if ctx.Err() == nil {
 		r.observer().Backlog(job.Name, res.Failed, 0)
 	}
 	return res, errors.Join(errs...)
+}
+
+// exportCounted exports u under its lock (exportLocked), retrying
+// transient errors, and counts the outcome in res (count).
+func (r *Runner) exportCounted(ctx context.Context, bucket *sinks.Bucket, u unit, force bool, res *Result) error {
+	var m *Manifest
+	err := r.retry(ctx, u.job.Name, u.logAttrs(), func() error {
+		return guard(func() error {
+			var err error
+			m, err = r.exportLocked(ctx, bucket, u, force)
+			return err
+		})
+	})
+	return r.count(res, u, m, err)
+}
+
+// count adds the outcome of an export of u to res: skipped (another
+// process has it), failed (reported, and returned naming the unit) or
+// exported.
+func (r *Runner) count(res *Result, u unit, m *Manifest, err error) error {
+	switch {
+	case errors.Is(err, errExportedElsewhere):
+		res.Skipped++
+		r.observer().Skipped(u.job.Name)
+	case err != nil:
+		res.Failed++
+		r.failed(u, err)
+		r.logFailure(u, err)
+		return unitError(u, err)
+	default:
+		res.Exported = append(res.Exported, m)
+	}
+	return nil
 }
 
 // exportLocked reads one unit (a run, or an org's snapshot for a date) in

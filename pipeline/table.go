@@ -273,12 +273,9 @@ func (a *attempt) commitTable(ctx context.Context, m *Manifest) error {
 			a.r.observer().TableCommitted(u.job.Name, "")
 			return nil
 		}
-		w.tried = false // not the table's: its data file may go
 	}
 	if err != nil {
-		if !errors.Is(err, iceberg.ErrOutcomeUnknown) {
-			w.tried = false
-		}
+		w.tried = false // not the table's: its data file may go
 		a.r.observer().TableCommitted(u.job.Name, commitFailure(err))
 		return &TableError{Job: u.job.Name, Err: err}
 	}

@@ -173,9 +173,6 @@ func (d *localDir) rename(src, dst string) (ok bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if _, err := d.root.Lstat(from); errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
 	if err := d.root.MkdirAll(filepath.Dir(to), 0o777); err != nil {
 		return false, fsError(err)
 	}
