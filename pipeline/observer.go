@@ -41,6 +41,10 @@ type Observer interface {
 	// for a commit made, else why it failed (conflict, schema, cancelled,
 	// error).
 	TableCommitted(job, failure string)
+	// TableHeadAhead reports, after each commit to the job's table, how
+	// far the head it was made on was dated after the catalog's clock
+	// (0 when it was not; a writer's clock ahead otherwise).
+	TableHeadAhead(job string, ahead time.Duration)
 }
 
 // Export is one finished export, as an Observer and the status page see
@@ -110,13 +114,14 @@ func FailureReasons() []string {
 // nopObserver observes nothing (a Runner without an Observer).
 type nopObserver struct{}
 
-func (nopObserver) ExportStarted(string) func()        { return func() {} }
-func (nopObserver) Exported(Export, *Manifest)         {}
-func (nopObserver) ExportFailed(Export)                {}
-func (nopObserver) Skipped(string)                     {}
-func (nopObserver) Retried(string)                     {}
-func (nopObserver) LatestFailed(string)                {}
-func (nopObserver) RerunApplied(string, string)        {}
-func (nopObserver) StateCorrected(string, string)      {}
-func (nopObserver) TableCommitted(string, string)      {}
-func (nopObserver) Backlog(string, int, time.Duration) {}
+func (nopObserver) ExportStarted(string) func()          { return func() {} }
+func (nopObserver) Exported(Export, *Manifest)           {}
+func (nopObserver) ExportFailed(Export)                  {}
+func (nopObserver) Skipped(string)                       {}
+func (nopObserver) Retried(string)                       {}
+func (nopObserver) LatestFailed(string)                  {}
+func (nopObserver) RerunApplied(string, string)          {}
+func (nopObserver) StateCorrected(string, string)        {}
+func (nopObserver) TableCommitted(string, string)        {}
+func (nopObserver) TableHeadAhead(string, time.Duration) {}
+func (nopObserver) Backlog(string, int, time.Duration)   {}

@@ -231,8 +231,9 @@ type stopAfter struct {
 	runs []string
 }
 
-func (o *stopAfter) ExportStarted(string) func()   { return func() {} }
-func (o *stopAfter) StateCorrected(string, string) {}
+func (o *stopAfter) ExportStarted(string) func()          { return func() {} }
+func (o *stopAfter) StateCorrected(string, string)        {}
+func (o *stopAfter) TableHeadAhead(string, time.Duration) {}
 func (o *stopAfter) Exported(e pipeline.Export, m *pipeline.Manifest) {
 	o.runs = append(o.runs, m.RunID)
 	if len(o.runs) == o.n {

@@ -281,6 +281,7 @@ func (a *attempt) commitTable(ctx context.Context, m *Manifest) error {
 	}
 	failpoint.Hit("after-table-commit")
 	a.r.observer().TableCommitted(u.job.Name, "")
+	a.r.observer().TableHeadAhead(u.job.Name, c.HeadAhead)
 	cfg := u.job.table.cfg
 	m.Table = &ManifestTable{Catalog: cfg.Name, Namespace: cfg.Namespace, Name: cfg.Table, SnapshotID: c.SnapshotID,
 		Operation: c.Operation, Rows: w.rows}

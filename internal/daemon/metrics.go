@@ -58,6 +58,7 @@ type Metrics struct {
 	coalesced    *prometheus.CounterVec
 	latestFails  *prometheus.CounterVec
 	tableCommits *prometheus.CounterVec
+	headAhead    *prometheus.GaugeVec
 	tableFails   *prometheus.CounterVec
 	reruns       *prometheus.CounterVec
 	passFails    *prometheus.CounterVec
@@ -109,6 +110,7 @@ func NewMetrics() *Metrics {
 	m.latestFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_latest_failures_total", Help: "latest.json pointers that could not be updated (the export itself succeeded)."}, job)
 	m.tableCommits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_table_commits_total", Help: "Iceberg snapshots committed (one per exported unit of a job with iceberg:)."}, job)
 	m.tableFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_table_commit_failures_total", Help: "Iceberg commits that failed (the unit is exported again), by reason: conflict (lost every retry to other writers), schema, cancelled, error."}, []string{"job", "reason"})
+	m.headAhead = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_table_head_ahead_seconds", Help: "How far the Iceberg table's head was dated after the catalog's clock at the job's last commit (another writer's clock ahead); 0 when it was not. Above 60 the commit took the future entries out of the table's logs (docs/iceberg.md)."}, job)
 	m.rowsChanged = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_rows_changed_after_export_total", Help: "Runs whose sellers changed within an hour after this process exported them (a breach of the source contract; rerun them)."}, job)
 	m.failingSince = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_failing_since_timestamp_seconds", Help: "Unix time of the first failed pass since the job's last good one; 0 while its last pass succeeded (or none ran yet)."}, job)
 	m.corrections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sellersnap_state_corrections_total", Help: "Export states not believed and corrected, by reason: clock (a watermark after the database's clock), missing_manifest (a run listed as exported without its manifest)."}, []string{"job", "reason"})
@@ -116,7 +118,7 @@ func NewMetrics() *Metrics {
 	m.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_dependency_up", Help: "1 if the dependency answered the last check: PostgreSQL (job=\"\"), a job's bucket, or its Iceberg catalog (iceberg_catalog)."}, []string{"dependency", "job"})
 	m.interval = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sellersnap_schedule_interval_seconds", Help: "Time between the job's next two schedule ticks."}, []string{"job", "mode"})
 	m.Registry.MustRegister(m.runs, m.rows, m.bytes, m.duration, m.lastSuccess, m.backlog, m.oldest,
-		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.tableCommits, m.tableFails, m.reruns, m.passFails, m.corrections, m.rowsChanged, m.failingSince, m.up, m.interval,
+		m.retries, m.inFlight, m.panics, m.coalesced, m.latestFails, m.tableCommits, m.tableFails, m.headAhead, m.reruns, m.passFails, m.corrections, m.rowsChanged, m.failingSince, m.up, m.interval,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -158,6 +160,7 @@ func (m *Metrics) InitJobs(jobs []*pipeline.Job) {
 		m.coalesced.WithLabelValues(j.Name)
 		m.latestFails.WithLabelValues(j.Name)
 		m.tableCommits.WithLabelValues(j.Name)
+		m.headAhead.WithLabelValues(j.Name)
 		for _, st := range []string{pipeline.RerunApplied, pipeline.RerunIncomplete, pipeline.RerunRunning, pipeline.RerunRefused} {
 			m.reruns.WithLabelValues(j.Name, st)
 		}
@@ -290,6 +293,13 @@ func (m *Metrics) TableCommitted(job, failure string) {
 		return
 	}
 	m.tableFails.WithLabelValues(job, failure).Inc()
+}
+
+// TableHeadAhead records how far the table's head was dated in the future.
+func (m *Metrics) TableHeadAhead(job string, ahead time.Duration) {
+	if m != nil {
+		m.headAhead.WithLabelValues(job).Set(ahead.Seconds())
+	}
 }
 
 func (m *Metrics) LatestFailed(job string) {

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -38,6 +39,9 @@ type Commit struct {
 	Replaced  int    // data files of the partition it replaced
 	Metadata  string // the new metadata file
 	Attempts  int
+	// HeadAhead is how far the head the commit was made on was dated
+	// after the catalog's clock (0 when it was not).
+	HeadAhead time.Duration
 	// Expired is how many snapshots this commit expired; Removed how many
 	// files it then deleted (data files, manifests, lists, metadata).
 	Expired, Removed int
@@ -80,10 +84,16 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 	if t.o.Now != nil {
 		nowMS = t.o.Now().UnixMilli()
 	}
+	var ahead time.Duration
 	if base != nil {
-		// Never before the head: the snapshot and metadata logs stay in
-		// order even if the clock went back.
-		nowMS = max(nowMS, base.LastUpdatedMS+1)
+		if ahead = time.Duration(base.LastUpdatedMS-nowMS) * time.Millisecond; ahead > skewTolerance {
+			t.o.Logger.Warn("the table's head is dated in the future (a writer's or a catalog's clock is ahead): this commit is dated by the catalog's clock and takes the future entries out of the snapshot and metadata logs, their snapshots and files kept",
+				"table", t.o.Ident.String(), "head", time.UnixMilli(base.LastUpdatedMS).UTC(), "now", time.UnixMilli(nowMS).UTC(), "ahead", ahead.Round(time.Second))
+		} else {
+			// Within the skew every reader tolerates, never before the
+			// head: the logs stay in order.
+			nowMS = max(nowMS, base.LastUpdatedMS+1)
+		}
 	}
 	var md *Metadata
 	if base == nil {
@@ -111,6 +121,7 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 		return nil, err
 	}
 	dropped := md.addSnapshot(base, tx.base, snap, nowMS)
+	md.dropFutureLog(nowMS)
 	ex, err := t.expire(ctx, md, nowMS)
 	if err != nil {
 		return nil, fmt.Errorf("iceberg table %s: expire snapshots: %w", t.o.Ident, err)
@@ -137,7 +148,7 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 	t.cache.put(t.loc(rel), md)
 	t.writeHint(ctx, version, data)
 	c := &Commit{SnapshotID: snap.ID, Sequence: snap.Sequence, Operation: snap.Summary["operation"],
-		Replaced: replaced, Metadata: t.loc(rel)}
+		Replaced: replaced, Metadata: t.loc(rel), HeadAhead: max(ahead, 0)}
 	if f.Rows > 0 {
 		c.DataFile = t.dataFileLoc(f.Key)
 	}
@@ -192,6 +203,22 @@ func (md *Metadata) addSnapshot(base *Metadata, baseLoc string, snap *Snapshot, 
 	md.SnapshotLog = append(md.SnapshotLog, snapshotLogEntry{TimestampMS: nowMS, SnapshotID: snap.ID})
 	md.Refs["main"] = []byte(fmt.Sprintf(`{"snapshot-id":%d,"type":"branch"}`, snap.ID))
 	return dropped
+}
+
+// skewTolerance is the clock skew between writers that every reader
+// accepts in the logs (Java refuses a snapshot or metadata log entry
+// more than a minute before the one it follows).
+const skewTolerance = time.Minute
+
+// dropFutureLog takes out of md's snapshot and metadata logs the entries
+// dated after nowMS + skewTolerance: a head dated in the future (a
+// writer's clock ahead) would otherwise date every later commit after it,
+// never expire, and lock out the writers whose clocks are right (the logs
+// must stay in order). The snapshots and files those entries name stay.
+func (md *Metadata) dropFutureLog(nowMS int64) {
+	limit := nowMS + skewTolerance.Milliseconds()
+	md.SnapshotLog = slices.DeleteFunc(md.SnapshotLog, func(e snapshotLogEntry) bool { return e.TimestampMS > limit })
+	md.MetadataLog = slices.DeleteFunc(md.MetadataLog, func(e metadataLogEntry) bool { return e.TimestampMS > limit })
 }
 
 // writeHint writes v<N>.metadata.json and version-hint.text for readers

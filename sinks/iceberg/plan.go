@@ -33,6 +33,10 @@ type Plan struct {
 	schema *Schema
 	spec   Spec
 	ptypes []string // Avro types of the spec's fields
+	// Foreign are the table's columns the export does not have (another
+	// writer's, or dropped from the job): kept in the schema, null in
+	// the plan's data file.
+	Foreign []Field
 }
 
 // SchemaChangeError is a table schema that differs from the export's
@@ -63,18 +67,18 @@ func (t *Table) plan(md *Metadata, l Layout) (*Plan, error) {
 	if md != nil {
 		cur, last = md.Schema(), md.LastColumnID
 	}
-	s, _, changed, err := evolve(cur, last, cols)
+	s, _, changed, foreign, err := evolve(cur, last, cols)
 	if err != nil {
 		return nil, fmt.Errorf("iceberg table %s: %w", t.o.Ident, err)
 	}
-	if changed && cur != nil && !l.Evolve {
-		return nil, &SchemaChangeError{Table: t.o.Ident, Change: describeChange(cur, s)}
+	if (changed || len(foreign) > 0) && cur != nil && !l.Evolve {
+		return nil, &SchemaChangeError{Table: t.o.Ident, Change: describeChange(cur, s, foreign)}
 	}
-	p := &Plan{t: t, layout: l, cols: cols, schema: s}
+	p := &Plan{t: t, layout: l, cols: cols, schema: s, Foreign: foreign}
 	p.spec = Spec{ID: 0}
 	for i, c := range l.Partition {
-		f := s.Fields[len(l.Columns)+i]
-		at, err := avroPartitionType(f.TypeName())
+		f, _ := s.field(c.Name)
+		at, err := avroPartitionType(f.typeKey())
 		if err != nil {
 			return nil, fmt.Errorf("iceberg table %s: %w", t.o.Ident, err)
 		}
@@ -116,14 +120,17 @@ func describeSpec(s *Spec, schema *Schema) string {
 	return strings.Join(parts, ", ")
 }
 
-func describeChange(old, s *Schema) string {
+func describeChange(old, s *Schema, foreign []Field) string {
 	var d []string
+	for _, f := range foreign {
+		d = append(d, fmt.Sprintf("column %s %s (id %d) is the table's and not the export's: another writer added it, or the job no longer exports it; on_schema_change: evolve keeps it", f.Name, f.TypeName(), f.ID))
+	}
 	for _, f := range s.Fields {
 		o, ok := old.field(f.Name)
 		switch {
 		case !ok:
 			d = append(d, "+ "+f.Name+" "+f.TypeName())
-		case o.ID != f.ID || o.TypeName() != f.TypeName():
+		case o.ID != f.ID || o.typeKey() != f.typeKey():
 			d = append(d, "~ "+f.Name+": "+o.TypeName()+" → "+f.TypeName())
 		}
 	}

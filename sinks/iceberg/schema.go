@@ -1,9 +1,12 @@
 package iceberg
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/apache/arrow/go/v17/arrow"
 )
@@ -29,6 +32,21 @@ func (f Field) TypeName() string {
 	return string(f.Type)
 }
 
+// typeKey is the field's type by meaning: writers spell the same type
+// differently (Java "decimal(9,2)", pyiceberg and iceberg-go
+// "decimal(9, 2)", "fixed[16]" or "fixed[ 16 ]", any case), so types are
+// compared without spaces and in lower case; a nested type's JSON is
+// compared compacted.
+func (f Field) typeKey() string { return typeKey(f.TypeName()) }
+
+func typeKey(name string) string {
+	var b bytes.Buffer
+	if len(name) > 0 && (name[0] == '{' || name[0] == '[') && json.Compact(&b, []byte(name)) == nil {
+		return b.String()
+	}
+	return strings.ToLower(strings.Join(strings.Fields(name), ""))
+}
+
 // Schema is a table schema.
 type Schema struct {
 	Type               string  `json:"type"`
@@ -48,14 +66,14 @@ func (s *Schema) field(name string) (Field, bool) {
 }
 
 // sameColumns reports whether a and b have the same fields (ids, names,
-// types), whatever their schema ids.
+// types by meaning, required), whatever their order and schema ids.
 func sameColumns(a, b *Schema) bool {
 	if len(a.Fields) != len(b.Fields) {
 		return false
 	}
-	for i := range a.Fields {
-		x, y := a.Fields[i], b.Fields[i]
-		if x.ID != y.ID || x.Name != y.Name || x.Required != y.Required || x.TypeName() != y.TypeName() {
+	for _, x := range a.Fields {
+		y, ok := b.field(x.Name)
+		if !ok || x.ID != y.ID || x.Required != y.Required || x.typeKey() != y.typeKey() {
 			return false
 		}
 	}
@@ -96,6 +114,7 @@ func typeOf(t arrow.DataType) (string, error) {
 // promotes reports whether an Iceberg column of type from may become to
 // (the spec's allowed type promotions).
 func promotes(from, to string) bool {
+	from, to = typeKey(from), typeKey(to)
 	if from == to {
 		return true
 	}
@@ -122,22 +141,28 @@ type Column struct {
 // evolve returns the schema of cols given the table's current schema:
 // a column keeps its field id while its type stays or promotes; a new
 // column, or one whose type changed otherwise, gets a new id (for Iceberg
-// the old column was dropped and a new one added). lastID is the table's
+// the old column was dropped and a new one added). A column of cur that
+// cols do not have (another writer added it, or the export dropped it)
+// is kept as it is, optional: the data files do not hold it and readers
+// read it as null; foreign lists them. lastID is the table's
 // last-column-id; the result's is returned. changed is false when cur
 // already is the schema.
-func evolve(cur *Schema, lastID int, cols []Column) (s *Schema, last int, changed bool, err error) {
+func evolve(cur *Schema, lastID int, cols []Column) (s *Schema, last int, changed bool, foreign []Field, err error) {
 	s = &Schema{Type: "struct"}
 	last = lastID
 	for _, c := range cols {
 		name, err := typeOf(c.Type)
 		if err != nil {
-			return nil, 0, false, fmt.Errorf("column %q: %w", c.Name, err)
+			return nil, 0, false, nil, fmt.Errorf("column %q: %w", c.Name, err)
 		}
 		typ, _ := json.Marshal(name)
 		f := Field{Name: c.Name, Type: typ}
 		if cur != nil {
-			if old, ok := cur.field(c.Name); ok && promotes(old.TypeName(), name) {
-				f.ID = old.ID
+			if old, ok := cur.field(c.Name); ok && promotes(old.typeKey(), name) {
+				f.ID, f.Doc = old.ID, old.Doc
+				if typeKey(name) == old.typeKey() {
+					f.Type = old.Type // the other writer's spelling stays
+				}
 			}
 		}
 		if f.ID == 0 {
@@ -146,21 +171,38 @@ func evolve(cur *Schema, lastID int, cols []Column) (s *Schema, last int, change
 		}
 		s.Fields = append(s.Fields, f)
 	}
+	if cur != nil {
+		for _, f := range cur.Fields {
+			if _, ok := s.field(f.Name); ok {
+				continue
+			}
+			if f.Required {
+				return nil, 0, false, nil, fmt.Errorf("column %q (id %d) is required in the table and not in the export: sellersnap's files cannot hold it; make it optional or remove it", f.Name, f.ID)
+			}
+			s.Fields = append(s.Fields, f)
+			foreign = append(foreign, f)
+		}
+		for _, id := range cur.IdentifierFieldIDs {
+			if slices.ContainsFunc(s.Fields, func(f Field) bool { return f.ID == id }) {
+				s.IdentifierFieldIDs = append(s.IdentifierFieldIDs, id)
+			}
+		}
+	}
 	if cur != nil && sameColumns(cur, s) {
-		return cur, lastID, false, nil
+		return cur, lastID, false, foreign, nil
 	}
 	if cur != nil {
 		s.ID = cur.ID + 1
 	}
-	return s, last, true, nil
+	return s, last, true, foreign, nil
 }
 
 // FieldIDKey is the Arrow field metadata key pqarrow writes as the Parquet
 // field_id, which Iceberg readers use to find a column.
 const FieldIDKey = "PARQUET:field_id"
 
-// arrowSchema is the data files' Arrow schema for s (whose fields follow
-// cols): each field carries its Iceberg field id.
+// arrowSchema is the data files' Arrow schema for s (which has a field
+// of each of cols' names): each field carries its Iceberg field id.
 func arrowSchema(s *Schema, cols []Column) *arrow.Schema {
 	fields := make([]arrow.Field, len(cols))
 	for i, c := range cols {
@@ -168,8 +210,9 @@ func arrowSchema(s *Schema, cols []Column) *arrow.Schema {
 		if t.ID() == arrow.INT16 {
 			t = arrow.PrimitiveTypes.Int32
 		}
+		f, _ := s.field(c.Name)
 		fields[i] = arrow.Field{Name: c.Name, Type: t, Nullable: true,
-			Metadata: arrow.NewMetadata([]string{FieldIDKey}, []string{strconv.Itoa(s.Fields[i].ID)})}
+			Metadata: arrow.NewMetadata([]string{FieldIDKey}, []string{strconv.Itoa(f.ID)})}
 	}
 	return arrow.NewSchema(fields, nil)
 }

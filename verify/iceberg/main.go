@@ -14,6 +14,7 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/iceberg-go"
 	"github.com/apache/iceberg-go/catalog"
 	sqlcat "github.com/apache/iceberg-go/catalog/sql"
@@ -23,6 +24,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "write" {
+		if err := write(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "iceberg-write:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "iceberg-read:", err)
 		os.Exit(1)
@@ -123,6 +131,118 @@ func run() error {
 		rec.Release()
 	}
 	return nil
+}
+
+// write commits to the table as another writer would, in one iceberg-go
+// transaction: properties set, a column added, a row appended (its other
+// columns null).
+func write(args []string) error {
+	fs := flag.NewFlagSet("write", flag.ExitOnError)
+	uri := fs.String("uri", "", "SQL catalog: PostgreSQL DSN")
+	name := fs.String("catalog", "sellersnap", "SQL catalog: catalog_name")
+	ident := fs.String("table", "", "SQL catalog: namespace.table")
+	set := fs.String("set", "", "properties to set: k=v,k=v")
+	addColumn := fs.String("add-column", "", "an optional string column to add")
+	appendRow := fs.String("append", "", "a row to append: col=value,col=value (string and date columns)")
+	fs.Parse(args)
+	ctx := context.Background()
+	db, err := sql.Open("pgx", *uri)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	cat, err := sqlcat.NewCatalog(*name, db, sqlcat.Postgres, iceberg.Properties{})
+	if err != nil {
+		return err
+	}
+	id := catalog.ToIdentifier(strings.Split(*ident, ".")...)
+	tbl, err := cat.LoadTable(ctx, id)
+	if err != nil {
+		return err
+	}
+	if *set != "" {
+		props := iceberg.Properties{}
+		for _, kv := range strings.Split(*set, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			props[k] = v
+		}
+		tx := tbl.NewTransaction()
+		if err := tx.SetProperties(props); err != nil {
+			return err
+		}
+		if tbl, err = tx.Commit(ctx); err != nil {
+			return fmt.Errorf("set properties: %w", err)
+		}
+	}
+	if *addColumn != "" {
+		tx := tbl.NewTransaction()
+		if err := tx.UpdateSchema(true, false).AddColumn([]string{*addColumn}, iceberg.PrimitiveTypes.String, "added by iceberg-go", false, nil).Commit(); err != nil {
+			return fmt.Errorf("add column: %w", err)
+		}
+		if tbl, err = tx.Commit(ctx); err != nil {
+			return fmt.Errorf("add column: %w", err)
+		}
+	}
+	if *appendRow != "" {
+		rec, err := oneRow(tbl.Schema(), *appendRow)
+		if err != nil {
+			return err
+		}
+		defer rec.Release()
+		rdr, err := array.NewRecordReader(rec.Schema(), []arrow.RecordBatch{rec})
+		if err != nil {
+			return err
+		}
+		tx := tbl.NewTransaction()
+		if err := tx.Append(ctx, rdr, iceberg.Properties{"writer": "iceberg-go"}); err != nil {
+			return fmt.Errorf("append: %w", err)
+		}
+		if _, err = tx.Commit(ctx); err != nil {
+			return fmt.Errorf("append: %w", err)
+		}
+	}
+	return nil
+}
+
+// oneRow is a record of the table's schema with the values given (as
+// col=value,…) and every other column null.
+func oneRow(sc *iceberg.Schema, values string) (arrow.RecordBatch, error) {
+	schema, err := table.SchemaToArrowSchema(sc, nil, true, false)
+	if err != nil {
+		return nil, err
+	}
+	given := map[string]string{}
+	for _, kv := range strings.Split(values, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		given[k] = v
+	}
+	b := array.NewRecordBuilder(memory.DefaultAllocator, schema)
+	defer b.Release()
+	for i, f := range schema.Fields() {
+		v, ok := given[f.Name]
+		switch fb := b.Field(i).(type) {
+		case *array.StringBuilder:
+			if ok {
+				fb.Append(v)
+				continue
+			}
+		case *array.Date32Builder:
+			if ok {
+				d, err := time.Parse(time.DateOnly, v)
+				if err != nil {
+					return nil, err
+				}
+				fb.Append(arrow.Date32FromTime(d))
+				continue
+			}
+		default:
+			if ok {
+				return nil, fmt.Errorf("column %s: only string and date values here", f.Name)
+			}
+		}
+		b.Field(i).AppendNull()
+	}
+	return b.NewRecordBatch(), nil
 }
 
 // text is a value in sellersnap's text form (the CSV's), nil for NULL.
