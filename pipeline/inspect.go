@@ -349,9 +349,13 @@ func (r *Runner) CheckTable(ctx context.Context, job *Job) (*TableStatus, error)
 	if err != nil {
 		return nil, err
 	}
-	plan, err := tb.Prepare(ctx, job.table.layout(job, schema))
+	layout, _, err := r.tableLayout(ctx, job, schema)
 	if err != nil {
 		return nil, err
+	}
+	plan, err := tb.Prepare(ctx, layout)
+	if err != nil {
+		return nil, tableErr(job, err)
 	}
 	created, err := plan.Create(ctx)
 	if err != nil {

@@ -158,6 +158,8 @@ func (e *TableError) Unwrap() error { return e.Err }
 // tableWrite is a unit's data file of the job's table, written by the
 // stages beside the formats and committed by the publisher.
 type tableWrite struct {
+	tb        *iceberg.Table
+	rec       *tableRecord // what the job recorded of the table; nil: nothing yet
 	plan      *iceberg.Plan
 	obj       *sinks.Object
 	enc       *iceberg.Encoder
@@ -174,11 +176,15 @@ func (a *attempt) openTable(ctx context.Context, schema *arrow.Schema) (*tableWr
 	job := u.job
 	tb, err := r.table(ctx, job)
 	if err != nil {
-		return nil, &TableError{Job: job.Name, Err: err}
+		return nil, tableErr(job, err)
 	}
-	plan, err := tb.Prepare(ctx, job.table.layout(job, schema))
+	layout, rec, err := r.tableLayout(ctx, job, schema)
 	if err != nil {
-		return nil, &TableError{Job: job.Name, Err: err}
+		return nil, tableErr(job, err)
+	}
+	plan, err := tb.Prepare(ctx, layout)
+	if err != nil {
+		return nil, tableErr(job, err)
 	}
 	values, err := job.table.values(u)
 	if err != nil {
@@ -198,7 +204,7 @@ func (a *attempt) openTable(ctx context.Context, schema *arrow.Schema) (*tableWr
 		obj.Abort()
 		return nil, fmt.Errorf("iceberg: start %s: %w", obj.Key(), cause(err, obj))
 	}
-	return &tableWrite{plan: plan, obj: obj, enc: enc, values: values}, nil
+	return &tableWrite{tb: tb, rec: rec, plan: plan, obj: obj, enc: enc, values: values}, nil
 }
 
 // Write encodes a record of the unit into the table's data file.
@@ -277,8 +283,9 @@ func (a *attempt) commitTable(ctx context.Context, m *Manifest) error {
 	if err != nil {
 		w.tried = false // not the table's: its data file may go
 		a.r.observer().TableCommitted(u.job.Name, commitFailure(err))
-		return &TableError{Job: u.job.Name, Err: err}
+		return tableErr(u.job, err)
 	}
+	a.r.recordTable(ctx, a.bucket, u.job, w.tb, w.rec, c)
 	failpoint.Hit("after-table-commit")
 	a.r.observer().TableCommitted(u.job.Name, "")
 	a.r.observer().TableHeadAhead(u.job.Name, c.HeadAhead)

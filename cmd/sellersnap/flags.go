@@ -63,6 +63,7 @@ const usage = `usage:
   sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
   sellersnap status   -config pipeline.yaml [-job NAME]
   sellersnap repair-latest -config pipeline.yaml [-job NAME] [-dry-run]
+  sellersnap repair-table  -config pipeline.yaml -job NAME [-dry-run]
   sellersnap version
 
 common flags: -log-format text|json, -log-level debug|info|warn|error
@@ -77,6 +78,7 @@ var commandHelp = map[string]string{
 	"rerun":         "Exports one unit again, whether or not it was exported: a run of a per_run job (-run) or a\ndate of a full job (-date). Rewrites its files and manifest.",
 	"run":           "The daemon: runs each job on its schedule (and per_run jobs on NOTIFY), serves the status\npage, /metrics, /healthz and /readyz, and stops cleanly on SIGTERM.",
 	"status":        "Prints each job's recent exports (read from the manifests in the bucket) and pending runs.\nWith -verify, compares each exported run's rows with the database (exit 1 on a difference).",
+	"repair-table":  "Rebuilds the job's Iceberg table from its manifests (a table dropped, replaced or emptied):\ncommits each exported unit once, with its earlier data file or one rebuilt from its Parquet\nfile, records the table as the job's, and prints what it did. Exports do not commit meanwhile.",
 	"repair-latest": "Recomputes each org's latest.json from the job's manifests (reads every one) and rewrites\nthose that name anything but the newest export dated today or earlier.",
 }
 
@@ -132,6 +134,8 @@ func parseArgs(args []string, stdout, stderr io.Writer) (cmd string, o options, 
 		fs.BoolVar(&o.verbose, "v", false, "list every pending unit and key (default: a summary)")
 	case "repair-latest":
 		fs.BoolVar(&o.dryRun, "dry-run", false, "print what would change; write nothing")
+	case "repair-table":
+		fs.BoolVar(&o.dryRun, "dry-run", false, "print the table's state and the units it would commit; write nothing")
 	case "status":
 		fs.BoolVar(&o.verify, "verify", false, "compare each exported run's row count with the database and print the rerun that repairs each difference (per_run jobs)")
 		fs.StringVar(&o.from, "from", "", "with -verify: runs completed on or after this date (YYYY-MM-DD, UTC; default 7 days ago)")
@@ -199,6 +203,16 @@ func (o options) startProfiles() (stop func(), err error) {
 // check refuses flags that contradict each other or the jobs they name
 // (before anything connects anywhere).
 func (o *options) check(cmd string, only []*config.Job) error {
+	if cmd == "repair-table" {
+		if o.job == "" {
+			return &usageError{"repair-table needs -job"}
+		}
+		for _, j := range only {
+			if j.Iceberg == nil {
+				return &usageError{fmt.Sprintf("job %s has no iceberg table to repair", j.Name)}
+			}
+		}
+	}
 	if cmd == "rerun" {
 		if o.job == "" {
 			return &usageError{"rerun needs -job"}

@@ -8,6 +8,7 @@
 //	sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
 //	sellersnap status   -config pipeline.yaml [-job NAME]
 //	sellersnap repair-latest -config pipeline.yaml [-job NAME] [-dry-run]
+//	sellersnap repair-table  -config pipeline.yaml -job NAME [-dry-run]
 //	sellersnap version
 //
 // Exit status: 0 success, 1 an export failed, 2 usage or configuration error.
@@ -178,7 +179,7 @@ func execute(ctx context.Context, cmd string, o options, logger *slog.Logger, st
 			Initial: cfg.Daemon.Retry.Initial.Duration, Max: cfg.Daemon.Retry.Max.Duration}}
 	defer runner.Close()
 
-	if cmd != "rerun" && cmd != "repair-latest" {
+	if cmd != "rerun" && cmd != "repair-latest" && cmd != "repair-table" {
 		// An applied reruns: entry whose selectors changed is a
 		// configuration error; the bucket being unreachable is not (yet).
 		for _, j := range jobs {
@@ -203,6 +204,8 @@ func execute(ctx context.Context, cmd string, o options, logger *slog.Logger, st
 		return status(ctx, runner, jobs, stdout)
 	case "repair-latest":
 		return repairLatest(ctx, runner, jobs, stdout, o.dryRun)
+	case "repair-table":
+		return repairTable(ctx, runner, jobs[0], o.config, stdout, o.dryRun)
 	case "run":
 		listen := *cfg.Daemon.Listen
 		if *o.listen != "" {

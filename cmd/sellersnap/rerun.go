@@ -44,6 +44,43 @@ func repairLatest(ctx context.Context, r *pipeline.Runner, jobs []*pipeline.Job,
 	return nil
 }
 
+// repairTable rebuilds job's table from its manifests and prints what it
+// did; a unit it could not commit fails it (exit 1), with the command
+// that exports the unit again.
+func repairTable(ctx context.Context, r *pipeline.Runner, job *pipeline.Job, config string, stdout io.Writer, dryRun bool) error {
+	rep, err := r.RepairTable(ctx, job, dryRun)
+	if rep != nil {
+		state := "in the catalog"
+		if rep.Created {
+			state = "missing from the catalog"
+		}
+		if dryRun {
+			fmt.Fprintf(stdout, "%s: table %s is %s; %d units have a manifest, %d of them live in it; repair-table would commit the other %d\n",
+				job.Name, rep.Table, state, rep.Units, rep.Live, rep.Units-rep.Live)
+			return err
+		}
+		verb := "repaired"
+		if rep.Created {
+			verb = "created"
+		}
+		fmt.Fprintf(stdout, "%s: %s table %s (table-uuid %s) from %d manifests: %d units committed with their data file, %d with one rebuilt from Parquet, %d empty, %d already live\n",
+			job.Name, verb, rep.Table, rep.UUID, rep.Units, rep.Reused, rep.Rebuilt, rep.Empty, rep.Live)
+		for _, f := range rep.Failed {
+			fmt.Fprintf(stdout, "  not committed: %s: %s\n", f.Manifest, f.Err)
+			if f.Fix != "" {
+				fmt.Fprintf(stdout, "    repair: %s\n", strings.ReplaceAll(f.Fix, "<pipeline.yaml>", config))
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("job %s: repair-table: %w", job.Name, err)
+	}
+	if len(rep.Failed) > 0 {
+		return fmt.Errorf("job %s: repair-table: %d units not committed (above)", job.Name, len(rep.Failed))
+	}
+	return nil
+}
+
 // rerunIDPattern is config's rule for rerun ids.
 var rerunIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
 

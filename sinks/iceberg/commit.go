@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -39,6 +40,7 @@ type Commit struct {
 	Replaced  int    // data files of the partition it replaced
 	Metadata  string // the new metadata file
 	Attempts  int
+	TableUUID string
 	// HeadAhead is how far the head the commit was made on was dated
 	// after the catalog's clock (0 when it was not).
 	HeadAhead time.Duration
@@ -97,6 +99,12 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 	}
 	var md *Metadata
 	if base == nil {
+		last, err := t.freshVersion(ctx)
+		if err != nil {
+			return nil, err
+		}
+		version = max(last, 0) // a table's first commit is v1, as ever
+
 		md = newMetadata(uuid.NewString(), t.o.Location, now.schema, maxFieldID(now.schema), now.spec, t.o.Properties, nowMS)
 	} else {
 		md = base.clone()
@@ -112,6 +120,9 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 	snap, replaced, err := now.snapshot(ctx, md, f, props, nowMS, &written)
 	if errors.Is(err, errNothingToCommit) {
 		c := &Commit{Operation: "none"}
+		if base != nil {
+			c.TableUUID = base.TableUUID
+		}
 		if cur := md.Current(); cur != nil {
 			c.SnapshotID, c.Sequence = cur.ID, cur.Sequence
 		}
@@ -148,7 +159,7 @@ func (p *Plan) commitOnce(ctx context.Context, f DataFile, props map[string]stri
 	t.cache.put(t.loc(rel), md)
 	t.writeHint(ctx, version, data)
 	c := &Commit{SnapshotID: snap.ID, Sequence: snap.Sequence, Operation: snap.Summary["operation"],
-		Replaced: replaced, Metadata: t.loc(rel), HeadAhead: max(ahead, 0)}
+		Replaced: replaced, Metadata: t.loc(rel), HeadAhead: max(ahead, 0), TableUUID: md.TableUUID}
 	if f.Rows > 0 {
 		c.DataFile = t.dataFileLoc(f.Key)
 	}
@@ -262,6 +273,24 @@ func maxFieldID(s *Schema) int {
 		n = max(n, f.ID)
 	}
 	return n
+}
+
+// freshVersion is the version a new table's first metadata follows (-1:
+// none): the highest of the metadata files already at the table's location (a table
+// dropped from the catalog, its files kept), so that none of them, nor
+// their v<N>.metadata.json copies, is written over.
+func (t *Table) freshVersion(ctx context.Context) (int, error) {
+	objs, err := t.o.Bucket.List(ctx, path.Join(t.o.KeyPrefix, "metadata")+"/", ".metadata.json")
+	if err != nil {
+		return 0, fmt.Errorf("iceberg table %s: list its metadata: %w", t.o.Ident, err)
+	}
+	v := -1
+	for _, o := range objs {
+		if strings.Count(strings.TrimPrefix(o.Key, path.Join(t.o.KeyPrefix, "metadata")+"/"), "/") == 0 {
+			v = max(v, metadataVersion(o.Key))
+		}
+	}
+	return v, nil
 }
 
 // put writes a new file of the table (create-only: the names are unique)

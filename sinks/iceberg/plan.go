@@ -22,6 +22,57 @@ type Layout struct {
 	// Evolve accepts a table schema that differs from Columns (the job's
 	// on_schema_change: evolve); otherwise a difference fails Prepare.
 	Evolve bool
+	// Expect is the table the writer committed to before; nil when it
+	// never did (the table may then be created). A table missing,
+	// replaced or emptied since fails Prepare and Commit (GoneError).
+	Expect *Expect
+}
+
+// Expect is what a writer knows of the table it committed to.
+type Expect struct {
+	UUID string // its table-uuid
+	// HeldData: one of the writer's commits added a data file to it.
+	HeldData bool
+}
+
+// GoneError is a table that is no longer the one the writer committed
+// to: missing from the catalog (dropped), replaced (another table-uuid),
+// or emptied (no current snapshot, or one of another writer's without a
+// data file). Creating it again, or committing to it as it is, would make
+// a table that holds only the next units.
+type GoneError struct {
+	Table Ident
+	Cause string
+}
+
+func (e *GoneError) Error() string { return fmt.Sprintf("iceberg table %s %s", e.Table, e.Cause) }
+
+// checkIdentity fails with a GoneError when md (nil: no such table) is not
+// the table want describes.
+func checkIdentity(id Ident, md *Metadata, want *Expect) error {
+	if want == nil {
+		return nil
+	}
+	gone := func(format string, args ...any) error {
+		return &GoneError{Table: id, Cause: fmt.Sprintf(format, args...)}
+	}
+	switch cur := (*Snapshot)(nil); {
+	case md == nil:
+		return gone("is not in the catalog (dropped?); this job committed to it (table-uuid %s)", want.UUID)
+	case want.UUID != "" && md.TableUUID != want.UUID:
+		return gone("was replaced: its table-uuid is %s, the table this job committed to is %s", md.TableUUID, want.UUID)
+	case !want.HeldData:
+	case md.CurrentSnapshotID == nil || *md.CurrentSnapshotID < 0:
+		return gone("was emptied: it has no current snapshot, and this job committed data to it")
+	default:
+		if cur = md.Current(); cur == nil {
+			return gone("is broken: its current snapshot %d is not in its metadata", *md.CurrentSnapshotID)
+		}
+		if cur.Summary["total-data-files"] == "0" && cur.Summary["sellersnap.job"] == "" {
+			return gone("was emptied: its current snapshot %d (%s, not this job's) holds no data file", cur.ID, cur.Summary["operation"])
+		}
+	}
+	return nil
 }
 
 // Plan is a prepared commit: the table schema and field ids the data
@@ -37,7 +88,11 @@ type Plan struct {
 	// writer's, or dropped from the job): kept in the schema, null in
 	// the plan's data file.
 	Foreign []Field
+	exists  bool
 }
+
+// Exists reports whether the table was in the catalog when p was made.
+func (p *Plan) Exists() bool { return p.exists }
 
 // SchemaChangeError is a table schema that differs from the export's
 // while the job does not accept schema changes.
@@ -61,6 +116,9 @@ func (t *Table) Prepare(ctx context.Context, l Layout) (*Plan, error) {
 }
 
 func (t *Table) plan(md *Metadata, l Layout) (*Plan, error) {
+	if err := checkIdentity(t.o.Ident, md, l.Expect); err != nil {
+		return nil, err
+	}
 	cols := append(slices.Clone(l.Columns), l.Partition...)
 	var cur *Schema
 	last := 0
@@ -74,7 +132,7 @@ func (t *Table) plan(md *Metadata, l Layout) (*Plan, error) {
 	if (changed || len(foreign) > 0) && cur != nil && !l.Evolve {
 		return nil, &SchemaChangeError{Table: t.o.Ident, Change: describeChange(cur, s, foreign)}
 	}
-	p := &Plan{t: t, layout: l, cols: cols, schema: s, Foreign: foreign}
+	p := &Plan{t: t, layout: l, cols: cols, schema: s, Foreign: foreign, exists: md != nil}
 	p.spec = Spec{ID: 0}
 	for i, c := range l.Partition {
 		f, _ := s.field(c.Name)

@@ -113,6 +113,27 @@ func (t *Table) FindSnapshot(ctx context.Context, prop, value string) (*Snapshot
 	return nil, nil
 }
 
+// Live reads the table's current metadata (nil when the catalog has no
+// such table) and the data files its current snapshot reads, with their
+// record counts.
+func (t *Table) Live(ctx context.Context) (*Metadata, map[string]int64, error) {
+	md, _, err := t.head(ctx)
+	if err != nil || md == nil {
+		return md, nil, err
+	}
+	c, err := ReadContents(md, func(loc string) ([]byte, error) {
+		key, err := t.key(loc)
+		if err != nil {
+			return nil, err
+		}
+		return t.o.Bucket.ReadAll(ctx, key)
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("iceberg table %s: %w", t.o.Ident, err)
+	}
+	return md, c.Live, nil
+}
+
 // head reads the table's current metadata through the catalog: nil when
 // the catalog has no such table.
 func (t *Table) head(ctx context.Context) (*Metadata, string, error) {
@@ -158,8 +179,12 @@ func (p *Plan) Create(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	last, err := t.freshVersion(ctx)
+	if err != nil {
+		return false, err
+	}
 	var written []string
-	rel := fmt.Sprintf("metadata/%05d-%s.metadata.json", 0, uuid.NewString())
+	rel := fmt.Sprintf("metadata/%05d-%s.metadata.json", last+1, uuid.NewString())
 	if err := t.put(ctx, rel, data, "application/json", &written); err != nil {
 		return false, err
 	}
@@ -170,7 +195,7 @@ func (p *Plan) Create(ctx context.Context) (bool, error) {
 		}
 		return false, err
 	}
-	t.writeHint(ctx, 0, data)
+	t.writeHint(ctx, last+1, data)
 	return true, nil
 }
 
