@@ -86,9 +86,13 @@ func (r *Runner) RepairTable(ctx context.Context, job *Job, dryRun bool) (*Table
 		return nil, err
 	}
 	layout := job.table.layout(job, schema) // no expectation: any table the catalog has
-	md, live, err := tb.Live(ctx)
+	md, contents, err := tb.Live(ctx)
 	if err != nil {
 		return nil, err
+	}
+	var live map[string]int64
+	if contents != nil {
+		live = contents.Live
 	}
 	rep.Created = md == nil
 	if dryRun {
@@ -133,6 +137,10 @@ func (r *Runner) RepairTable(ctx context.Context, job *Job, dryRun bool) (*Table
 	rec.UUID, rec.HeldData, rec.Repairing = md.TableUUID, rep.Reused+rep.Rebuilt+rep.Live > 0, nil
 	return rep, writeTableRecord(ctx, bucket, job, rec)
 }
+
+// maxRebuildRead bounds a data file repair-table reads into memory to
+// commit or rebuild it.
+const maxRebuildRead = 16 << 30
 
 // rerunCommand is the command that exports m's unit again.
 func rerunCommand(job *Job, m *Manifest) string {
@@ -230,7 +238,7 @@ func (r *Runner) repairFile(ctx context.Context, bucket *sinks.Bucket, tb *icebe
 	var srcs [][]byte
 	if m.Table != nil && m.Table.DataFile != "" {
 		if key, err := tb.Key(m.Table.DataFile); err == nil {
-			b, err := bucket.ReadAll(ctx, key)
+			b, err := bucket.ReadUpTo(ctx, key, maxRebuildRead)
 			switch {
 			case err == nil && plan.Reusable(b):
 				f.Key, f.Bytes, f.Rows = key, int64(len(b)), m.Rows
@@ -246,7 +254,7 @@ func (r *Runner) repairFile(ctx context.Context, bucket *sinks.Bucket, tb *icebe
 		parts := slices.DeleteFunc(slices.Clone(m.Files), func(o ManifestFile) bool { return o.Format != "parquet" })
 		slices.SortFunc(parts, func(a, b ManifestFile) int { return a.Part - b.Part })
 		for _, mf := range parts {
-			b, err := bucket.ReadAll(ctx, mf.Key)
+			b, err := bucket.ReadUpTo(ctx, mf.Key, maxRebuildRead)
 			if err != nil {
 				return f, "", fmt.Errorf("read %s: %w", mf.Key, err)
 			}

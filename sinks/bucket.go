@@ -181,6 +181,17 @@ func (b *Bucket) ReadUpTo(ctx context.Context, key string, limit int64) ([]byte,
 	return data, nil
 }
 
+// NewReader opens key for reading (a data file, whatever its size); the
+// caller closes it.
+func (b *Bucket) NewReader(ctx context.Context, key string) (io.ReadCloser, error) {
+	b.requests.Add(1)
+	r, err := b.b.NewReader(ctx, key, nil)
+	if err != nil {
+		return nil, b.redact(fmt.Errorf("read %s: %w", key, err))
+	}
+	return r, nil
+}
+
 // ContentType returns the content type stored with key.
 func (b *Bucket) ContentType(ctx context.Context, key string) (string, error) {
 	b.requests.Add(1)

@@ -61,7 +61,7 @@ const usage = `usage:
   sellersnap once     -config pipeline.yaml [-job NAME]
   sellersnap rerun    -config pipeline.yaml -job NAME (-run RUN_ID… | -date D | -from D -to D) [-org ORG…] [-allow-past] [-dry-run] [-id ID]
   sellersnap run      -config pipeline.yaml [-job NAME] [-listen ADDR]
-  sellersnap status   -config pipeline.yaml [-job NAME]
+  sellersnap status   -config pipeline.yaml [-job NAME] [-verify [-quick] [-from D] [-to D]]
   sellersnap repair-latest -config pipeline.yaml [-job NAME] [-dry-run]
   sellersnap repair-table  -config pipeline.yaml -job NAME [-dry-run]
   sellersnap version
@@ -77,18 +77,18 @@ var commandHelp = map[string]string{
 	"once":          "Exports everything pending for every job (or -job), then exits: 0 when all succeeded,\n1 when an export failed (the next once retries it).",
 	"rerun":         "Exports one unit again, whether or not it was exported: a run of a per_run job (-run) or a\ndate of a full job (-date). Rewrites its files and manifest.",
 	"run":           "The daemon: runs each job on its schedule (and per_run jobs on NOTIFY), serves the status\npage, /metrics, /healthz and /readyz, and stops cleanly on SIGTERM.",
-	"status":        "Prints each job's recent exports (read from the manifests in the bucket) and pending runs.\nWith -verify, compares each exported run's rows with the database (exit 1 on a difference).",
+	"status":        "Prints each job's recent exports (read from the manifests in the bucket) and pending runs.\nWith -verify, audits every output (files, manifests, table, latest.json) and each exported\nrun's rows against the database, printing the repair of each difference (exit 1 on any).",
 	"repair-table":  "Rebuilds the job's Iceberg table from its manifests (a table dropped, replaced or emptied):\ncommits each exported unit once, with its earlier data file or one rebuilt from its Parquet\nfile, records the table as the job's, and prints what it did. Exports do not commit meanwhile.",
 	"repair-latest": "Recomputes each org's latest.json from the job's manifests (reads every one) and rewrites\nthose that name anything but the newest export dated today or earlier.",
 }
 
 type options struct {
-	json, verbose, allowPast, dryRun, verify bool
-	config, job, date, logFormat, logLevel   string
-	runs, orgs                               []string // rerun -run, -org (repeatable)
-	from, to, rerunID                        string
-	listen                                   *string
-	cpuProfile, memProfile, traceFile        string
+	json, verbose, allowPast, dryRun, verify, quick bool
+	config, job, date, logFormat, logLevel          string
+	runs, orgs                                      []string // rerun -run, -org (repeatable)
+	from, to, rerunID                               string
+	listen                                          *string
+	cpuProfile, memProfile, traceFile               string
 }
 
 // parseArgs parses a command line: the command and its flags. done is
@@ -137,7 +137,8 @@ func parseArgs(args []string, stdout, stderr io.Writer) (cmd string, o options, 
 	case "repair-table":
 		fs.BoolVar(&o.dryRun, "dry-run", false, "print the table's state and the units it would commit; write nothing")
 	case "status":
-		fs.BoolVar(&o.verify, "verify", false, "compare each exported run's row count with the database and print the rerun that repairs each difference (per_run jobs)")
+		fs.BoolVar(&o.verify, "verify", false, "audit every output: each export's files against its manifest (size, sha256), the manifests against the Iceberg table and latest.json, and each exported run's rows against the database (per_run jobs); print the command that repairs each difference, exit 1 on any")
+		fs.BoolVar(&o.quick, "quick", false, "with -verify: compare file sizes only, reading no file")
 		fs.StringVar(&o.from, "from", "", "with -verify: runs completed on or after this date (YYYY-MM-DD, UTC; default 7 days ago)")
 		fs.StringVar(&o.to, "to", "", "with -verify: runs completed on or before this date (YYYY-MM-DD, UTC; default today)")
 	case "once":

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -54,8 +55,13 @@ func verifyRows(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.J
 			printUnsettled(w, us, fmt.Sprintf("sellersnap once -config %s -job %s", o.config, j.Name))
 			total += len(us)
 		}
+		n, err := audit(ctx, runner, j, w, o)
+		if err != nil {
+			return err
+		}
+		total += n
 		if j.Mode != config.ModePerRun {
-			fmt.Fprintf(w, "job %s (%s): not verified (a full snapshot holds the rows as they were when it was taken)\n", j.Name, j.Mode)
+			fmt.Fprintf(w, "job %s (%s): rows not compared with the database (a full snapshot holds the rows as they were when it was taken)\n", j.Name, j.Mode)
 			continue
 		}
 		mm, checked, err := runner.Verify(ctx, j, from, to.AddDate(0, 0, 1))
@@ -72,6 +78,33 @@ func verifyRows(ctx context.Context, runner *pipeline.Runner, jobs []*pipeline.J
 		return &RowsChangedError{N: total}
 	}
 	return nil
+}
+
+// audit prints what an audit of j's outputs found (files, table,
+// latest.json against the manifests) and returns how many differences.
+func audit(ctx context.Context, runner *pipeline.Runner, j *pipeline.Job, w io.Writer, o options) (int, error) {
+	start := time.Now()
+	a, err := runner.Audit(ctx, j, o.quick)
+	if err != nil {
+		return 0, fmt.Errorf("job %s: audit: %w", j.Name, err)
+	}
+	how := "sizes and sha256"
+	if o.quick {
+		how = "sizes only (-quick)"
+	}
+	table := ""
+	if j.HasTable() {
+		table = fmt.Sprintf(", %d data files live in the table (%d other writers')", a.Live, a.Foreign)
+	}
+	fmt.Fprintf(w, "job %s: audited %d manifests, %d files (%s, %d MB read)%s and latest.json in %s, %d bucket requests: differences: %d\n",
+		j.Name, a.Manifests, a.Files, how, a.Hashed>>20, table, time.Since(start).Round(time.Millisecond), a.Requests, len(a.Diffs))
+	for _, d := range a.Diffs {
+		fmt.Fprintf(w, "  %s: %s\n", d.Unit, d.What)
+		if d.Fix != "" {
+			fmt.Fprintf(w, "    repair: %s\n", strings.ReplaceAll(d.Fix, "<pipeline.yaml>", o.config))
+		}
+	}
+	return len(a.Diffs), nil
 }
 
 // status prints, per job, the recent exports (from the manifests in the

@@ -26,7 +26,7 @@ import (
 
 // Fixture is a database with demo data, a bucket and a runner.
 type Fixture struct {
-	T     *testing.T
+	T     testing.TB
 	DBURL string
 	Dir   string // the file:// bucket's directory, "" for other buckets
 	Dest  string // the destination URL
@@ -41,7 +41,7 @@ type Fixture struct {
 
 // New returns a fixture on a new database with demo data and a file://
 // bucket in a temporary directory; extraYAML is added to the per_run job.
-func New(t *testing.T, extraYAML string) *Fixture {
+func New(t testing.TB, extraYAML string) *Fixture {
 	t.Helper()
 	dir := t.TempDir()
 	return NewAt(t, "file://"+dir, dir, extraYAML)
@@ -49,13 +49,13 @@ func New(t *testing.T, extraYAML string) *Fixture {
 
 // NewAt is New writing to any bucket URL; dir is the directory behind a
 // file:// URL, else "".
-func NewAt(t *testing.T, dest, dir, extraYAML string) *Fixture {
+func NewAt(t testing.TB, dest, dir, extraYAML string) *Fixture {
 	t.Helper()
 	return NewOn(t, pgtest.NewDatabase(t), dest, dir, extraYAML)
 }
 
 // NewOn is NewAt on an existing database.
-func NewOn(t *testing.T, dbURL, dest, dir, extraYAML string) *Fixture {
+func NewOn(t testing.TB, dbURL, dest, dir, extraYAML string) *Fixture {
 	t.Helper()
 	f := &Fixture{T: t, DBURL: dbURL, Dir: dir, Dest: dest}
 	f.Load(extraYAML)

@@ -213,12 +213,21 @@ func newMetadata(uuid, location string, s *Schema, lastColumnID int, spec Spec, 
 type Contents struct {
 	Manifests int              // in its manifest list (data and delete)
 	Live      map[string]int64 // its data files, with their record counts
+	// AddedBy is the snapshot that added each live data file.
+	AddedBy map[string]int64
+	// Twice are the data files live in more than one entry (Table.Live
+	// only: ReadContents fails on one).
+	Twice []string
 }
 
 // ReadContents reads the manifest list and manifests of md's current
 // snapshot with read (by location). A data file live twice is an error.
 func ReadContents(md *Metadata, read func(loc string) ([]byte, error)) (*Contents, error) {
-	c := &Contents{Live: map[string]int64{}}
+	return readContents(md, read, true)
+}
+
+func readContents(md *Metadata, read func(loc string) ([]byte, error), strict bool) (*Contents, error) {
+	c := &Contents{Live: map[string]int64{}, AddedBy: map[string]int64{}}
 	cur := md.Current()
 	if cur == nil {
 		return c, nil
@@ -249,9 +258,16 @@ func ReadContents(md *Metadata, read func(loc string) ([]byte, error)) (*Content
 				continue
 			}
 			if _, dup := c.Live[e.DataFile.FilePath]; dup {
-				return nil, fmt.Errorf("data file %s is live twice", e.DataFile.FilePath)
+				if strict {
+					return nil, fmt.Errorf("data file %s is live twice", e.DataFile.FilePath)
+				}
+				c.Twice = append(c.Twice, e.DataFile.FilePath)
 			}
 			c.Live[e.DataFile.FilePath] = e.DataFile.RecordCount
+			c.AddedBy[e.DataFile.FilePath] = mf.AddedSnapshotID
+			if e.SnapshotID != nil {
+				c.AddedBy[e.DataFile.FilePath] = *e.SnapshotID
+			}
 		}
 	}
 	return c, nil

@@ -114,25 +114,28 @@ func (t *Table) FindSnapshot(ctx context.Context, prop, value string) (*Snapshot
 }
 
 // Live reads the table's current metadata (nil when the catalog has no
-// such table) and the data files its current snapshot reads, with their
-// record counts.
-func (t *Table) Live(ctx context.Context) (*Metadata, map[string]int64, error) {
+// such table) and the data files its current snapshot reads (a file live
+// twice is listed in Twice, not an error).
+func (t *Table) Live(ctx context.Context) (*Metadata, *Contents, error) {
 	md, _, err := t.head(ctx)
 	if err != nil || md == nil {
 		return md, nil, err
 	}
-	c, err := ReadContents(md, func(loc string) ([]byte, error) {
+	c, err := readContents(md, func(loc string) ([]byte, error) {
 		key, err := t.key(loc)
 		if err != nil {
 			return nil, err
 		}
 		return t.o.Bucket.ReadAll(ctx, key)
-	})
+	}, false)
 	if err != nil {
 		return nil, nil, fmt.Errorf("iceberg table %s: %w", t.o.Ident, err)
 	}
-	return md, c.Live, nil
+	return md, c, nil
 }
+
+// SnapshotOf returns md's snapshot id, nil if md does not keep it.
+func (md *Metadata) SnapshotOf(id int64) *Snapshot { return md.snapshot(id) }
 
 // head reads the table's current metadata through the catalog: nil when
 // the catalog has no such table.
