@@ -243,6 +243,12 @@ func (a *attempt) publish(ctx context.Context, outs []*output, m *Manifest) ([]b
 		a.unpublish(ctx, committed)
 		return nil, err
 	}
+	// Where the run's export is, before its manifest: the run stays there
+	// whatever its completed_at does later (held.go).
+	if err := a.putRunIndex(ctx); err != nil {
+		a.unpublish(ctx, committed)
+		return nil, err
+	}
 	if a.in != nil {
 		return a.publishReplacing(ctx, m)
 	}

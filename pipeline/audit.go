@@ -118,10 +118,13 @@ func (r *Runner) Audit(ctx context.Context, job *Job, quick bool) (*Audit, error
 		}
 		byUnit[id] = append(byUnit[id], keys[i])
 	}
-	for _, ks := range byUnit {
+	for id, ks := range byUnit {
 		if len(ks) > 1 {
-			diff("unit "+ks[0], fmt.Sprintf("exported %d times: %s (a run whose completed_at moved to another day)", len(ks), strings.Join(ks, ", ")),
-				"remove all but one of these exports (each folder whole); then sellersnap repair-table -config <pipeline.yaml> -job "+job.Name+" if the job has a table")
+			fix := "remove all but one of these exports (each folder whole), then sellersnap repair-table -config <pipeline.yaml> -job " + job.Name
+			if job.Mode == config.ModePerRun && strings.Contains(job.Layout.String(), "{run_id") {
+				fix = fmt.Sprintf("sellersnap rerun -config <pipeline.yaml> -job %s -run %s (rewrites the run where it is held and removes its other exports, files and table partitions alike)", job.Name, id)
+			}
+			diff("unit "+id, fmt.Sprintf("exported %d times: %s (a run whose completed_at moved to another day)", len(ks), strings.Join(ks, ", ")), fix)
 		}
 	}
 	if job.table != nil {

@@ -279,7 +279,10 @@ func (r *Runner) exportCounted(ctx context.Context, bucket *sinks.Bucket, u unit
 // process has it), failed (reported, and returned naming the unit) or
 // exported.
 func (r *Runner) count(res *Result, u unit, m *Manifest, err error) error {
+	var held *heldError
 	switch {
+	case errors.As(err, &held):
+		res.Held = append(res.Held, held.m)
 	case errors.Is(err, errExportedElsewhere):
 		res.Skipped++
 		r.observer().Skipped(u.job.Name)
@@ -299,6 +302,19 @@ func (r *Runner) count(res *Result, u unit, m *Manifest, err error) error {
 // an earlier attempt left.
 func (r *Runner) exportLocked(ctx context.Context, bucket *sinks.Bucket, u unit, force bool) (*Manifest, error) {
 	return r.withLock(ctx, u, func(u unit, snap *sources.Snapshot) (*Manifest, error) {
+		held, hm, err := r.heldAt(ctx, bucket, u)
+		if err != nil {
+			return nil, err
+		}
+		if hm != nil {
+			key, _ := held.manifestKey()
+			if !force {
+				r.logger().Warn("the run's completed_at moved to another day after its export: the export stays under the date of its first export (README, \"Reruns and backfills\"); a rerun rewrites it there",
+					append(u.logAttrs(), "exported_under", held.date, "completed_on_now", u.date, "manifest", key)...)
+				return nil, &heldError{m: hm, key: key}
+			}
+			u = held
+		}
 		if m, err := r.settle(ctx, bucket, u, force); m != nil || err != nil {
 			return m, err
 		}

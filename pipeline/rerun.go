@@ -76,6 +76,10 @@ type RerunResult struct {
 	// Busy units were being exported by another process and were left
 	// for the next attempt.
 	Busy int
+	// Removed are the manifests of other exports of the runs named by id
+	// (a run exported twice before runs were held once), removed with
+	// their files and table partitions.
+	Removed []string
 }
 
 // Complete reports whether every selected unit now carries the rerun.
@@ -163,6 +167,12 @@ func (r *Runner) RerunSelection(ctx context.Context, job *Job, sel Selection, op
 			opts.Progress(RerunProgress{Total: res.Total, Done: len(res.Exported) + res.Resumed + res.Failed + res.Busy,
 				Resumed: res.Resumed, Failed: res.Failed, Busy: res.Busy, Rows: rows, Elapsed: time.Since(start)})
 		}
+	}
+	if len(sel.Runs) > 0 {
+		// A run named by id is held once: its other exports go (held.go).
+		removed, err := r.dropDuplicates(ctx, bucket, job, res.Exported)
+		res.Removed = removed
+		errs = append(errs, err)
 	}
 	return res, errors.Join(errs...)
 }

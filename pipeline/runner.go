@@ -136,6 +136,9 @@ type Result struct {
 	// Skipped is how many units another process was exporting (locked)
 	// or had just exported.
 	Skipped int
+	// Held are runs found exported under another date (their completed_at
+	// moved since): exported already, left as they are.
+	Held []*Manifest
 }
 
 // PostgresLocker locks each unit with a PostgreSQL advisory lock taken in

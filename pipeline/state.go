@@ -390,7 +390,7 @@ func changedDays(then, now map[string]sources.RunDigest) []string {
 
 // next is the state after a pass that exported the runs in res.
 func (d *discovery) next(res Result) *runState {
-	for _, m := range res.Exported {
+	for _, m := range append(slices.Clone(res.Exported), res.Held...) {
 		d.done[m.RunID] = true
 	}
 	st := &runState{StateVersion: stateVersion, Job: d.job.Name, Path: d.job.Layout.String(), Timezone: d.job.Location.String(),

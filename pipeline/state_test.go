@@ -24,7 +24,7 @@ import (
 func (f *fixture) stateKeys() []string {
 	var out []string
 	for k := range f.AllFiles() {
-		if strings.Contains(k, "/_sellersnap/") {
+		if strings.Contains(k, "/_sellersnap/") && strings.Contains(k, "/state/") {
 			out = append(out, k)
 		}
 	}

@@ -208,10 +208,15 @@ func (f Filter) where(col string, n int) string {
 // CountByRun returns the number of live sellers (matching f) first seen in
 // each of the given runs and scoped to the run's org.
 func (p *Postgres) CountByRun(ctx context.Context, runs []Run, f Filter) (map[string]int64, error) {
-	ids := make([]string, len(runs))
-	orgs := make([]string, len(runs))
-	for i, r := range runs {
-		ids[i], orgs[i] = r.ID, r.OrgID
+	// Each run once: a run listed twice (two exports of it) would join
+	// its sellers twice and count them double.
+	var ids, orgs []string
+	seen := make(map[string]bool, len(runs))
+	for _, r := range runs {
+		if !seen[r.ID] {
+			seen[r.ID] = true
+			ids, orgs = append(ids, r.ID), append(orgs, r.OrgID)
+		}
 	}
 	args := []any{ids, orgs}
 	if f.Flagged != nil {

@@ -88,6 +88,16 @@ func TestStatusVerifyAuditsEveryOutput(t *testing.T) {
 		{"the table dropped", func() {
 			pgtest.Connect(t, dbURL).Exec(context.Background(), `DELETE FROM iceberg_tables`)
 		}, "is not in the catalog", true},
+		{"a run exported twice (before runs were held once)", func() {
+			m := regexp.MustCompile(`run=([0-9a-f-]{36})`).FindStringSubmatch(parquets[len(parquets)-1])
+			os.Remove(filepath.Join(out, "sellers/new/_sellersnap/new-sellers/runs", m[1]+".json"))
+			if _, err := pgtest.Connect(t, dbURL).Exec(context.Background(), `UPDATE collection_runs SET completed_at = completed_at + interval '3 days' WHERE id = $1`, m[1]); err != nil {
+				t.Fatal(err)
+			}
+			if code, _, stderr := cli(t, env, "once", "-config", cfgPath, "-job", "new-sellers"); code != 0 {
+				t.Fatalf("once: exit %d\n%s", code, stderr)
+			}
+		}, "exported 2 times", true},
 		{"a latest.json deleted", func() {
 			ls, _ := filepath.Glob(filepath.Join(out, "sellers/new/org=*/latest.json"))
 			os.Remove(ls[0])
