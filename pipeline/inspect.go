@@ -121,6 +121,9 @@ func planned(job *Job, units []unit, counts map[string]int64) ([]Planned, error)
 			p.Keys = append(p.Keys, k)
 		}
 		mk, _ := u.manifestKey()
+		if u.run != nil {
+			p.Keys = append(p.Keys, runIndexKey(job, u.run.ID)) // where the run is held (held.go)
+		}
 		p.Keys = append(p.Keys, job.Layout.Success(mk), mk, u.latestKey(mk))
 		if job.table != nil {
 			p.Table = job.table.describe(u)

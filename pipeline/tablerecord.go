@@ -108,7 +108,9 @@ func (r *Runner) expectTable(ctx context.Context, job *Job) (*iceberg.Expect, *t
 	}
 	c := job.table.cfg
 	for _, m := range ms {
-		if t := m.Table; t != nil && t.Catalog == c.Name && t.Namespace == c.Namespace && t.Name == c.Table {
+		// A snapshot id says the table existed: an empty unit's commit to
+		// a table nobody created yet made none (operation none, id 0).
+		if t := m.Table; t != nil && t.SnapshotID != 0 && t.Catalog == c.Name && t.Namespace == c.Namespace && t.Name == c.Table {
 			return &iceberg.Expect{}, nil, nil
 		}
 	}
