@@ -121,7 +121,7 @@ func (r *Runner) Audit(ctx context.Context, job *Job, quick bool) (*Audit, error
 	for id, ks := range byUnit {
 		if len(ks) > 1 {
 			fix := "remove all but one of these exports (each folder whole), then sellersnap repair-table -config <pipeline.yaml> -job " + job.Name
-			if job.Mode == config.ModePerRun && strings.Contains(job.Layout.String(), "{run_id") {
+			if keysNameRuns(job) {
 				fix = fmt.Sprintf("sellersnap rerun -config <pipeline.yaml> -job %s -run %s (rewrites the run where it is held and removes its other exports, files and table partitions alike)", job.Name, id)
 			}
 			diff("unit "+id, fmt.Sprintf("exported %d times: %s (a run whose completed_at moved to another day)", len(ks), strings.Join(ks, ", ")), fix)
@@ -269,4 +269,4 @@ func (r *Runner) auditTable(ctx context.Context, job *Job, keys []string, ms []*
 	return nil
 }
 
-func isLive(live map[string]int64, loc string) bool { _, ok := live[loc]; return ok }
+func isLive(files map[string]int64, loc string) bool { _, ok := files[loc]; return ok }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"path"
 	"strings"
 
@@ -74,10 +73,8 @@ func (r *Runner) heldAt(ctx context.Context, bucket *sinks.Bucket, u unit) (unit
 		idx.Path != u.job.Layout.String() || idx.Timezone != u.job.Location.String() {
 		return u, nil, nil // unreadable (the next export writes it again), not moved, or the job's keys changed
 	}
-	moved := u
-	moved.date = idx.Date
-	moved.values = maps.Clone(u.values)
-	moved.values["run_date"] = idx.Date
+	moved := runUnitOn(u.job, *u.run, idx.Date)
+	moved.held, moved.rerunID = u.held, u.rerunID
 	if key, err := moved.manifestKey(); err != nil || key != idx.Manifest {
 		return u, nil, nil // the job's path changed since: its keys are others
 	}
@@ -92,6 +89,12 @@ func (r *Runner) heldAt(ctx context.Context, bucket *sinks.Bucket, u unit) (unit
 		return u, nil, nil
 	}
 	return moved, m, nil
+}
+
+// keysNameRuns reports whether job's keys carry the run id ({run_id} or
+// {run_id8}): a run's exports can then be found by it in a listing.
+func keysNameRuns(job *Job) bool {
+	return job.Mode == config.ModePerRun && strings.Contains(job.Layout.String(), "{run_id")
 }
 
 // heldError is a run a pass finds exported under another date.
@@ -112,7 +115,7 @@ func (e *heldError) Error() string {
 // is recomputed. One listing of the job's prefix finds them, by the run
 // id in their keys. It returns the manifests removed.
 func (r *Runner) dropDuplicates(ctx context.Context, bucket *sinks.Bucket, job *Job, exported []*Manifest) ([]string, error) {
-	if job.Mode != config.ModePerRun || len(exported) == 0 || !strings.Contains(job.Layout.String(), "{run_id") {
+	if len(exported) == 0 || !keysNameRuns(job) {
 		return nil, nil
 	}
 	objs, err := bucket.List(ctx, job.Layout.Prefix(), "/"+ManifestName)

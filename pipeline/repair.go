@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -45,11 +44,7 @@ func unitOfManifest(job *Job, m *Manifest) unit {
 	if job.Mode != config.ModePerRun {
 		return newOrgUnit(job, m.OrgID, m.Date)
 	}
-	org := cmp.Or(m.OrgID, noOrg)
-	id8 := m.RunID[:min(8, len(m.RunID))]
-	return unit{job: job, run: &sources.Run{ID: m.RunID, OrgID: m.OrgID}, orgID: m.OrgID, date: m.Date, values: map[string]string{
-		"job": job.Name, "org_id": org, "run_id": m.RunID, "run_id8": id8, "run_date": m.Date,
-	}}
+	return runUnitOn(job, sources.Run{ID: m.RunID, OrgID: m.OrgID}, m.Date)
 }
 
 // RepairTable rebuilds job's Iceberg table from its manifests: each
@@ -277,10 +272,4 @@ func (r *Runner) repairFile(ctx context.Context, bucket *sinks.Bucket, tb *icebe
 		return f, "", err
 	}
 	return f, "rebuilt", nil
-}
-
-// String is the repair as the command prints it.
-func (rep *TableRepair) String() string {
-	b, _ := json.Marshal(rep)
-	return string(b)
 }

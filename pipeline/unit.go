@@ -36,7 +36,12 @@ func (u unit) stillHeld(ctx context.Context) error {
 const noOrg = "none"
 
 func newRunUnit(job *Job, run sources.Run) unit {
-	date := run.CompletedAt.In(job.Location).Format(time.DateOnly)
+	return runUnitOn(job, run, run.CompletedAt.In(job.Location).Format(time.DateOnly))
+}
+
+// runUnitOn is run's unit with its files under date (the day of its
+// completed_at, or the one it is held under: held.go).
+func runUnitOn(job *Job, run sources.Run, date string) unit {
 	org := run.OrgID
 	if org == "" {
 		org = noOrg

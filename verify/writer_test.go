@@ -19,10 +19,7 @@ import (
 // and keeps the published export.
 func TestAnotherWriterNeverStopsTheJob(t *testing.T) {
 	e := newExport(t)
-	tool := filepath.Join(t.TempDir(), "iceberg-tool")
-	if out, err := exec.Command("go", "build", "-C", "iceberg", "-o", tool, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build the iceberg-go tool: %v\n%s", err, out)
-	}
+	tool := buildIcebergTool(t)
 	dir := t.TempDir()
 	cfg, _ := os.ReadFile(e.cfg)
 	base := strings.Replace(string(cfg), "file://"+e.dir, "file://"+dir, 1)
@@ -105,6 +102,16 @@ func TestAnotherWriterNeverStopsTheJob(t *testing.T) {
 	}
 }
 
+// buildIcebergTool builds verify/iceberg (iceberg-go as reader and writer).
+func buildIcebergTool(t *testing.T) string {
+	t.Helper()
+	tool := filepath.Join(t.TempDir(), "iceberg-tool")
+	if out, err := exec.Command("go", "build", "-C", "iceberg", "-o", tool, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build the iceberg-go tool: %v\n%s", err, out)
+	}
+	return tool
+}
+
 type headMetadata struct {
 	raw             []byte
 	CurrentSchemaID int               `json:"current-schema-id"`
@@ -138,10 +145,7 @@ func readHead(t *testing.T, e *export) headMetadata {
 // run's rows from it, as many as each manifest says.
 func TestIcebergGoReadsARepairedTable(t *testing.T) {
 	e := newExport(t)
-	tool := filepath.Join(t.TempDir(), "iceberg-tool")
-	if out, err := exec.Command("go", "build", "-C", "iceberg", "-o", tool, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build the iceberg-go tool: %v\n%s", err, out)
-	}
+	tool := buildIcebergTool(t)
 	dir := t.TempDir()
 	cfg, _ := os.ReadFile(e.cfg)
 	p := filepath.Join(t.TempDir(), "table.yaml")

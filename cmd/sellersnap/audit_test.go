@@ -18,13 +18,7 @@ import (
 func TestStatusVerifyAuditsEveryOutput(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
 	out := t.TempDir()
-	cfgPath := filepath.Join(t.TempDir(), "p.yaml")
-	shipped, err := os.ReadFile(filepath.Join("..", "..", "pipeline.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := strings.NewReplacer("    # iceberg:", "    iceberg:", "    #   ", "      ").Replace(string(shipped))
-	os.WriteFile(cfgPath, []byte(cfg), 0o644)
+	cfgPath := shippedWithIceberg(t)
 	env := map[string]string{"DATABASE_URL": dbURL, "SELLERSNAP_BUCKET": "file://" + out, "ICEBERG_CATALOG_URL": dbURL}
 	if code, _, stderr := cli(t, env, "once", "-config", cfgPath, "-job", "new-sellers"); code != 0 {
 		t.Fatalf("once: exit %d\n%s", code, stderr)

@@ -13,22 +13,32 @@ import (
 // TestIcebergThroughTheCommands: validate creates and checks the table,
 // plan -v names the commit of every pending run, once commits, status
 // shows the current snapshot; the catalog's password is never printed,
+
+// shippedWithIceberg writes the shipped config with its iceberg block
+// uncommented and returns its path.
+func shippedWithIceberg(t *testing.T) string {
+	t.Helper()
+	shipped, err := os.ReadFile(filepath.Join("..", "..", "pipeline.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.NewReplacer("    # iceberg:", "    iceberg:", "    #   ", "      ").Replace(string(shipped))
+	if !strings.Contains(cfg, "\n    iceberg:\n      catalog: sql") {
+		t.Fatal("pipeline.yaml has no commented iceberg block to enable")
+	}
+	p := filepath.Join(t.TempDir(), "p.yaml")
+	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // and an empty catalog DSN exits 2.
 func TestIcebergThroughTheCommands(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
 	catalog := withPassword(t, dbURL)
 	out := t.TempDir()
-	cfgPath := filepath.Join(t.TempDir(), "p.yaml")
-	shipped, err := os.ReadFile(filepath.Join("..", "..", "pipeline.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The shipped config with its iceberg block uncommented.
-	cfg := strings.NewReplacer("    # iceberg:", "    iceberg:", "    #   ", "      ").Replace(string(shipped))
-	if !strings.Contains(cfg, "\n    iceberg:\n      catalog: sql") {
-		t.Fatal("pipeline.yaml has no commented iceberg block to enable")
-	}
-	os.WriteFile(cfgPath, []byte(cfg), 0o644)
+	cfgPath := shippedWithIceberg(t)
 	env := map[string]string{"DATABASE_URL": dbURL, "SELLERSNAP_BUCKET": "file://" + out, "ICEBERG_CATALOG_URL": catalog}
 	leaked := func(what, s string) {
 		t.Helper()
